@@ -1,0 +1,43 @@
+//! `scorer-simple`: sums one numeric column over a subject's rows in every
+//! dataset that has it. A minimal scorer; the host clamps and buckets.
+//!
+//! Params: `{"column": "tax_paid"}`.
+
+use datasandbox_guest::arrow_array::cast::AsArray;
+use datasandbox_guest::arrow_array::types::{Float64Type, Int64Type};
+use datasandbox_guest::arrow_schema::DataType;
+use datasandbox_guest::{Guest, ipc};
+
+struct SumScorer;
+
+impl Guest for SumScorer {
+    fn score(rows: Vec<(String, Vec<u8>)>, params: String) -> Result<f64, String> {
+        let params: serde_json::Value =
+            serde_json::from_str(&params).map_err(|e| format!("params are not JSON: {e}"))?;
+        let column = params
+            .get("column")
+            .and_then(|c| c.as_str())
+            .ok_or("params need a \"column\"")?;
+        let mut total = 0.0;
+        for (_dataset, bytes) in rows {
+            for batch in ipc::decode(&bytes).map_err(|e| e.to_string())? {
+                let Some(array) = batch.column_by_name(column) else {
+                    continue;
+                };
+                total += match array.data_type() {
+                    DataType::Float64 => array.as_primitive::<Float64Type>().iter().flatten().sum(),
+                    DataType::Int64 => array
+                        .as_primitive::<Int64Type>()
+                        .iter()
+                        .flatten()
+                        .map(|v| v as f64)
+                        .sum::<f64>(),
+                    _ => 0.0,
+                };
+            }
+        }
+        Ok(total)
+    }
+}
+
+datasandbox_guest::export!(SumScorer);

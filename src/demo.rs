@@ -1,0 +1,204 @@
+//! `dsb demo`: the sandbox loop on bundled data, explained as it runs.
+//!
+//! Runs the `district-stats` example over the shipped enterprise register,
+//! then shows what the sandbox does to guests that misbehave, and that a
+//! module compiles once. Later release modes add their steps here.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+
+use crate::dataset::{Classification, DatasetSource};
+use crate::sandbox::{Execution, GuestCall, JobEnv, Limits, Output, Sandbox, SandboxConfig};
+
+/// Where the demo finds its inputs and keeps its state.
+#[derive(Debug, Clone)]
+pub struct DemoConfig {
+    /// Built guest components (`scripts/build-guests`).
+    pub guests_dir: PathBuf,
+    /// The sample datasets (`data/samples`).
+    pub samples_dir: PathBuf,
+    /// A scratch directory for the module cache.
+    pub work_dir: PathBuf,
+}
+
+/// Run the demo, writing its narrative to `out`.
+pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()> {
+    let district_stats = read_guest(&config.guests_dir, "district_stats")?;
+    let hostile = read_guest(&config.guests_dir, "hostile")?;
+    let register = DatasetSource::from_file(
+        &config.samples_dir.join("enterprises.csv"),
+        Classification::Open,
+    )?;
+    let sandbox_config = SandboxConfig {
+        module_dir: Some(config.work_dir.join("modules")),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(sandbox_config.clone())?;
+
+    writeln!(
+        out,
+        "datasandbox demo: data stays home, algorithms travel\n"
+    )?;
+    let (module, load) = sandbox.load_module(&district_stats)?;
+    writeln!(
+        out,
+        "1. Intake: district-stats.wasm ({} KiB) is a valid `{}` component, sha256 {}…, {:?}.",
+        district_stats.len() / 1024,
+        module.world,
+        &module.hash[..16],
+        load
+    )?;
+
+    let mut env = JobEnv::new("demo-district-stats");
+    env.datasets = vec![register.clone()];
+    let execution = sandbox
+        .run(
+            &module,
+            &env,
+            GuestCall::Run {
+                params: "{}".into(),
+            },
+        )
+        .await;
+    writeln!(
+        out,
+        "2. It ran inside wasmtime over `{}` ({} data), reading it only through SQL:",
+        register.name, register.classification
+    )?;
+    expect_ok(&execution)?;
+    print_outputs(&execution, out)?;
+
+    writeln!(
+        out,
+        "3. Hostile guests end in a fixed category; the host stays up:"
+    )?;
+    let strict = Limits {
+        fuel: 500_000_000,
+        ..Limits::default()
+    };
+    for (attack, protects) in [
+        ("loop", "CPU (fuel)"),
+        ("memory", "memory (256 MiB per instance)"),
+        ("recursion", "the stack"),
+        ("query-storm", "the query budget (100 per job)"),
+        ("secret-error", "guest text never reaches the submitter"),
+    ] {
+        let mut env = JobEnv::new(format!("demo-{attack}"));
+        env.limits = strict.clone();
+        env.datasets = vec![register.clone()];
+        let params = format!(r#"{{"attack":"{attack}"}}"#);
+        let execution = sandbox
+            .run_bytes(&hostile, &env, GuestCall::Run { params })
+            .await;
+        writeln!(
+            out,
+            "   {attack:<13} -> {:<16} protects {protects}",
+            execution.category.to_string()
+        )?;
+    }
+    let mut env = JobEnv::new("demo-wasi-probe");
+    env.datasets = vec![register.clone()];
+    let probe = sandbox
+        .run_bytes(
+            &hostile,
+            &env,
+            GuestCall::Run {
+                params: r#"{"attack":"wasi-probe"}"#.into(),
+            },
+        )
+        .await;
+    expect_ok(&probe)?;
+    let seen = |name: &str| {
+        probe
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                Output::Value { name: n, value } if n == name => Some(*value),
+                _ => None,
+            })
+            .unwrap_or(f64::NAN)
+    };
+    writeln!(
+        out,
+        "   wasi-probe    -> file read {}, socket {}, env vars {}, clock frozen at {} (the job's day)",
+        yes_no(seen("file_read")),
+        yes_no(seen("socket")),
+        seen("env_vars"),
+        seen("wall_clock_secs")
+    )?;
+    let next = sandbox
+        .run(
+            &module,
+            &env_with(&register),
+            GuestCall::Run {
+                params: "{}".into(),
+            },
+        )
+        .await;
+    expect_ok(&next)?;
+    writeln!(
+        out,
+        "   and the next job still succeeds: {}\n",
+        next.category
+    )?;
+
+    let restarted = Sandbox::new(sandbox_config)?;
+    let (_, load) = restarted.load_module(&district_stats)?;
+    writeln!(
+        out,
+        "4. After a restart the module is not compiled again: loaded from {load:?} cache."
+    )?;
+    writeln!(out, "\nDone: only the vetted table above left the sandbox.")?;
+    Ok(())
+}
+
+fn env_with(dataset: &DatasetSource) -> JobEnv {
+    let mut env = JobEnv::new("demo-after-attacks");
+    env.datasets = vec![dataset.clone()];
+    env
+}
+
+fn yes_no(flag: f64) -> &'static str {
+    if flag == 0.0 { "denied" } else { "ALLOWED" }
+}
+
+fn expect_ok(execution: &Execution) -> anyhow::Result<()> {
+    if !execution.category.is_ok() {
+        bail!("demo job {} ended {}", execution.job_id, execution.category);
+    }
+    Ok(())
+}
+
+fn read_guest(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
+    let path = dir.join(format!("{name}.wasm"));
+    std::fs::read(&path).with_context(|| {
+        format!(
+            "reading {} (build the guests first: scripts/build-guests)",
+            path.display()
+        )
+    })
+}
+
+/// Print outputs as tables and `name = value` lines.
+pub fn print_outputs(execution: &Execution, out: &mut impl Write) -> anyhow::Result<()> {
+    for output in &execution.outputs {
+        match output {
+            Output::Table {
+                name,
+                rows,
+                arrow_ipc,
+            } => {
+                let (_, batches) = crate::arrow_ipc::decode(arrow_ipc)?;
+                writeln!(out, "   table {name} ({rows} rows):")?;
+                let table = datafusion::arrow::util::pretty::pretty_format_batches(&batches)?;
+                for line in table.to_string().lines() {
+                    writeln!(out, "   {line}")?;
+                }
+            }
+            Output::Value { name, value } => writeln!(out, "   {name} = {value}")?,
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,24 @@
+//! datasandbox: data stays home, algorithms travel.
+//!
+//! Users send analysis code as WebAssembly components; the code runs next to
+//! protected data inside wasmtime with no files, network, clock or entropy,
+//! reads the data only through SQL that the host plans and checks with
+//! Apache DataFusion, and only results that pass the dataset's output policy
+//! leave. See `ARCHITECTURE.md` for the codemap and `wit/guest.wit` for the
+//! guest contract.
+//!
+//! Layout:
+//! - [`sandbox`]: wasmtime engine, module intake and cache, locked-down WASI,
+//!   host imports, limits, job outcomes.
+//! - [`query`]: the SQL gate and DataFusion sessions behind `data.query`.
+//! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
+//! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
+//! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
+//! - [`demo`]: `dsb demo`, the whole loop on bundled data.
+
+pub mod arrow_ipc;
+pub mod dataset;
+pub mod demo;
+pub mod query;
+pub mod sample_data;
+pub mod sandbox;

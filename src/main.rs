@@ -1,0 +1,313 @@
+//! `dsb`: the datasandbox command line. Errors are printed here and the
+//! process exits non-zero; the library layers return typed errors.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::{Args, Parser, Subcommand};
+use datasandbox::dataset::{Classification, DatasetSource, ensure_unique_names};
+use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Returned, Sandbox, SandboxConfig, World};
+use datasandbox::{arrow_ipc, demo, query, sample_data};
+
+#[derive(Parser)]
+#[command(
+    name = "dsb",
+    version,
+    about = "datasandbox: data stays home, algorithms travel"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the whole loop on the bundled sample data.
+    Demo {
+        /// Built guest components.
+        #[arg(
+            long,
+            env = "DSB_GUESTS_DIR",
+            default_value = "sandbox-guests/target/wasm32-wasip2/release"
+        )]
+        guests: PathBuf,
+        /// The sample datasets.
+        #[arg(long, default_value = "data/samples")]
+        samples: PathBuf,
+    },
+    /// Develop a guest on your own machine.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
+    /// Regenerate the bundled sample datasets.
+    SampleData {
+        #[arg(long, default_value = "data/samples")]
+        out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DevCommand {
+    /// Run a component on local data with the same host code and limits as
+    /// the server. It is your own data, so the diagnostic log is shown.
+    Run(DevRun),
+}
+
+#[derive(Args)]
+struct DevRun {
+    /// The component (.wasm).
+    #[arg(long)]
+    module: PathBuf,
+    /// A CSV, Parquet or Arrow IPC file, or a directory of them; repeatable.
+    /// Table names come from the file names.
+    #[arg(long = "data")]
+    data: Vec<PathBuf>,
+    /// JSON text handed to the guest.
+    #[arg(long, default_value = "{}")]
+    params: String,
+    /// For `model` guests: the label column, held back from `predict`.
+    #[arg(long)]
+    label: Option<String>,
+    /// Where compiled modules are cached.
+    #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data")]
+    data_dir: PathBuf,
+    /// Job id; seeds the guest's randomness.
+    #[arg(long, default_value = "dev")]
+    job_id: String,
+    /// Override the fuel limit.
+    #[arg(long)]
+    fuel: Option<u64>,
+    /// Override the wall-clock limit, in milliseconds.
+    #[arg(long)]
+    timeout_ms: Option<u64>,
+    /// Override the memory limit, in MiB.
+    #[arg(long)]
+    memory_mib: Option<usize>,
+    /// Print the result as JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("DSB_LOG")
+                .unwrap_or_else(|_| "warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    match cli.command {
+        Command::Demo { guests, samples } => runtime.block_on(async {
+            let work = tempdir()?;
+            let config = demo::DemoConfig {
+                guests_dir: guests,
+                samples_dir: samples,
+                work_dir: work.clone(),
+            };
+            let result = demo::run(&config, &mut std::io::stdout().lock()).await;
+            let _ = std::fs::remove_dir_all(&work);
+            result
+        }),
+        Command::Dev {
+            command: DevCommand::Run(args),
+        } => {
+            let ok = runtime.block_on(dev_run(args))?;
+            if !ok {
+                std::process::exit(2);
+            }
+            Ok(())
+        }
+        Command::SampleData { out } => {
+            sample_data::write(&out).with_context(|| format!("writing {}", out.display()))?;
+            println!("wrote the sample datasets to {}", out.display());
+            Ok(())
+        }
+    }
+}
+
+fn tempdir() -> anyhow::Result<PathBuf> {
+    let dir = std::env::temp_dir().join(format!("dsb-demo-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+    Ok(dir)
+}
+
+/// Returns whether the job ended `ok`.
+async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
+    let bytes = std::fs::read(&args.module)
+        .with_context(|| format!("reading {}", args.module.display()))?;
+    let mut datasets = Vec::new();
+    for path in &args.data {
+        // Your own files: treated as open data.
+        datasets.extend(DatasetSource::discover(path, Classification::Open)?);
+    }
+    ensure_unique_names(&datasets)?;
+    let sandbox = Sandbox::new(SandboxConfig {
+        module_dir: Some(args.data_dir.join("modules")),
+        ..SandboxConfig::default()
+    })?;
+    let (module, load) = match sandbox.load_module(&bytes) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            println!("category: invalid-module: {error}");
+            return Ok(false);
+        }
+    };
+    let mut limits = Limits::default();
+    if let Some(fuel) = args.fuel {
+        limits.fuel = fuel;
+    }
+    if let Some(ms) = args.timeout_ms {
+        limits.timeout = Duration::from_millis(ms);
+    }
+    if let Some(mib) = args.memory_mib {
+        limits.memory_bytes = mib << 20;
+    }
+    let mut env = JobEnv::new(args.job_id.clone());
+    env.limits = limits;
+    env.datasets = datasets.clone();
+    let (call, labels) = guest_call(module.world, &datasets, &args).await?;
+    let execution = sandbox.run(&module, &env, call).await;
+
+    let mut out = std::io::stdout().lock();
+    if args.json {
+        let report = serde_json::json!({
+            "report": execution.submitter_report(),
+            "returned": returned_json(&execution.returned),
+            "diagnostics": execution.diagnostics,
+        });
+        writeln!(out, "{}", serde_json::to_string_pretty(&report)?)?;
+        return Ok(execution.category.is_ok());
+    }
+    writeln!(out, "module: {} ({}, {load:?})", module.hash, module.world)?;
+    writeln!(out, "category: {}", execution.category)?;
+    demo::print_outputs(&execution, &mut out)?;
+    match (&execution.returned, labels) {
+        (Some(Returned::Vector(predictions)), Some(labels)) => {
+            writeln!(out, "predictions: {}", predictions.len())?;
+            if predictions.len() == labels.len() && !labels.is_empty() {
+                let mse = predictions
+                    .iter()
+                    .zip(&labels)
+                    .map(|(p, y)| (p - y).powi(2))
+                    .sum::<f64>()
+                    / labels.len() as f64;
+                writeln!(out, "local RMSE against the label: {:.4}", mse.sqrt())?;
+            }
+        }
+        (Some(Returned::Vector(values)), None) => writeln!(out, "returned: {values:?}")?,
+        (Some(Returned::Number(value)), _) => writeln!(out, "returned: {value}")?,
+        _ => {}
+    }
+    let d = &execution.diagnostics;
+    writeln!(out, "--- diagnostics (your own data, so shown) ---")?;
+    writeln!(
+        out,
+        "fuel used: {}, duration: {:?}",
+        d.fuel_consumed, d.duration
+    )?;
+    for q in &d.queries {
+        writeln!(
+            out,
+            "query: {} -> {} ({} rows, {} bytes)",
+            q.sql, q.outcome, q.rows, q.bytes
+        )?;
+    }
+    if let Some(error) = &d.guest_error {
+        writeln!(out, "guest error: {error}")?;
+    }
+    if let Some(trap) = &d.trap {
+        writeln!(out, "trap: {trap}")?;
+    }
+    if !d.log.is_empty() {
+        writeln!(
+            out,
+            "log{}:\n{}",
+            if d.log_truncated { " (truncated)" } else { "" },
+            d.log.trim_end()
+        )?;
+    }
+    Ok(execution.category.is_ok())
+}
+
+fn returned_json(returned: &Option<Returned>) -> serde_json::Value {
+    match returned {
+        Some(Returned::Vector(v)) => serde_json::json!(v),
+        Some(Returned::Number(n)) => serde_json::json!(n),
+        Some(Returned::Unit) | None => serde_json::Value::Null,
+    }
+}
+
+/// Build the call for the module's world from local files. Returns the
+/// held-back labels for `model` guests.
+async fn guest_call(
+    world: World,
+    datasets: &[DatasetSource],
+    args: &DevRun,
+) -> anyhow::Result<(GuestCall, Option<Vec<f64>>)> {
+    let params = args.params.clone();
+    let first = || datasets.first().context("this world needs --data");
+    Ok(match world {
+        World::Analysis => (GuestCall::Run { params }, None),
+        World::BlockAnalysis => {
+            // Locally the whole table is one block.
+            let (schema, batches) = query::read_table(first()?).await?;
+            (
+                GuestCall::Analyze {
+                    block: arrow_ipc::encode(&schema, &batches)?,
+                    params,
+                },
+                None,
+            )
+        }
+        World::Scorer => {
+            let mut rows = Vec::new();
+            for dataset in datasets {
+                let (schema, batches) = query::read_table(dataset).await?;
+                rows.push((dataset.name.clone(), arrow_ipc::encode(&schema, &batches)?));
+            }
+            (GuestCall::Score { rows, params }, None)
+        }
+        World::Model => {
+            let Some(label) = &args.label else {
+                bail!("model guests need --label <column>");
+            };
+            let (schema, batches) = query::read_table(first()?).await?;
+            let index = schema
+                .index_of(label)
+                .with_context(|| format!("no column {label}"))?;
+            let mut labels = Vec::new();
+            let mut features = Vec::new();
+            for batch in &batches {
+                let column = datafusion::arrow::compute::cast(
+                    batch.column(index),
+                    &datafusion::arrow::datatypes::DataType::Float64,
+                )?;
+                let column = column
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                    .context("label is not numeric")?;
+                labels.extend(column.iter().map(|v| v.unwrap_or(f64::NAN)));
+                let mut without = batch.clone();
+                without.remove_column(index);
+                features.push(without);
+            }
+            let feature_schema = features
+                .first()
+                .map(|b| b.schema())
+                .unwrap_or_else(|| std::sync::Arc::new(schema.as_ref().clone()));
+            (
+                GuestCall::TrainPredict {
+                    train: arrow_ipc::encode(&schema, &batches)?,
+                    params,
+                    features: arrow_ipc::encode(&feature_schema, &features)?,
+                },
+                Some(labels),
+            )
+        }
+    })
+}

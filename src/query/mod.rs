@@ -1,0 +1,342 @@
+//! The SQL gate and DataFusion sessions behind the guest's `data.query`.
+//!
+//! A [`QuerySession`] is opened per job over exactly the job's datasets. Each
+//! statement passes three checks before it runs: it is one `SELECT` (no DDL,
+//! DML, `COPY`, `EXPLAIN` or `SET`), its logical plan contains only relational
+//! nodes (checked with `apply_with_subqueries`, deny by default), and every
+//! table it scans belongs to the job and may be queried under its
+//! classification. Errors are split by what they may reveal: planning errors
+//! depend only on the statement and the schema and are returned with their
+//! text; execution errors could depend on row values and are returned as a
+//! bare [`QueryError::Failed`], their detail kept for administrators.
+//!
+//! This module does not know about wasm, jobs or outputs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::common::tree_node::TreeNodeRecursion;
+use datafusion::datasource::file_format::options::ArrowReadOptions;
+use datafusion::execution::runtime_env::RuntimeEnvBuilder;
+use datafusion::logical_expr::LogicalPlan;
+use datafusion::prelude::{
+    CsvReadOptions, ParquetReadOptions, SQLOptions, SessionConfig, SessionContext,
+};
+use datafusion::sql::parser::{DFParserBuilder, Statement as DfStatement};
+use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
+use datafusion::sql::sqlparser::dialect::GenericDialect;
+use futures::StreamExt;
+
+use crate::dataset::{Classification, DataFormat, DatasetSource};
+
+/// Resources one job's queries may use.
+#[derive(Debug, Clone)]
+pub struct QueryConfig {
+    /// DataFusion memory pool per job; operators that track memory fail past it.
+    pub memory_limit_bytes: usize,
+    /// Parallelism of one query.
+    pub target_partitions: usize,
+    /// Deepest SQL nesting the parser accepts (guards the host's stack).
+    pub parser_recursion_limit: usize,
+}
+
+impl Default for QueryConfig {
+    fn default() -> Self {
+        QueryConfig {
+            memory_limit_bytes: 1 << 30,
+            target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            parser_recursion_limit: 64,
+        }
+    }
+}
+
+/// Why a statement returned nothing. Texts in `Rejected` and `Invalid` are
+/// host-written or planner-written and depend only on the statement and the
+/// schema; they may go to the guest.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum QueryError {
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    /// Execution failed. `detail` is DataFusion's text, which can quote row
+    /// values: it goes to the administrators' diagnostics only.
+    #[error("query failed")]
+    Failed { detail: String },
+    /// The result exceeded the bytes the job may still receive.
+    #[error("result larger than the {limit} bytes left for this job")]
+    TooLarge { limit: usize },
+}
+
+/// Opening a session failed: a host-side problem with a dataset file.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot open dataset {table}: {source}")]
+pub struct OpenError {
+    pub table: String,
+    #[source]
+    pub source: datafusion::error::DataFusionError,
+}
+
+/// A column as the guest sees it in `data.tables`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ColumnDescription {
+    pub name: String,
+    pub data_type: String,
+}
+
+/// A table as the guest sees it in `data.tables`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TableDescription {
+    pub name: String,
+    pub classification: Classification,
+    pub columns: Vec<ColumnDescription>,
+}
+
+/// One job's view of its datasets.
+pub struct QuerySession {
+    ctx: SessionContext,
+    tables: Vec<TableDescription>,
+    classification: HashMap<String, Classification>,
+    parser_recursion_limit: usize,
+}
+
+impl QuerySession {
+    /// Register the job's datasets; nothing else is visible to its queries.
+    pub async fn open(datasets: &[DatasetSource], config: &QueryConfig) -> Result<Self, OpenError> {
+        let session_config = SessionConfig::new()
+            .with_information_schema(false)
+            .with_target_partitions(config.target_partitions.max(1));
+        let runtime = RuntimeEnvBuilder::new()
+            .with_memory_limit(config.memory_limit_bytes, 1.0)
+            .build_arc()
+            .map_err(|source| OpenError {
+                table: String::new(),
+                source,
+            })?;
+        let ctx = SessionContext::new_with_config_rt(session_config, runtime);
+        let mut tables = Vec::with_capacity(datasets.len());
+        let mut classification = HashMap::new();
+        for dataset in datasets {
+            let open_error = |source| OpenError {
+                table: dataset.name.clone(),
+                source,
+            };
+            register(&ctx, dataset).await.map_err(open_error)?;
+            let schema = ctx
+                .table_provider(dataset.name.as_str())
+                .await
+                .map_err(open_error)?
+                .schema();
+            tables.push(TableDescription {
+                name: dataset.name.clone(),
+                classification: dataset.classification,
+                columns: schema
+                    .fields()
+                    .iter()
+                    .map(|f| ColumnDescription {
+                        name: f.name().clone(),
+                        data_type: f.data_type().to_string(),
+                    })
+                    .collect(),
+            });
+            classification.insert(dataset.name.clone(), dataset.classification);
+        }
+        Ok(QuerySession {
+            ctx,
+            tables,
+            classification,
+            parser_recursion_limit: config.parser_recursion_limit,
+        })
+    }
+
+    /// The job's tables.
+    pub fn tables(&self) -> &[TableDescription] {
+        &self.tables
+    }
+
+    /// Check and run one statement; stop with [`QueryError::TooLarge`] once
+    /// the result's in-memory size passes `max_bytes`.
+    pub async fn run(
+        &self,
+        sql: &str,
+        max_bytes: usize,
+    ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+        let plan = self.plan(sql).await?;
+        let failed = |e: datafusion::error::DataFusionError| QueryError::Failed {
+            detail: e.to_string(),
+        };
+        let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
+        let schema: SchemaRef = Arc::clone(frame.schema().inner());
+        let mut stream = frame.execute_stream().await.map_err(failed)?;
+        let (mut batches, mut bytes) = (Vec::new(), 0usize);
+        while let Some(batch) = stream.next().await {
+            let batch = batch.map_err(failed)?;
+            bytes = bytes.saturating_add(batch.get_array_memory_size());
+            if bytes > max_bytes {
+                return Err(QueryError::TooLarge { limit: max_bytes });
+            }
+            batches.push(batch);
+        }
+        Ok((schema, batches))
+    }
+
+    /// Parse, gate and plan one statement without running it.
+    pub async fn plan(&self, sql: &str) -> Result<LogicalPlan, QueryError> {
+        let statement = single_select(sql, self.parser_recursion_limit)?;
+        let plan = self
+            .ctx
+            .state()
+            .statement_to_plan(statement)
+            .await
+            .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+        SQLOptions::new()
+            .with_allow_ddl(false)
+            .with_allow_dml(false)
+            .with_allow_statements(false)
+            .verify_plan(&plan)
+            .map_err(|_| QueryError::Rejected("only SELECT statements are allowed".into()))?;
+        self.check_plan(&plan)?;
+        Ok(plan)
+    }
+
+    /// Deny by default: only relational nodes, only the job's tables, only
+    /// tables whose classification lets them answer queries.
+    fn check_plan(&self, plan: &LogicalPlan) -> Result<(), QueryError> {
+        let mut rejection = None;
+        plan.apply_with_subqueries(|node| {
+            rejection = self.rejects(node);
+            Ok(if rejection.is_some() {
+                TreeNodeRecursion::Stop
+            } else {
+                TreeNodeRecursion::Continue
+            })
+        })
+        .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+        rejection.map_or(Ok(()), |reason| Err(QueryError::Rejected(reason)))
+    }
+
+    fn rejects(&self, node: &LogicalPlan) -> Option<String> {
+        match node {
+            LogicalPlan::TableScan(scan) => {
+                let table = scan.table_name.table();
+                match self.classification.get(table) {
+                    None => Some(format!("table {table} is not part of this job")),
+                    Some(Classification::Open) => None,
+                    // Fail closed: protected datasets answer only under an
+                    // output policy, and none is attached to this session.
+                    Some(_) => Some(format!("no policy for this dataset ({table})")),
+                }
+            }
+            LogicalPlan::Projection(_)
+            | LogicalPlan::Filter(_)
+            | LogicalPlan::Window(_)
+            | LogicalPlan::Aggregate(_)
+            | LogicalPlan::Sort(_)
+            | LogicalPlan::Join(_)
+            | LogicalPlan::Repartition(_)
+            | LogicalPlan::Union(_)
+            | LogicalPlan::EmptyRelation(_)
+            | LogicalPlan::Subquery(_)
+            | LogicalPlan::SubqueryAlias(_)
+            | LogicalPlan::Limit(_)
+            | LogicalPlan::Values(_)
+            | LogicalPlan::Distinct(_)
+            | LogicalPlan::Unnest(_)
+            | LogicalPlan::RecursiveQuery(_) => None,
+            LogicalPlan::Explain(_) | LogicalPlan::Analyze(_) => {
+                Some("EXPLAIN is refused: it shows statistics and file paths".into())
+            }
+            other => Some(format!(
+                "{} is not allowed in a query",
+                plan_node_name(other)
+            )),
+        }
+    }
+}
+
+/// Register one dataset file as a table of `ctx`.
+async fn register(ctx: &SessionContext, dataset: &DatasetSource) -> datafusion::error::Result<()> {
+    let path = dataset.path.to_string_lossy();
+    match dataset.format {
+        DataFormat::Csv => {
+            ctx.register_csv(&dataset.name, path.as_ref(), CsvReadOptions::new())
+                .await
+        }
+        DataFormat::Parquet => {
+            ctx.register_parquet(&dataset.name, path.as_ref(), ParquetReadOptions::default())
+                .await
+        }
+        DataFormat::Arrow => {
+            ctx.register_arrow(&dataset.name, path.as_ref(), ArrowReadOptions::default())
+                .await
+        }
+    }
+}
+
+/// Read a whole dataset on the host side, bypassing the gate: for release
+/// modes that hand rows to a guest (blocks, training data, one subject's
+/// rows) and for `dsb dev run` on the developer's own data.
+pub async fn read_table(
+    dataset: &DatasetSource,
+) -> Result<(SchemaRef, Vec<RecordBatch>), OpenError> {
+    let ctx = SessionContext::new();
+    let open_error = |source| OpenError {
+        table: dataset.name.clone(),
+        source,
+    };
+    register(&ctx, dataset).await.map_err(open_error)?;
+    let frame = ctx.table(dataset.name.as_str()).await.map_err(open_error)?;
+    let schema: SchemaRef = Arc::clone(frame.schema().inner());
+    let batches = frame.collect().await.map_err(open_error)?;
+    Ok((schema, batches))
+}
+
+fn plan_node_name(plan: &LogicalPlan) -> &'static str {
+    match plan {
+        LogicalPlan::Dml(_) => "data modification",
+        LogicalPlan::Ddl(_) => "DDL",
+        LogicalPlan::Copy(_) => "COPY",
+        LogicalPlan::Statement(_) => "a session statement",
+        LogicalPlan::DescribeTable(_) => "DESCRIBE",
+        LogicalPlan::Extension(_) => "an extension node",
+        _ => "this plan node",
+    }
+}
+
+/// Parse `sql` and require exactly one plain `SELECT` (or other query
+/// expression: `WITH`, `VALUES`, set operations).
+fn single_select(sql: &str, recursion_limit: usize) -> Result<DfStatement, QueryError> {
+    let mut statements = DFParserBuilder::new(sql)
+        .with_dialect(&GenericDialect {})
+        .with_recursion_limit(recursion_limit)
+        .build()
+        .and_then(|mut parser| parser.parse_statements())
+        .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+    if statements.len() > 1 {
+        return Err(QueryError::Rejected("one statement per query".into()));
+    }
+    let statement = statements
+        .pop_front()
+        .ok_or_else(|| QueryError::Invalid("no SQL statement".into()))?;
+    match &statement {
+        DfStatement::Statement(inner) if matches!(**inner, SqlStatement::Query(_)) => Ok(statement),
+        DfStatement::Explain(_) => Err(QueryError::Rejected(
+            "EXPLAIN is refused: it shows statistics and file paths".into(),
+        )),
+        DfStatement::Statement(inner)
+            if matches!(
+                **inner,
+                SqlStatement::Explain { .. } | SqlStatement::ExplainTable { .. }
+            ) =>
+        {
+            Err(QueryError::Rejected(
+                "EXPLAIN is refused: it shows statistics and file paths".into(),
+            ))
+        }
+        _ => Err(QueryError::Rejected(
+            "only SELECT statements are allowed".into(),
+        )),
+    }
+}

@@ -1,0 +1,394 @@
+//! The wasmtime host: runs untrusted components next to the data.
+//!
+//! One [`Sandbox`] per process: the `Engine` (Cranelift, pooling allocator,
+//! fuel and epoch interruption) and one `Linker` per world are built once; an
+//! `InstancePre` is built once per module and cached by its SHA-256; every
+//! job gets a fresh `Store` with its own limits, fuel, deadline and
+//! locked-down WASI context (`job`).
+//!
+//! Layout:
+//! - `intake`: module validation, world detection, artifact cache.
+//! - `job`: one execution and its classification into a [`Category`].
+//! - `host`: the host imports, one file per WIT interface.
+//! - `wasi`: the WASI context that gives the guest nothing.
+//! - `limits`: per-job limits and the store's resource limiter.
+//! - `outcome`: categories, diagnostics, the submitter's report.
+//!
+//! **Architecture Invariant:** nothing a guest writes (trap text, error
+//! strings, logs, stdout) reaches a [`SubmitterReport`]; it goes to
+//! [`Diagnostics`].
+
+pub mod bindings;
+mod host;
+pub mod intake;
+pub mod job;
+pub mod limits;
+pub mod outcome;
+pub mod wasi;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, OptLevel, PoolingAllocationConfig};
+
+pub use intake::{IntakeError, ModuleLoad, World};
+pub use job::{Execution, GuestCall, JobEnv, JobState, Returned};
+pub use limits::Limits;
+pub use outcome::{Category, Diagnostics, Output, SubmitterReport};
+
+use crate::query::{QueryConfig, QuerySession};
+
+/// Engine-wide settings, fixed when the [`Sandbox`] starts.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// Where module bytes and compiled artifacts are kept; `None` keeps them
+    /// in memory only.
+    pub module_dir: Option<PathBuf>,
+    /// Largest module accepted.
+    pub max_module_bytes: usize,
+    /// Wasm stack per call; deeper recursion ends as `stack-overflow`.
+    pub max_wasm_stack: usize,
+    /// Upper bound for any job's memory limit (the pooling allocator's slot).
+    pub max_memory_bytes: usize,
+    /// Component instances alive at once (pool size).
+    pub concurrent_instances: u32,
+    /// How often the epoch advances; guests yield to the executor this often.
+    pub epoch_tick: Duration,
+    /// DataFusion resources per job.
+    pub query: QueryConfig,
+}
+
+impl Default for SandboxConfig {
+    fn default() -> Self {
+        SandboxConfig {
+            module_dir: None,
+            max_module_bytes: 64 << 20,
+            max_wasm_stack: 512 << 10,
+            max_memory_bytes: 1 << 30,
+            concurrent_instances: 128,
+            epoch_tick: Duration::from_millis(10),
+            query: QueryConfig::default(),
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    #[error("configuring wasmtime: {0}")]
+    Engine(String),
+    #[error("module directory: {0}")]
+    ModuleDir(#[from] std::io::Error),
+}
+
+/// A module ready to instantiate: validated, compiled, pre-linked.
+pub struct LoadedModule {
+    /// Hex SHA-256 of the module's bytes.
+    pub hash: String,
+    pub world: World,
+    pub size: usize,
+    pre: WorldPre,
+}
+
+impl std::fmt::Debug for LoadedModule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedModule")
+            .field("hash", &self.hash)
+            .field("world", &self.world)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The typed `InstancePre` of each world.
+enum WorldPre {
+    Analysis(bindings::analysis::AnalysisPre<JobState>),
+    BlockAnalysis(bindings::block_analysis::BlockAnalysisPre<JobState>),
+    Model(bindings::model::ModelPre<JobState>),
+    Scorer(bindings::scorer::ScorerPre<JobState>),
+}
+
+/// Linkers built once, one per world, each with exactly the imports that
+/// world may use.
+struct Linkers {
+    analysis: Linker<JobState>,
+    block_analysis: Linker<JobState>,
+    model: Linker<JobState>,
+    scorer: Linker<JobState>,
+}
+
+/// The process-wide wasmtime host.
+pub struct Sandbox {
+    engine: Engine,
+    linkers: Linkers,
+    config: SandboxConfig,
+    store: Option<intake::ModuleStore>,
+    /// Loaded modules by hash. A `std` mutex: held only to look up or insert,
+    /// never across an `.await` or a compilation.
+    modules: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    _ticker: EpochTicker,
+}
+
+impl Sandbox {
+    pub fn new(config: SandboxConfig) -> Result<Self, SandboxError> {
+        let engine = build_engine(&config).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let linkers = build_linkers(&engine).map_err(|e| SandboxError::Engine(format!("{e:#}")))?;
+        let store = match &config.module_dir {
+            Some(dir) => Some(intake::ModuleStore::open(dir, &engine)?),
+            None => None,
+        };
+        let ticker = EpochTicker::start(&engine, config.epoch_tick);
+        Ok(Sandbox {
+            engine,
+            linkers,
+            config,
+            store,
+            modules: Mutex::new(HashMap::new()),
+            _ticker: ticker,
+        })
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.config
+    }
+
+    /// Validate, compile (or load the cached artifact) and pre-link a module.
+    pub fn load_module(
+        &self,
+        bytes: &[u8],
+    ) -> Result<(Arc<LoadedModule>, ModuleLoad), IntakeError> {
+        intake::check_header(bytes, self.config.max_module_bytes)?;
+        let hash = intake::module_hash(bytes);
+        if let Some(module) = self.cached(&hash) {
+            return Ok((module, ModuleLoad::Memory));
+        }
+        let (component, load) = match self
+            .store
+            .as_ref()
+            .and_then(|s| s.load_artifact(&self.engine, &hash))
+        {
+            Some(component) => (component, ModuleLoad::Artifact),
+            None => {
+                let component = Component::new(&self.engine, bytes).map_err(|error| {
+                    tracing::info!(%hash, error = %format!("{error:#}"), "module failed to compile");
+                    IntakeError::InvalidComponent
+                })?;
+                (component, ModuleLoad::Compiled)
+            }
+        };
+        let world = intake::classify_component(&self.engine, &component)?;
+        if load == ModuleLoad::Compiled
+            && let Some(store) = &self.store
+        {
+            store.save(&hash, bytes, &component)?;
+        }
+        let pre = self.pre_link(world, &component).map_err(|error| {
+            tracing::info!(%hash, error = %format!("{error:#}"), "module failed to link");
+            IntakeError::InvalidComponent
+        })?;
+        let module = Arc::new(LoadedModule {
+            hash: hash.clone(),
+            world,
+            size: bytes.len(),
+            pre,
+        });
+        let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        Ok((Arc::clone(modules.entry(hash).or_insert(module)), load))
+    }
+
+    /// A module loaded earlier, by hash, from memory or the module directory.
+    pub fn module_by_hash(&self, hash: &str) -> Result<Option<Arc<LoadedModule>>, IntakeError> {
+        if let Some(module) = self.cached(hash) {
+            return Ok(Some(module));
+        }
+        match self.store.as_ref().and_then(|s| s.module_bytes(hash)) {
+            Some(bytes) => Ok(Some(self.load_module(&bytes)?.0)),
+            None => Ok(None),
+        }
+    }
+
+    fn cached(&self, hash: &str) -> Option<Arc<LoadedModule>> {
+        self.modules
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(hash)
+            .cloned()
+    }
+
+    fn pre_link(&self, world: World, component: &Component) -> wasmtime::Result<WorldPre> {
+        Ok(match world {
+            World::Analysis => WorldPre::Analysis(bindings::analysis::AnalysisPre::new(
+                self.linkers.analysis.instantiate_pre(component)?,
+            )?),
+            World::BlockAnalysis => {
+                WorldPre::BlockAnalysis(bindings::block_analysis::BlockAnalysisPre::new(
+                    self.linkers.block_analysis.instantiate_pre(component)?,
+                )?)
+            }
+            World::Model => WorldPre::Model(bindings::model::ModelPre::new(
+                self.linkers.model.instantiate_pre(component)?,
+            )?),
+            World::Scorer => WorldPre::Scorer(bindings::scorer::ScorerPre::new(
+                self.linkers.scorer.instantiate_pre(component)?,
+            )?),
+        })
+    }
+
+    /// Run one guest call. An `analysis` job gets a query session over
+    /// `env.datasets`; the other worlds get no data access at all.
+    pub async fn run(&self, module: &LoadedModule, env: &JobEnv, call: GuestCall) -> Execution {
+        if call.world() != module.world {
+            let refusal = IntakeError::WrongWorld {
+                expected: call.world(),
+                found: module.world,
+            };
+            return Execution::refused(&env.job_id, Category::from(&refusal));
+        }
+        if env.limits.memory_bytes > self.config.max_memory_bytes {
+            tracing::warn!(job = %env.job_id, "job memory limit above the sandbox's; using the sandbox's");
+        }
+        let mut env = env.clone();
+        env.limits.memory_bytes = env.limits.memory_bytes.min(self.config.max_memory_bytes);
+        let session = if module.world == World::Analysis {
+            match QuerySession::open(&env.datasets, &self.config.query).await {
+                Ok(session) => Some(Arc::new(session)),
+                Err(error) => {
+                    tracing::error!(job = %env.job_id, %error, "cannot open the job's datasets");
+                    return Execution::refused(&env.job_id, Category::Internal);
+                }
+            }
+        } else {
+            None
+        };
+        job::execute(&self.engine, module, &env, session, call).await
+    }
+
+    /// Load `bytes` and run `call`: intake refusals become `invalid-module`.
+    pub async fn run_bytes(&self, bytes: &[u8], env: &JobEnv, call: GuestCall) -> Execution {
+        match self.load_module(bytes) {
+            Ok((module, load)) => {
+                let mut execution = self.run(&module, env, call).await;
+                execution.diagnostics.module_load = Some(format!("{load:?}"));
+                execution
+            }
+            Err(error) => Execution::refused(&env.job_id, Category::from(&error)),
+        }
+    }
+
+    /// Instantiate a module in a fresh store and drop it; for benchmarks of
+    /// the per-job fixed cost.
+    pub async fn instantiate_only(
+        &self,
+        module: &LoadedModule,
+        env: &JobEnv,
+    ) -> wasmtime::Result<()> {
+        let mut store = wasmtime::Store::new(&self.engine, JobState::new(env, None));
+        store.limiter(|state| &mut state.limiter);
+        store.set_fuel(env.limits.fuel)?;
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_async_yield_and_update(1);
+        match &module.pre {
+            WorldPre::Analysis(pre) => {
+                pre.instantiate_async(&mut store).await?;
+            }
+            WorldPre::BlockAnalysis(pre) => {
+                pre.instantiate_async(&mut store).await?;
+            }
+            WorldPre::Model(pre) => {
+                pre.instantiate_async(&mut store).await?;
+            }
+            WorldPre::Scorer(pre) => {
+                pre.instantiate_async(&mut store).await?;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn build_engine(config: &SandboxConfig) -> wasmtime::Result<Engine> {
+    let mut pool = PoolingAllocationConfig::default();
+    let instances = config.concurrent_instances.max(1);
+    pool.total_component_instances(instances)
+        // A Rust or Python component holds a handful of core instances
+        // (the program, WASI adapters, shims), tables and memories.
+        .total_core_instances(instances * 8)
+        .total_memories(instances * 2)
+        .total_tables(instances * 8)
+        .total_stacks(instances)
+        .max_memory_size(config.max_memory_bytes)
+        .max_memories_per_component(4)
+        .max_tables_per_component(16)
+        .max_core_instances_per_component(16);
+    let mut wasm = Config::new();
+    wasm.wasm_component_model(true)
+        .consume_fuel(true)
+        .epoch_interruption(true)
+        .max_wasm_stack(config.max_wasm_stack)
+        .parallel_compilation(true)
+        .cranelift_opt_level(OptLevel::Speed)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&wasm)
+}
+
+fn build_linkers(engine: &Engine) -> wasmtime::Result<Linkers> {
+    let base = || -> wasmtime::Result<Linker<JobState>> {
+        let mut linker = Linker::new(engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+        Ok(linker)
+    };
+    let mut analysis = base()?;
+    bindings::analysis::Analysis::add_to_linker::<_, HasSelf<_>>(&mut analysis, |s| s)?;
+    let mut block_analysis = base()?;
+    bindings::block_analysis::BlockAnalysis::add_to_linker::<_, HasSelf<_>>(
+        &mut block_analysis,
+        |s| s,
+    )?;
+    let mut model = base()?;
+    bindings::model::Model::add_to_linker::<_, HasSelf<_>>(&mut model, |s| s)?;
+    let mut scorer = base()?;
+    bindings::scorer::Scorer::add_to_linker::<_, HasSelf<_>>(&mut scorer, |s| s)?;
+    Ok(Linkers {
+        analysis,
+        block_analysis,
+        model,
+        scorer,
+    })
+}
+
+/// Advances the engine's epoch on a fixed tick; stops when dropped.
+struct EpochTicker {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl EpochTicker {
+    fn start(engine: &Engine, tick: Duration) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let engine = engine.clone();
+        let stopped = Arc::clone(&stop);
+        let thread = std::thread::Builder::new()
+            .name("dsb-epoch".into())
+            .spawn(move || {
+                while !stopped.load(Ordering::Relaxed) {
+                    std::thread::sleep(tick);
+                    engine.increment_epoch();
+                }
+            })
+            .expect("spawning the epoch thread");
+        EpochTicker {
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for EpochTicker {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

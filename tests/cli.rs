@@ -1,0 +1,162 @@
+//! `dsb` as a user runs it: `dev run` on local files and `demo`.
+
+mod common;
+
+use std::process::Command;
+
+use common::*;
+
+fn dsb(args: &[&str], data_dir: &std::path::Path) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_dsb"))
+        .args(args)
+        .env("DSB_DATA_DIR", data_dir)
+        .current_dir(repo())
+        .output()
+        .expect("running dsb")
+}
+
+#[test]
+fn dev_run_prints_outputs_category_and_the_developers_own_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = guests_dir().join("district_stats.wasm");
+    let out = dsb(
+        &[
+            "dev",
+            "run",
+            "--module",
+            module.to_str().unwrap(),
+            "--data",
+            "data/samples/enterprises.csv",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("category: ok"), "{stdout}");
+    assert!(stdout.contains("Pudong"), "{stdout}");
+    assert!(
+        stdout.contains("[log] district-stats over enterprises"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn dev_run_reports_failures_with_exit_code_2() {
+    let dir = tempfile::tempdir().unwrap();
+    let module = guests_dir().join("hostile.wasm");
+    let out = dsb(
+        &[
+            "dev",
+            "run",
+            "--module",
+            module.to_str().unwrap(),
+            "--data",
+            "data/samples",
+            "--params",
+            r#"{"attack":"loop"}"#,
+            "--fuel",
+            "100000000",
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{stdout}");
+    assert!(stdout.contains("category: out-of-fuel"), "{stdout}");
+
+    let garbage = dir.path().join("garbage.wasm");
+    std::fs::write(&garbage, b"not a module").unwrap();
+    let out = dsb(
+        &["dev", "run", "--module", garbage.to_str().unwrap()],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("category: invalid-module: not-wasm"));
+}
+
+#[test]
+fn dev_run_drives_every_world() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |module: &str, extra: &[&str]| {
+        let module = guests_dir().join(format!("{module}.wasm"));
+        let mut args = vec!["dev", "run", "--module", module.to_str().unwrap()];
+        args.extend_from_slice(extra);
+        let out = dsb(&args, dir.path());
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        stdout
+    };
+    let block = run(
+        "block_mean",
+        &[
+            "--data",
+            "data/samples/enterprises.csv",
+            "--params",
+            r#"{"column":"employees"}"#,
+        ],
+    );
+    assert!(
+        block.contains("returned: [") && block.contains("2000.0]"),
+        "{block}"
+    );
+    let model = run(
+        "model_baseline",
+        &[
+            "--data",
+            "data/samples/tax_records.csv",
+            "--label",
+            "overdue",
+            "--params",
+            r#"{"label":"overdue"}"#,
+        ],
+    );
+    assert!(
+        model.contains("predictions: 16000") && model.contains("local RMSE"),
+        "{model}"
+    );
+    let scorer = run(
+        "scorer_simple",
+        &[
+            "--data",
+            "data/samples/tax_records.csv",
+            "--params",
+            r#"{"column":"tax_paid"}"#,
+        ],
+    );
+    assert!(scorer.contains("returned: "), "{scorer}");
+}
+
+#[test]
+fn demo_runs_the_loop_end_to_end() {
+    let dir = tempfile::tempdir().unwrap();
+    guests_dir();
+    let out = dsb(&["demo"], dir.path());
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for expected in [
+        "Pudong",
+        "loop          -> out-of-fuel",
+        "memory        -> memory-limit",
+        "recursion     -> stack-overflow",
+        "query-storm   -> query-limit",
+        "secret-error  -> guest-error",
+        "file read denied, socket denied, env vars 0",
+        "loaded from Artifact cache",
+    ] {
+        assert!(
+            stdout.contains(expected),
+            "missing {expected:?} in\n{stdout}"
+        );
+    }
+}

@@ -1,0 +1,149 @@
+//! Shared test helpers: real guest components built from `sandbox-guests/`,
+//! a shared sandbox, the shipped sample data.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use datasandbox::dataset::{Classification, DatasetSource};
+use datasandbox::sandbox::{Execution, GuestCall, JobEnv, Limits, Output, Sandbox, SandboxConfig};
+
+/// The string the `hostile` fixture hides in traps, panics, errors and logs.
+pub const SECRET: &str = "7f3a9c";
+
+pub fn repo() -> &'static Path {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// Builds the guest components once per test binary (a no-op when they are
+/// up to date) and returns their directory.
+pub fn guests_dir() -> &'static Path {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let status = Command::new("bash")
+            .arg(repo().join("scripts/build-guests"))
+            .status()
+            .expect("running scripts/build-guests");
+        assert!(status.success(), "building the guest components failed");
+        repo().join("sandbox-guests/target/wasm32-wasip2/release")
+    })
+}
+
+/// The bytes of a built guest, e.g. `guest("district_stats")`.
+pub fn guest(name: &str) -> Vec<u8> {
+    let path = guests_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
+}
+
+/// One sandbox per test binary: engines are meant to be shared, and each
+/// reserves virtual memory for its instance pool.
+pub fn sandbox() -> &'static Sandbox {
+    static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
+    SANDBOX.get_or_init(|| Sandbox::new(test_config(None)).expect("starting the sandbox"))
+}
+
+pub fn test_config(module_dir: Option<PathBuf>) -> SandboxConfig {
+    SandboxConfig {
+        module_dir,
+        concurrent_instances: 16,
+        ..SandboxConfig::default()
+    }
+}
+
+pub fn samples() -> PathBuf {
+    repo().join("data/samples")
+}
+
+pub fn register(classification: Classification) -> DatasetSource {
+    DatasetSource::from_file(&samples().join("enterprises.csv"), classification).unwrap()
+}
+
+pub fn tax_records() -> DatasetSource {
+    DatasetSource::from_file(&samples().join("tax_records.csv"), Classification::Open).unwrap()
+}
+
+/// Limits that keep hostile tests quick: 3·10⁸ fuel, 10 s.
+pub fn quick_limits() -> Limits {
+    Limits {
+        fuel: 300_000_000,
+        timeout: Duration::from_secs(10),
+        ..Limits::default()
+    }
+}
+
+pub fn env(job_id: &str, limits: Limits, datasets: Vec<DatasetSource>) -> JobEnv {
+    let mut env = JobEnv::new(job_id);
+    env.limits = limits;
+    env.datasets = datasets;
+    env
+}
+
+/// Run the `hostile` fixture with `params` over the open register.
+pub async fn hostile(params: &str, limits: Limits) -> Execution {
+    let env = env("hostile-job", limits, vec![register(Classification::Open)]);
+    sandbox()
+        .run_bytes(
+            &guest("hostile"),
+            &env,
+            GuestCall::Run {
+                params: params.to_string(),
+            },
+        )
+        .await
+}
+
+/// Run one SQL statement through the `hostile` fixture's `query` attack.
+pub async fn query_through_guest(sql: &str, datasets: Vec<DatasetSource>) -> Execution {
+    let params = serde_json::json!({ "attack": "query", "sql": sql }).to_string();
+    let env = env("query-job", quick_limits(), datasets);
+    sandbox()
+        .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
+        .await
+}
+
+/// The value a job emitted under `name`.
+pub fn value(execution: &Execution, name: &str) -> f64 {
+    execution
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Value { name: n, value } if n == name => Some(*value),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no value {name} in {:?}", execution.outputs))
+}
+
+/// The batches of a table a job emitted under `name`.
+pub fn table(execution: &Execution, name: &str) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let bytes = execution
+        .outputs
+        .iter()
+        .find_map(|o| match o {
+            Output::Table {
+                name: n, arrow_ipc, ..
+            } if n == name => Some(arrow_ipc.clone()),
+            _ => None,
+        })
+        .unwrap_or_else(|| panic!("no table {name} in {:?}", execution.outputs));
+    datasandbox::arrow_ipc::decode(&bytes).unwrap().1
+}
+
+/// Native DataFusion over the same files: the reference for results.
+pub async fn native(
+    sql: &str,
+    datasets: &[DatasetSource],
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for dataset in datasets {
+        ctx.register_csv(
+            &dataset.name,
+            dataset.path.to_str().unwrap(),
+            datafusion::prelude::CsvReadOptions::new(),
+        )
+        .await
+        .unwrap();
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
