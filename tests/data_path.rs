@@ -126,6 +126,8 @@ async fn nothing_outside_the_jobs_tables_is_reachable() {
         "SELECT * FROM information_schema.tables",
         "SELECT * FROM 'data/samples/enterprises.csv'",
         "SELECT * FROM tax_records",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "SELECT * FROM read_parquet('data/samples/enterprises.parquet')",
         "SELEC 1",
     ] {
         // Only the register is part of this job.
@@ -192,4 +194,47 @@ async fn tables_lists_the_jobs_datasets_with_their_columns() {
         execution.diagnostics.guest_error.as_deref(),
         Some("table tax_records is not part of this job")
     );
+}
+
+#[tokio::test]
+async fn table_functions_are_refused_like_any_table_outside_the_job() {
+    let execution = query_through_guest(
+        "SELECT COUNT(*) FROM generate_series(1, 1000000000000)",
+        vec![register(Classification::Open)],
+    )
+    .await;
+    assert_eq!(
+        execution.category.code(),
+        "policy-rejected",
+        "{:?}",
+        execution.diagnostics
+    );
+    assert!(
+        execution
+            .category
+            .to_string()
+            .contains("is not part of this job")
+    );
+}
+
+#[tokio::test]
+async fn deeply_nested_sql_is_refused_without_hurting_the_host() {
+    let depth = 10_000;
+    let sql = format!("SELECT {}1{} AS x", "(".repeat(depth), ")".repeat(depth));
+    let execution = query_through_guest(&sql, vec![register(Classification::Open)]).await;
+    assert_eq!(execution.category, Category::GuestError);
+    assert!(
+        execution.diagnostics.queries[0]
+            .outcome
+            .starts_with("invalid: ")
+    );
+    // Long statements are refused unparsed.
+    let long = format!("SELECT 1 AS x{}", " ".repeat(2 << 20));
+    let execution = query_through_guest(&long, vec![register(Classification::Open)]).await;
+    assert_eq!(
+        execution.diagnostics.queries[0].outcome,
+        "invalid: statement too long"
+    );
+    let next = query_through_guest("SELECT 1 AS x", vec![register(Classification::Open)]).await;
+    assert_eq!(next.category, Category::Ok);
 }

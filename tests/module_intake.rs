@@ -176,3 +176,38 @@ async fn a_cached_module_runs_like_a_fresh_one() {
     assert_eq!(results[0].1.as_deref(), Some("Compiled"));
     assert_eq!(results[1].1.as_deref(), Some("Artifact"));
 }
+
+#[tokio::test]
+async fn the_host_keeps_working_after_refusing_bad_modules() {
+    for bad in [
+        b"garbage".to_vec(),
+        wat::parse_str("(module)").unwrap(),
+        wat::parse_str("(component)").unwrap(),
+        wat::parse_str(r#"(component (import "evil:net/raw" (instance)))"#).unwrap(),
+    ] {
+        let execution = sandbox()
+            .run_bytes(
+                &bad,
+                &JobEnv::new("bad"),
+                GuestCall::Run {
+                    params: "{}".into(),
+                },
+            )
+            .await;
+        assert_eq!(execution.category.code(), "invalid-module");
+    }
+    let execution = sandbox()
+        .run_bytes(
+            &guest("district_stats"),
+            &env(
+                "after-bad",
+                quick_limits(),
+                vec![register(datasandbox::dataset::Classification::Open)],
+            ),
+            GuestCall::Run {
+                params: "{}".into(),
+            },
+        )
+        .await;
+    assert_eq!(execution.category, Category::Ok);
+}

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use wasmtime::component::ResourceTable;
-use wasmtime::{Store, Trap};
+use wasmtime::{Store, Trap, UpdateDeadline};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::intake::World;
@@ -198,16 +198,29 @@ pub(super) async fn execute(
     env: &JobEnv,
     session: Option<Arc<QuerySession>>,
     call: GuestCall,
+    epoch_tick: Duration,
 ) -> Execution {
     let started = Instant::now();
     let mut store = Store::new(engine, JobState::new(env, session));
     store.limiter(|state| &mut state.limiter);
     let fuel_ready = store.set_fuel(env.limits.fuel);
-    // Yield to the executor at every epoch tick so a spinning guest cannot
-    // hold a tokio worker; the wall-clock bound is the timeout below.
+    // The wall-clock deadline, counted in epoch ticks: at every tick the
+    // guest yields to the executor (so a spinning guest cannot hold a tokio
+    // worker) until its ticks are used up, then it is interrupted.
+    let deadline_ticks = (env.limits.timeout.as_nanos() / epoch_tick.as_nanos().max(1)).max(1);
+    let mut ticks = 0u128;
     store.set_epoch_deadline(1);
-    store.epoch_deadline_async_yield_and_update(1);
+    store.epoch_deadline_callback(move |_| {
+        ticks += 1;
+        Ok(if ticks >= deadline_ticks {
+            UpdateDeadline::Interrupt
+        } else {
+            UpdateDeadline::Yield(1)
+        })
+    });
 
+    // The same bound from outside, for time the guest spends blocked in a
+    // host call (a WASI sleep, a long query), where no epoch check runs.
     let outcome = match fuel_ready {
         Ok(()) => {
             tokio::time::timeout(

@@ -262,7 +262,15 @@ impl Sandbox {
         } else {
             None
         };
-        job::execute(&self.engine, module, &env, session, call).await
+        job::execute(
+            &self.engine,
+            module,
+            &env,
+            session,
+            call,
+            self.config.epoch_tick,
+        )
+        .await
     }
 
     /// Load `bytes` and run `call`: intake refusals become `invalid-module`.
