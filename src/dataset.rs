@@ -66,6 +66,37 @@ impl DataFormat {
     }
 }
 
+/// The role of a column in a data dictionary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ColumnRole {
+    Identifier,
+    QuasiIdentifier,
+    Sensitive,
+    Attribute,
+    Label,
+}
+
+impl fmt::Display for ColumnRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ColumnRole::Identifier => "identifier",
+            ColumnRole::QuasiIdentifier => "quasi-identifier",
+            ColumnRole::Sensitive => "sensitive",
+            ColumnRole::Attribute => "attribute",
+            ColumnRole::Label => "label",
+        })
+    }
+}
+
+/// What the guest is told about a column in `data.tables`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ColumnNote {
+    pub name: String,
+    pub role: ColumnRole,
+    pub description: String,
+}
+
 /// One table a job may query.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DatasetSource {
@@ -74,6 +105,17 @@ pub struct DatasetSource {
     pub path: PathBuf,
     pub format: DataFormat,
     pub classification: Classification,
+    /// Declared column types (from the manifest); `None` infers them, which
+    /// only `dsb dev run` on the developer's own files does.
+    #[serde(skip)]
+    pub schema: Option<datafusion::arrow::datatypes::SchemaRef>,
+    /// The data dictionary, when the dataset has a manifest.
+    #[serde(skip)]
+    pub dictionary: Vec<ColumnNote>,
+    /// The aggregate-mode rules for a protected dataset whose policy allows
+    /// that mode; without them a protected dataset answers no query.
+    #[serde(skip)]
+    pub rules: Option<std::sync::Arc<crate::policy::aggregate::TableRules>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -121,6 +163,9 @@ impl DatasetSource {
             path: path.to_path_buf(),
             format,
             classification,
+            schema: None,
+            dictionary: Vec::new(),
+            rules: None,
         })
     }
 

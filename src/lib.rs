@@ -12,6 +12,7 @@
 //!   host imports, limits, job outcomes.
 //! - [`query`]: the SQL gate and DataFusion sessions behind `data.query`.
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
+//! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
 //! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
@@ -19,6 +20,7 @@
 pub mod arrow_ipc;
 pub mod dataset;
 pub mod demo;
+pub mod policy;
 pub mod query;
 pub mod sample_data;
 pub mod sandbox;

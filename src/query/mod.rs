@@ -29,7 +29,12 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
-use crate::dataset::{Classification, DataFormat, DatasetSource};
+use crate::dataset::{Classification, ColumnRole, DataFormat, DatasetSource};
+use crate::policy::aggregate::{self, EnforceError, RulesByTable};
+
+/// Schema metadata key under which a protected query's result tells the
+/// guest what was withheld (see `policy::aggregate::SuppressionReport`).
+pub const SUPPRESSION_METADATA_KEY: &str = "datasandbox.suppression";
 
 /// Resources one job's queries may use.
 #[derive(Debug, Clone)]
@@ -84,6 +89,8 @@ pub struct OpenError {
 pub struct ColumnDescription {
     pub name: String,
     pub data_type: String,
+    pub role: ColumnRole,
+    pub description: String,
 }
 
 /// A table as the guest sees it in `data.tables`.
@@ -99,6 +106,8 @@ pub struct QuerySession {
     ctx: SessionContext,
     tables: Vec<TableDescription>,
     classification: HashMap<String, Classification>,
+    /// Aggregate-mode rules of the protected tables that have them.
+    rules: RulesByTable,
     parser_recursion_limit: usize,
 }
 
@@ -118,6 +127,7 @@ impl QuerySession {
         let ctx = SessionContext::new_with_config_rt(session_config, runtime);
         let mut tables = Vec::with_capacity(datasets.len());
         let mut classification = HashMap::new();
+        let mut rules = RulesByTable::new();
         for dataset in datasets {
             let open_error = |source| OpenError {
                 table: dataset.name.clone(),
@@ -135,18 +145,29 @@ impl QuerySession {
                 columns: schema
                     .fields()
                     .iter()
-                    .map(|f| ColumnDescription {
-                        name: f.name().clone(),
-                        data_type: f.data_type().to_string(),
+                    .map(|f| {
+                        let note = dataset.dictionary.iter().find(|c| &c.name == f.name());
+                        ColumnDescription {
+                            name: f.name().clone(),
+                            data_type: f.data_type().to_string(),
+                            role: note.map_or(ColumnRole::Attribute, |c| c.role),
+                            description: note.map(|c| c.description.clone()).unwrap_or_default(),
+                        }
                     })
                     .collect(),
             });
             classification.insert(dataset.name.clone(), dataset.classification);
+            if dataset.classification != Classification::Open
+                && let Some(table_rules) = &dataset.rules
+            {
+                rules.insert(dataset.name.clone(), Arc::clone(table_rules));
+            }
         }
         Ok(QuerySession {
             ctx,
             tables,
             classification,
+            rules,
             parser_recursion_limit: config.parser_recursion_limit,
         })
     }
@@ -165,14 +186,31 @@ impl QuerySession {
     ) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
         let plan = self.plan(sql).await?;
         let failed = |e: datafusion::error::DataFusionError| QueryError::Failed {
-            detail: e.to_string(),
+            detail: e.strip_backtrace(),
+        };
+        let (plan, report) = if aggregate::reads_protected(&plan, &self.rules) {
+            match aggregate::enforce(&self.ctx, plan, &self.rules).await {
+                Ok((plan, report)) => (plan, Some(report)),
+                Err(EnforceError::Rejected(rejection)) => {
+                    return Err(QueryError::Rejected(rejection.to_string()));
+                }
+                Err(EnforceError::Failed(error)) => return Err(failed(error)),
+            }
+        } else {
+            (plan, None)
         };
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
-        let schema: SchemaRef = Arc::clone(frame.schema().inner());
+        let mut schema: SchemaRef = Arc::clone(frame.schema().inner());
+        if let Some(report) = report {
+            let mut metadata = schema.metadata().clone();
+            metadata.insert(SUPPRESSION_METADATA_KEY.to_string(), report.describe());
+            schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
+        }
         let mut stream = frame.execute_stream().await.map_err(failed)?;
         let (mut batches, mut bytes) = (Vec::new(), 0usize);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(failed)?;
+            let batch = batch.with_schema(Arc::clone(&schema)).map_err(|e| failed(e.into()))?;
             bytes = bytes.saturating_add(batch.get_array_memory_size());
             if bytes > max_bytes {
                 return Err(QueryError::TooLarge { limit: max_bytes });
@@ -190,6 +228,13 @@ impl QuerySession {
             .state()
             .statement_to_plan(statement)
             .await
+            .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+        // Check the plan that will execute: after analysis (type coercion,
+        // subquery and CTE resolution), never the SQL text.
+        let state = self.ctx.state();
+        let plan = state
+            .analyzer()
+            .execute_and_check(plan, state.config_options(), |_, _| {})
             .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
         SQLOptions::new()
             .with_allow_ddl(false)
@@ -224,8 +269,9 @@ impl QuerySession {
                 match self.classification.get(table) {
                     None => Some(format!("table {table} is not part of this job")),
                     Some(Classification::Open) => None,
+                    Some(_) if self.rules.contains_key(table) => None,
                     // Fail closed: protected datasets answer only under an
-                    // output policy, and none is attached to this session.
+                    // output policy that allows this mode.
                     Some(_) => Some(format!("no policy for this dataset ({table})")),
                 }
             }
@@ -261,8 +307,11 @@ async fn register(ctx: &SessionContext, dataset: &DatasetSource) -> datafusion::
     let path = dataset.path.to_string_lossy();
     match dataset.format {
         DataFormat::Csv => {
-            ctx.register_csv(&dataset.name, path.as_ref(), CsvReadOptions::new())
-                .await
+            let mut options = CsvReadOptions::new();
+            if let Some(schema) = &dataset.schema {
+                options = options.schema(schema);
+            }
+            ctx.register_csv(&dataset.name, path.as_ref(), options).await
         }
         DataFormat::Parquet => {
             ctx.register_parquet(&dataset.name, path.as_ref(), ParquetReadOptions::default())

@@ -49,8 +49,14 @@ impl data::Host for JobState {
                     .map(|column| ColumnInfo {
                         name: column.name.clone(),
                         data_type: column.data_type.clone(),
-                        role: ColumnRole::Attribute,
-                        description: String::new(),
+                        role: match column.role {
+                            crate::dataset::ColumnRole::Identifier => ColumnRole::Identifier,
+                            crate::dataset::ColumnRole::QuasiIdentifier => ColumnRole::QuasiIdentifier,
+                            crate::dataset::ColumnRole::Sensitive => ColumnRole::Sensitive,
+                            crate::dataset::ColumnRole::Attribute => ColumnRole::Attribute,
+                            crate::dataset::ColumnRole::Label => ColumnRole::Label,
+                        },
+                        description: column.description.clone(),
                     })
                     .collect(),
             })

@@ -1,0 +1,332 @@
+//! Output policies: what each dataset releases and how.
+//!
+//! Administrators write one TOML file per dataset (or one `default = true`
+//! file) in `policies/`. A [`PolicySet`] is loaded from that directory with
+//! every problem reported as `file:line: message`; a [`PolicyStore`] holds
+//! the current set and swaps it on reload, while a running job keeps the
+//! `Arc<Policy>` it started with. Every policy carries the SHA-256 of its
+//! file, which goes with every job's result.
+//!
+//! `aggregate` enforces the `aggregate` release mode on DataFusion plans.
+//! This module does no query work itself.
+
+pub mod aggregate;
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+/// Release modes a policy can allow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mode {
+    Aggregate,
+    Dp,
+    SampleAggregate,
+    Contest,
+    Scoring,
+}
+
+/// Aggregate functions a policy can allow in `aggregate` mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AggregateFn {
+    Count,
+    CountDistinct,
+    Sum,
+    Avg,
+    Min,
+    Max,
+    Median,
+}
+
+impl AggregateFn {
+    pub fn name(self) -> &'static str {
+        match self {
+            AggregateFn::Count => "count",
+            AggregateFn::CountDistinct => "count-distinct",
+            AggregateFn::Sum => "sum",
+            AggregateFn::Avg => "avg",
+            AggregateFn::Min => "min",
+            AggregateFn::Max => "max",
+            AggregateFn::Median => "median",
+        }
+    }
+}
+
+/// Rounding of released counts and sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Rounding {
+    #[default]
+    None,
+    /// Counts and sums to the nearest 5; counts of 7 or less are withheld.
+    Nearest5,
+}
+
+/// Whether released outputs wait for a human.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Review {
+    #[default]
+    None,
+    Required,
+}
+
+fn default_min_group_size() -> Spanned<u32> {
+    Spanned::new(0..0, 10)
+}
+
+fn default_aggregates() -> Vec<Spanned<AggregateFn>> {
+    [AggregateFn::Count, AggregateFn::CountDistinct, AggregateFn::Sum, AggregateFn::Avg]
+        .into_iter()
+        .map(|a| Spanned::new(0..0, a))
+        .collect()
+}
+
+/// A policy file as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PolicyFile {
+    dataset: Option<Spanned<String>>,
+    #[serde(default)]
+    default: bool,
+    modes: Spanned<Vec<Spanned<Mode>>>,
+    #[serde(default = "default_min_group_size")]
+    min_group_size: Spanned<u32>,
+    #[serde(default = "default_aggregates")]
+    aggregates: Vec<Spanned<AggregateFn>>,
+    #[serde(default)]
+    rounding: Rounding,
+    max_queries_per_job: Option<Spanned<u32>>,
+    max_output_rows: Option<Spanned<u32>>,
+    max_output_bytes: Option<Spanned<u64>>,
+    #[serde(default)]
+    review: Review,
+}
+
+/// A checked policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Policy {
+    /// The dataset it governs; `None` for the default policy.
+    pub dataset: Option<String>,
+    pub modes: Vec<Mode>,
+    /// Distinct privacy units every released group and value must hold.
+    pub min_group_size: u32,
+    pub aggregates: Vec<AggregateFn>,
+    pub rounding: Rounding,
+    pub max_queries_per_job: Option<u32>,
+    pub max_output_rows: Option<u32>,
+    pub max_output_bytes: Option<u64>,
+    pub review: Review,
+    /// Hex SHA-256 of the file's bytes.
+    pub hash: String,
+    pub source: PathBuf,
+}
+
+impl Policy {
+    pub fn allows(&self, mode: Mode) -> bool {
+        self.modes.contains(&mode)
+    }
+}
+
+/// One problem in a policy file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyDiagnostic {
+    pub file: PathBuf,
+    pub line: usize,
+    pub message: String,
+}
+
+impl fmt::Display for PolicyDiagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}: {}", self.file.display(), self.line, self.message)
+    }
+}
+
+/// All problems found in a policy directory.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{} problem(s) in the policies:\n{}", .0.len(), .0.iter().map(|d| d.to_string()).collect::<Vec<_>>().join("\n"))]
+pub struct PolicyError(pub Vec<PolicyDiagnostic>);
+
+/// The line (1-based) of a byte offset.
+pub fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// Every policy of a directory, by dataset.
+#[derive(Debug, Clone, Default)]
+pub struct PolicySet {
+    by_dataset: HashMap<String, Arc<Policy>>,
+    default: Option<Arc<Policy>>,
+}
+
+impl PolicySet {
+    /// Load and check every `*.toml` in `dir`. `known_datasets`, when given,
+    /// are the catalog's ids: a policy naming another dataset is an error.
+    pub fn load(dir: &Path, known_datasets: Option<&[String]>) -> Result<Self, PolicyError> {
+        let mut diagnostics = Vec::new();
+        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+            Ok(entries) => entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+                .collect(),
+            Err(error) => {
+                return Err(PolicyError(vec![PolicyDiagnostic {
+                    file: dir.to_path_buf(),
+                    line: 0,
+                    message: format!("cannot read the policy directory: {error}"),
+                }]));
+            }
+        };
+        files.sort();
+        let mut set = PolicySet::default();
+        let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
+        for file in files {
+            match parse_policy(&file, known_datasets) {
+                Ok(policy) => {
+                    let key = policy.dataset.clone().unwrap_or_else(|| "(default)".into());
+                    if let Some(first) = seen.insert(key.clone(), file.clone()) {
+                        diagnostics.push(PolicyDiagnostic {
+                            file: file.clone(),
+                            line: 1,
+                            message: format!("a second policy for {key}; the first is {}", first.display()),
+                        });
+                        continue;
+                    }
+                    let policy = Arc::new(policy);
+                    match &policy.dataset {
+                        Some(dataset) => {
+                            set.by_dataset.insert(dataset.clone(), policy);
+                        }
+                        None => set.default = Some(policy),
+                    }
+                }
+                Err(mut found) => diagnostics.append(&mut found),
+            }
+        }
+        if diagnostics.is_empty() {
+            Ok(set)
+        } else {
+            Err(PolicyError(diagnostics))
+        }
+    }
+
+    /// The policy governing `dataset`: its own, else the default.
+    pub fn policy_for(&self, dataset: &str) -> Option<Arc<Policy>> {
+        self.by_dataset.get(dataset).or(self.default.as_ref()).cloned()
+    }
+
+    /// Every policy, datasets first (sorted), then the default.
+    pub fn policies(&self) -> Vec<Arc<Policy>> {
+        let mut list: Vec<_> = self.by_dataset.values().cloned().collect();
+        list.sort_by(|a, b| a.dataset.cmp(&b.dataset));
+        list.extend(self.default.clone());
+        list
+    }
+}
+
+fn parse_policy(file: &Path, known_datasets: Option<&[String]>) -> Result<Policy, Vec<PolicyDiagnostic>> {
+    let diagnostic = |line: usize, message: String| PolicyDiagnostic {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let text = std::fs::read_to_string(file).map_err(|e| vec![diagnostic(0, format!("cannot read: {e}"))])?;
+    let parsed: PolicyFile = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        vec![diagnostic(line, e.message().to_string())]
+    })?;
+    let at = |span: std::ops::Range<usize>| if span.is_empty() { 1 } else { line_of(&text, span.start) };
+    let mut problems = Vec::new();
+    match (&parsed.dataset, parsed.default) {
+        (Some(dataset), true) => problems.push(diagnostic(
+            at(dataset.span()),
+            "a policy names a dataset or is the default, not both".into(),
+        )),
+        (None, false) => problems.push(diagnostic(1, "missing `dataset` (or `default = true`)".into())),
+        (Some(dataset), false) => {
+            if let Some(known) = known_datasets
+                && !known.contains(dataset.get_ref())
+            {
+                problems.push(diagnostic(
+                    at(dataset.span()),
+                    format!("unknown dataset {:?}: not in the catalog", dataset.get_ref()),
+                ));
+            }
+        }
+        (None, true) => {}
+    }
+    if parsed.modes.get_ref().is_empty() {
+        problems.push(diagnostic(at(parsed.modes.span()), "`modes` allows nothing; list at least one".into()));
+    }
+    let min_group_size = *parsed.min_group_size.get_ref();
+    if min_group_size < 2 {
+        problems.push(diagnostic(
+            at(parsed.min_group_size.span()),
+            "`min_group_size` must be at least 2".into(),
+        ));
+    }
+    if parsed.aggregates.is_empty() {
+        problems.push(diagnostic(1, "`aggregates` allows nothing; list at least one".into()));
+    }
+    for (name, value) in [
+        ("max_queries_per_job", parsed.max_queries_per_job.as_ref().map(|v| (u64::from(*v.get_ref()), v.span()))),
+        ("max_output_rows", parsed.max_output_rows.as_ref().map(|v| (u64::from(*v.get_ref()), v.span()))),
+        ("max_output_bytes", parsed.max_output_bytes.as_ref().map(|v| (*v.get_ref(), v.span()))),
+    ] {
+        if let Some((0, span)) = value {
+            problems.push(diagnostic(at(span), format!("`{name}` must be at least 1")));
+        }
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(Policy {
+        dataset: parsed.dataset.map(Spanned::into_inner),
+        modes: parsed.modes.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        min_group_size,
+        aggregates: parsed.aggregates.into_iter().map(Spanned::into_inner).collect(),
+        rounding: parsed.rounding,
+        max_queries_per_job: parsed.max_queries_per_job.map(Spanned::into_inner),
+        max_output_rows: parsed.max_output_rows.map(Spanned::into_inner),
+        max_output_bytes: parsed.max_output_bytes.map(Spanned::into_inner),
+        review: parsed.review,
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        source: file.to_path_buf(),
+    })
+}
+
+/// The current policies, swapped whole on reload. Jobs take an
+/// `Arc<Policy>` when they start and keep it, whatever reloads happen.
+#[derive(Debug)]
+pub struct PolicyStore {
+    dir: PathBuf,
+    /// A `std` lock held only to clone or swap the `Arc`.
+    current: RwLock<Arc<PolicySet>>,
+}
+
+impl PolicyStore {
+    pub fn open(dir: &Path, known_datasets: Option<&[String]>) -> Result<Self, PolicyError> {
+        Ok(PolicyStore {
+            dir: dir.to_path_buf(),
+            current: RwLock::new(Arc::new(PolicySet::load(dir, known_datasets)?)),
+        })
+    }
+
+    pub fn current(&self) -> Arc<PolicySet> {
+        Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Re-read the directory. On any error the old set stays in force.
+    pub fn reload(&self, known_datasets: Option<&[String]>) -> Result<(), PolicyError> {
+        let fresh = Arc::new(PolicySet::load(&self.dir, known_datasets)?);
+        *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(())
+    }
+}
