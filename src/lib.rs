@@ -11,6 +11,7 @@
 //! - [`sandbox`]: wasmtime engine, module intake and cache, locked-down WASI,
 //!   host imports, limits, job outcomes.
 //! - [`query`]: the SQL gate and DataFusion sessions behind `data.query`.
+//! - [`catalog`]: manifests, dataset versions, quality profiles, synthetic samples.
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
@@ -18,6 +19,7 @@
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
 
 pub mod arrow_ipc;
+pub mod catalog;
 pub mod dataset;
 pub mod demo;
 pub mod policy;

@@ -33,15 +33,16 @@ use std::fmt;
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, Float64Array, Int64Array, RecordBatch};
-use datafusion::arrow::compute::{and, cast, filter_record_batch, nullif};
 use datafusion::arrow::compute::kernels::cmp::{gt_eq, lt, lt_eq};
+use datafusion::arrow::compute::{and, cast, filter_record_batch, nullif};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::datasource::{MemTable, provider_as_source};
 use datafusion::functions_aggregate::expr_fn::count_distinct;
 use datafusion::logical_expr::expr::AggregateFunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, when};
+use datafusion::logical_expr::utils::split_conjunction;
+use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Operator, when};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
@@ -104,7 +105,13 @@ impl SuppressionReport {
     /// by "fewer than N" (a small number would itself identify someone).
     pub fn describe(&self) -> String {
         let k = u64::from(self.min_group_size);
-        let amount = |n: u64| if n >= k { n.to_string() } else { format!("fewer than {k}") };
+        let amount = |n: u64| {
+            if n >= k {
+                n.to_string()
+            } else {
+                format!("fewer than {k}")
+            }
+        };
         format!(
             "groups with fewer than {k} privacy units are omitted (they held {} privacy units together); \
              values backed by fewer than {k} privacy units are NULL ({} privacy units)",
@@ -197,8 +204,21 @@ fn unalias(expr: &Expr) -> &Expr {
     }
 }
 
+/// Type coercion wraps columns in casts (AVG of an integer column is
+/// `avg(CAST(x AS Float64))`); a cast of a column is still that column.
+fn strip_casts(expr: &Expr) -> &Expr {
+    match expr {
+        Expr::Cast(cast) => strip_casts(&cast.expr),
+        Expr::TryCast(cast) => strip_casts(&cast.expr),
+        other => other,
+    }
+}
+
 fn columns_in(expr: &Expr) -> Vec<String> {
-    expr.column_refs().into_iter().map(|c| c.name.clone()).collect()
+    expr.column_refs()
+        .into_iter()
+        .map(|c| c.name.clone())
+        .collect()
 }
 
 /// Check a plan that reads protected tables. Returns nothing on success;
@@ -261,7 +281,10 @@ fn check_node(
     rules: &RulesByTable,
 ) -> Result<(), Rejection> {
     let identifier_in = |expr: &Expr, place: &str| -> Result<(), Rejection> {
-        match columns_in(expr).into_iter().find(|c| identifiers.contains(c.as_str())) {
+        match columns_in(expr)
+            .into_iter()
+            .find(|c| identifiers.contains(c.as_str()))
+        {
             Some(column) => Err(reject("identifier-used", format!("{column} in {place}"))),
             None => Ok(()),
         }
@@ -269,7 +292,10 @@ fn check_node(
     for expr in node.expressions() {
         let mut subquery = false;
         let _ = expr.apply(|e| {
-            if matches!(e, Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)) {
+            if matches!(
+                e,
+                Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+            ) {
                 subquery = true;
                 return Ok(TreeNodeRecursion::Stop);
             }
@@ -283,7 +309,9 @@ fn check_node(
         }
     }
     match node {
-        LogicalPlan::TableScan(_) | LogicalPlan::EmptyRelation(_) | LogicalPlan::SubqueryAlias(_) => Ok(()),
+        LogicalPlan::TableScan(_)
+        | LogicalPlan::EmptyRelation(_)
+        | LogicalPlan::SubqueryAlias(_) => Ok(()),
         LogicalPlan::Values(values) => {
             for row in &values.values {
                 for expr in row {
@@ -300,7 +328,8 @@ fn check_node(
                     // except as a group key or aggregate argument, which are
                     // checked. Renaming it would hide it, so that is refused.
                     Expr::Column(_) => {}
-                    Expr::Alias(alias) if matches!(&*alias.expr, Expr::Column(c) if c.name == alias.name) => {}
+                    Expr::Alias(alias) if matches!(&*alias.expr, Expr::Column(c) if c.name == alias.name) =>
+                        {}
                     other => identifier_in(other, "SELECT")?,
                 }
             }
@@ -322,7 +351,10 @@ fn check_node(
         LogicalPlan::Aggregate(aggregate) => {
             for expr in &aggregate.group_expr {
                 if matches!(expr, Expr::GroupingSet(_)) {
-                    return Err(reject("grouping-sets", "ROLLUP, CUBE and GROUPING SETS are not allowed"));
+                    return Err(reject(
+                        "grouping-sets",
+                        "ROLLUP, CUBE and GROUPING SETS are not allowed",
+                    ));
                 }
                 identifier_in(expr, "GROUP BY")?;
             }
@@ -331,7 +363,7 @@ fn check_node(
                     && func.name() == "count"
                     && params.distinct
                     && params.args.len() == 1
-                    && matches!(&params.args[0], Expr::Column(c) if units.contains(c.name.as_str()))
+                    && matches!(strip_casts(&params.args[0]), Expr::Column(c) if units.contains(c.name.as_str()))
                 {
                     continue; // COUNT(DISTINCT <privacy unit>)
                 }
@@ -340,50 +372,84 @@ fn check_node(
             Ok(())
         }
         LogicalPlan::Join(join) => {
-            let protected = !protected_scans(node, rules).is_empty();
-            if protected && join.on.is_empty() {
+            // Before optimisation `JOIN … ON a = b` keeps its condition in
+            // `filter`; equi-pairs may also already be in `on`.
+            let mut conditions: Vec<Expr> = join
+                .on
+                .iter()
+                .map(|(l, r)| l.clone().eq(r.clone()))
+                .collect();
+            if let Some(filter) = &join.filter {
+                conditions.extend(split_conjunction(filter).into_iter().cloned());
+            }
+            let is_key = |e: &Expr| matches!(unalias(strip_casts(e)), Expr::Column(c) if join_keys.contains(c.name.as_str()));
+            let mut keyed = false;
+            for condition in &conditions {
+                if let Expr::BinaryExpr(binary) = condition
+                    && binary.op == Operator::Eq
+                    && is_key(&binary.left)
+                    && is_key(&binary.right)
+                {
+                    keyed = true;
+                    continue;
+                }
+                if let Some(column) = columns_in(condition)
+                    .into_iter()
+                    .find(|c| identifiers.contains(c.as_str()))
+                {
+                    return Err(reject(
+                        "join-not-on-declared-keys",
+                        format!(
+                            "{column} is used in a join condition other than a declared-key equality"
+                        ),
+                    ));
+                }
+            }
+            if !keyed && !protected_scans(node, rules).is_empty() {
                 return Err(reject(
                     "join-not-on-declared-keys",
                     "joins with a protected dataset need JOIN … ON equal declared join keys",
                 ));
             }
-            for (left, right) in &join.on {
-                for side in [left, right] {
-                    match side {
-                        Expr::Column(c) if join_keys.contains(c.name.as_str()) => {}
-                        other if protected => {
-                            return Err(reject(
-                                "join-not-on-declared-keys",
-                                format!("{other} is not a declared join key"),
-                            ));
-                        }
-                        other => identifier_in(other, "a join condition")?,
-                    }
-                }
-            }
-            if let Some(filter) = &join.filter {
-                identifier_in(filter, "a join condition")?;
-            }
             Ok(())
         }
-        LogicalPlan::Window(_) => Err(reject("window-function", "window functions are not allowed over protected data")),
-        LogicalPlan::Union(_) => Err(reject("set-operation", "UNION is not allowed over protected data")),
-        LogicalPlan::Distinct(_) => Err(reject("distinct-rows", "SELECT DISTINCT lists rows; use GROUP BY with an aggregate")),
+        LogicalPlan::Window(_) => Err(reject(
+            "window-function",
+            "window functions are not allowed over protected data",
+        )),
+        LogicalPlan::Union(_) => Err(reject(
+            "set-operation",
+            "UNION is not allowed over protected data",
+        )),
+        LogicalPlan::Distinct(_) => Err(reject(
+            "distinct-rows",
+            "SELECT DISTINCT lists rows; use GROUP BY with an aggregate",
+        )),
         LogicalPlan::Subquery(_) => Ok(()),
-        other => Err(reject("plan", format!("{} is not allowed over protected data", other.display()))),
+        other => Err(reject(
+            "plan",
+            format!("{} is not allowed over protected data", other.display()),
+        )),
     }
 }
 
 /// Walk the plan's children; below the first aggregation the protected
 /// rows are consumed, above it only vetted groups flow.
-fn check_under_aggregates(plan: &LogicalPlan, under_aggregate: bool, rules: &RulesByTable) -> Result<(), Rejection> {
+fn check_under_aggregates(
+    plan: &LogicalPlan,
+    under_aggregate: bool,
+    rules: &RulesByTable,
+) -> Result<(), Rejection> {
     if let LogicalPlan::TableScan(scan) = plan
         && rules.contains_key(scan.table_name.table())
         && !under_aggregate
     {
         return Err(reject(
             "row-level-output",
-            format!("rows of {} reach the output without aggregation", scan.table_name.table()),
+            format!(
+                "rows of {} reach the output without aggregation",
+                scan.table_name.table()
+            ),
         ));
     }
     if let LogicalPlan::Aggregate(aggregate) = plan
@@ -406,7 +472,8 @@ fn computed_columns(plan: &LogicalPlan) -> HashSet<String> {
     let _ = plan.apply(|node| {
         if let LogicalPlan::Projection(projection) = node {
             for (expr, field) in projection.expr.iter().zip(projection.schema.fields()) {
-                let pass_through = matches!(unalias(expr), Expr::Column(c) if &c.name == field.name());
+                let pass_through =
+                    matches!(unalias(expr), Expr::Column(c) if &c.name == field.name());
                 if !pass_through {
                     computed.insert(field.name().clone());
                 }
@@ -432,33 +499,54 @@ fn classify_aggregate(function: &AggregateFunction) -> Option<AggregateFn> {
 }
 
 fn check_first_level(aggregate: &Aggregate, rules: &RulesByTable) -> Result<(), Rejection> {
-    let combined = combine(protected_scans(&aggregate.input, rules).into_iter()).expect("protected input");
+    let combined =
+        combine(protected_scans(&aggregate.input, rules).into_iter()).expect("protected input");
     let computed = computed_columns(&aggregate.input);
     for expr in &aggregate.aggr_expr {
         let Expr::AggregateFunction(function) = unalias(expr) else {
-            return Err(reject("aggregate-not-allowed", format!("{expr} is not an aggregate function")));
-        };
-        let Some(kind) = classify_aggregate(function).filter(|k| combined.aggregates.contains(k)) else {
             return Err(reject(
                 "aggregate-not-allowed",
-                format!("{} is not allowed by the policy", function.func.name().to_uppercase()),
+                format!("{expr} is not an aggregate function"),
+            ));
+        };
+        let Some(kind) = classify_aggregate(function).filter(|k| combined.aggregates.contains(k))
+        else {
+            return Err(reject(
+                "aggregate-not-allowed",
+                format!(
+                    "{} is not allowed by the policy",
+                    function.func.name().to_uppercase()
+                ),
             ));
         };
         if function.params.filter.is_some() || !function.params.order_by.is_empty() {
-            return Err(reject("aggregate-argument", "FILTER and ORDER BY inside aggregates are not allowed"));
+            return Err(reject(
+                "aggregate-argument",
+                "FILTER and ORDER BY inside aggregates are not allowed",
+            ));
         }
         match function.params.args.as_slice() {
             [Expr::Literal(..)] if kind == AggregateFn::Count => {}
-            [Expr::Column(c)] if !computed.contains(&c.name) => {}
+            [argument] if matches!(strip_casts(argument), Expr::Column(c) if !computed.contains(&c.name)) =>
+                {}
             _ => {
                 return Err(reject(
                     "aggregate-argument",
-                    format!("{} must aggregate a plain column of a dataset", function.func.name().to_uppercase()),
+                    format!(
+                        "{} must aggregate a plain column of a dataset",
+                        function.func.name().to_uppercase()
+                    ),
                 ));
             }
         }
     }
-    let input_columns: Vec<String> = aggregate.input.schema().fields().iter().map(|f| f.name().clone()).collect();
+    let input_columns: Vec<String> = aggregate
+        .input
+        .schema()
+        .fields()
+        .iter()
+        .map(|f| f.name().clone())
+        .collect();
     for unit in &combined.units {
         if !input_columns.contains(unit) {
             return Err(reject(
@@ -488,16 +576,22 @@ pub async fn enforce(
     };
     let mut replacements = Vec::new();
     for (index, aggregate) in first_level.iter().enumerate() {
-        let LogicalPlan::Aggregate(inner) = aggregate else { unreachable!("collected aggregates") };
-        let combined = combine(protected_scans(&inner.input, rules).into_iter()).expect("protected input");
+        let LogicalPlan::Aggregate(inner) = aggregate else {
+            unreachable!("collected aggregates")
+        };
+        let combined =
+            combine(protected_scans(&inner.input, rules).into_iter()).expect("protected input");
         report.min_group_size = report.min_group_size.max(combined.min_group_size);
         let vetted = vet(ctx, inner, &combined, &mut report).await?;
-        let replacement = vetted_scan(index, &inner.schema, vetted).map_err(EnforceError::Failed)?;
+        let replacement =
+            vetted_scan(index, &inner.schema, vetted).map_err(EnforceError::Failed)?;
         replacements.push((aggregate.clone(), replacement));
     }
     let rewritten = plan
         .transform_up(|node| {
-            if let Some((_, replacement)) = replacements.iter().find(|(original, _)| *original == node) {
+            if let Some((_, replacement)) =
+                replacements.iter().find(|(original, _)| *original == node)
+            {
                 return Ok(Transformed::yes(replacement.clone()));
             }
             // Nullability of vetted columns differs from the original's.
@@ -508,7 +602,12 @@ pub async fn enforce(
     Ok((rewritten, report))
 }
 
-fn collect_first_level(plan: &LogicalPlan, under: bool, rules: &RulesByTable, found: &mut Vec<LogicalPlan>) {
+fn collect_first_level(
+    plan: &LogicalPlan,
+    under: bool,
+    rules: &RulesByTable,
+    found: &mut Vec<LogicalPlan>,
+) {
     if let LogicalPlan::Aggregate(aggregate) = plan
         && !under
         && !protected_scans(&aggregate.input, rules).is_empty()
@@ -554,9 +653,13 @@ async fn vet(
     // a column (a SUM over 10 units of which one has a value is one value).
     let mut value_helper = Vec::new();
     for (j, expr) in aggregate.aggr_expr.iter().enumerate() {
-        let Expr::AggregateFunction(function) = unalias(expr) else { continue };
-        if let [Expr::Column(argument)] = function.params.args.as_slice() {
-            let backing = when(Expr::Column(argument.clone()).is_not_null(), first_unit.clone())
+        let Expr::AggregateFunction(function) = unalias(expr) else {
+            continue;
+        };
+        if let [argument] = function.params.args.as_slice()
+            && matches!(strip_casts(argument), Expr::Column(_))
+        {
+            let backing = when(argument.clone().is_not_null(), first_unit.clone())
                 .end()
                 .map_err(EnforceError::Failed)?;
             value_helper.push((j, helpers.len()));
@@ -568,8 +671,12 @@ async fn vet(
     let mut aggr_expr = aggregate.aggr_expr.clone();
     aggr_expr.extend(helpers);
     let helper_plan = LogicalPlan::Aggregate(
-        Aggregate::try_new(Arc::clone(&aggregate.input), aggregate.group_expr.clone(), aggr_expr)
-            .map_err(EnforceError::Failed)?,
+        Aggregate::try_new(
+            Arc::clone(&aggregate.input),
+            aggregate.group_expr.clone(),
+            aggr_expr,
+        )
+        .map_err(EnforceError::Failed)?,
     );
     let batches: Vec<RecordBatch> = ctx
         .execute_logical_plan(helper_plan)
@@ -587,12 +694,17 @@ async fn vet(
     let mut vetted = Vec::with_capacity(batches.len());
     for batch in batches {
         let units = |i: usize| -> &Int64Array {
-            batch.column(output_count + i).as_any().downcast_ref::<Int64Array>().expect("COUNT is Int64")
+            batch
+                .column(output_count + i)
+                .as_any()
+                .downcast_ref::<Int64Array>()
+                .expect("COUNT is Int64")
         };
         // Groups: every unit count must reach the threshold.
         let mut keep = gt_eq(units(0), &threshold).map_err(arrow_failed)?;
         for i in 1..unit_columns.len() {
-            keep = and(&keep, &gt_eq(units(i), &threshold).map_err(arrow_failed)?).map_err(arrow_failed)?;
+            keep = and(&keep, &gt_eq(units(i), &threshold).map_err(arrow_failed)?)
+                .map_err(arrow_failed)?;
         }
         for (row, kept) in keep.iter().enumerate() {
             if kept != Some(true) {
@@ -617,13 +729,18 @@ async fn vet(
         }
         if combined.rounding == Rounding::Nearest5 {
             for (j, expr) in aggregate.aggr_expr.iter().enumerate() {
-                let Expr::AggregateFunction(function) = unalias(expr) else { continue };
+                let Expr::AggregateFunction(function) = unalias(expr) else {
+                    continue;
+                };
                 let column = group_count + j;
                 columns[column] = match classify_aggregate(function) {
                     Some(AggregateFn::Count | AggregateFn::CountDistinct) => {
                         let rounded = round_to_5(&columns[column])?;
-                        let small = lt_eq(&cast(&columns[column], &DataType::Int64).map_err(arrow_failed)?, &Int64Array::new_scalar(7))
-                            .map_err(arrow_failed)?;
+                        let small = lt_eq(
+                            &cast(&columns[column], &DataType::Int64).map_err(arrow_failed)?,
+                            &Int64Array::new_scalar(7),
+                        )
+                        .map_err(arrow_failed)?;
                         nullif(&rounded, &small).map_err(arrow_failed)?
                     }
                     Some(AggregateFn::Sum) => round_to_5(&columns[column])?,
@@ -644,7 +761,10 @@ fn arrow_failed(error: datafusion::arrow::error::ArrowError) -> EnforceError {
 /// Round to the nearest 5, keeping the column's type.
 fn round_to_5(array: &ArrayRef) -> Result<ArrayRef, EnforceError> {
     let as_float = cast(array, &DataType::Float64).map_err(arrow_failed)?;
-    let as_float = as_float.as_any().downcast_ref::<Float64Array>().expect("cast to Float64");
+    let as_float = as_float
+        .as_any()
+        .downcast_ref::<Float64Array>()
+        .expect("cast to Float64");
     let rounded: Float64Array = as_float.unary(|v| (v / 5.0).round() * 5.0);
     cast(&(Arc::new(rounded) as ArrayRef), array.data_type()).map_err(arrow_failed)
 }
@@ -664,7 +784,11 @@ fn positional_schema(schema: &DFSchemaRef) -> SchemaRef {
 
 /// A scan of the vetted rows, projected back to the original names and
 /// qualifiers so the plan above resolves unchanged.
-fn vetted_scan(index: usize, original: &DFSchemaRef, batches: Vec<RecordBatch>) -> datafusion::error::Result<LogicalPlan> {
+fn vetted_scan(
+    index: usize,
+    original: &DFSchemaRef,
+    batches: Vec<RecordBatch>,
+) -> datafusion::error::Result<LogicalPlan> {
     let schema = positional_schema(original);
     let table = format!("__dsb_vetted_{index}");
     let provider = MemTable::try_new(Arc::clone(&schema), vec![batches])?;

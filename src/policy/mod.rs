@@ -83,10 +83,15 @@ fn default_min_group_size() -> Spanned<u32> {
 }
 
 fn default_aggregates() -> Vec<Spanned<AggregateFn>> {
-    [AggregateFn::Count, AggregateFn::CountDistinct, AggregateFn::Sum, AggregateFn::Avg]
-        .into_iter()
-        .map(|a| Spanned::new(0..0, a))
-        .collect()
+    [
+        AggregateFn::Count,
+        AggregateFn::CountDistinct,
+        AggregateFn::Sum,
+        AggregateFn::Avg,
+    ]
+    .into_iter()
+    .map(|a| Spanned::new(0..0, a))
+    .collect()
 }
 
 /// A policy file as written.
@@ -195,7 +200,10 @@ impl PolicySet {
                         diagnostics.push(PolicyDiagnostic {
                             file: file.clone(),
                             line: 1,
-                            message: format!("a second policy for {key}; the first is {}", first.display()),
+                            message: format!(
+                                "a second policy for {key}; the first is {}",
+                                first.display()
+                            ),
                         });
                         continue;
                     }
@@ -219,7 +227,10 @@ impl PolicySet {
 
     /// The policy governing `dataset`: its own, else the default.
     pub fn policy_for(&self, dataset: &str) -> Option<Arc<Policy>> {
-        self.by_dataset.get(dataset).or(self.default.as_ref()).cloned()
+        self.by_dataset
+            .get(dataset)
+            .or(self.default.as_ref())
+            .cloned()
     }
 
     /// Every policy, datasets first (sorted), then the default.
@@ -231,39 +242,58 @@ impl PolicySet {
     }
 }
 
-fn parse_policy(file: &Path, known_datasets: Option<&[String]>) -> Result<Policy, Vec<PolicyDiagnostic>> {
+fn parse_policy(
+    file: &Path,
+    known_datasets: Option<&[String]>,
+) -> Result<Policy, Vec<PolicyDiagnostic>> {
     let diagnostic = |line: usize, message: String| PolicyDiagnostic {
         file: file.to_path_buf(),
         line,
         message,
     };
-    let text = std::fs::read_to_string(file).map_err(|e| vec![diagnostic(0, format!("cannot read: {e}"))])?;
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| vec![diagnostic(0, format!("cannot read: {e}"))])?;
     let parsed: PolicyFile = toml::from_str(&text).map_err(|e| {
         let line = e.span().map_or(1, |s| line_of(&text, s.start));
         vec![diagnostic(line, e.message().to_string())]
     })?;
-    let at = |span: std::ops::Range<usize>| if span.is_empty() { 1 } else { line_of(&text, span.start) };
+    let at = |span: std::ops::Range<usize>| {
+        if span.is_empty() {
+            1
+        } else {
+            line_of(&text, span.start)
+        }
+    };
     let mut problems = Vec::new();
     match (&parsed.dataset, parsed.default) {
         (Some(dataset), true) => problems.push(diagnostic(
             at(dataset.span()),
             "a policy names a dataset or is the default, not both".into(),
         )),
-        (None, false) => problems.push(diagnostic(1, "missing `dataset` (or `default = true`)".into())),
+        (None, false) => problems.push(diagnostic(
+            1,
+            "missing `dataset` (or `default = true`)".into(),
+        )),
         (Some(dataset), false) => {
             if let Some(known) = known_datasets
                 && !known.contains(dataset.get_ref())
             {
                 problems.push(diagnostic(
                     at(dataset.span()),
-                    format!("unknown dataset {:?}: not in the catalog", dataset.get_ref()),
+                    format!(
+                        "unknown dataset {:?}: not in the catalog",
+                        dataset.get_ref()
+                    ),
                 ));
             }
         }
         (None, true) => {}
     }
     if parsed.modes.get_ref().is_empty() {
-        problems.push(diagnostic(at(parsed.modes.span()), "`modes` allows nothing; list at least one".into()));
+        problems.push(diagnostic(
+            at(parsed.modes.span()),
+            "`modes` allows nothing; list at least one".into(),
+        ));
     }
     let min_group_size = *parsed.min_group_size.get_ref();
     if min_group_size < 2 {
@@ -273,12 +303,33 @@ fn parse_policy(file: &Path, known_datasets: Option<&[String]>) -> Result<Policy
         ));
     }
     if parsed.aggregates.is_empty() {
-        problems.push(diagnostic(1, "`aggregates` allows nothing; list at least one".into()));
+        problems.push(diagnostic(
+            1,
+            "`aggregates` allows nothing; list at least one".into(),
+        ));
     }
     for (name, value) in [
-        ("max_queries_per_job", parsed.max_queries_per_job.as_ref().map(|v| (u64::from(*v.get_ref()), v.span()))),
-        ("max_output_rows", parsed.max_output_rows.as_ref().map(|v| (u64::from(*v.get_ref()), v.span()))),
-        ("max_output_bytes", parsed.max_output_bytes.as_ref().map(|v| (*v.get_ref(), v.span()))),
+        (
+            "max_queries_per_job",
+            parsed
+                .max_queries_per_job
+                .as_ref()
+                .map(|v| (u64::from(*v.get_ref()), v.span())),
+        ),
+        (
+            "max_output_rows",
+            parsed
+                .max_output_rows
+                .as_ref()
+                .map(|v| (u64::from(*v.get_ref()), v.span())),
+        ),
+        (
+            "max_output_bytes",
+            parsed
+                .max_output_bytes
+                .as_ref()
+                .map(|v| (*v.get_ref(), v.span())),
+        ),
     ] {
         if let Some((0, span)) = value {
             problems.push(diagnostic(at(span), format!("`{name}` must be at least 1")));
@@ -289,9 +340,18 @@ fn parse_policy(file: &Path, known_datasets: Option<&[String]>) -> Result<Policy
     }
     Ok(Policy {
         dataset: parsed.dataset.map(Spanned::into_inner),
-        modes: parsed.modes.into_inner().into_iter().map(Spanned::into_inner).collect(),
+        modes: parsed
+            .modes
+            .into_inner()
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         min_group_size,
-        aggregates: parsed.aggregates.into_iter().map(Spanned::into_inner).collect(),
+        aggregates: parsed
+            .aggregates
+            .into_iter()
+            .map(Spanned::into_inner)
+            .collect(),
         rounding: parsed.rounding,
         max_queries_per_job: parsed.max_queries_per_job.map(Spanned::into_inner),
         max_output_rows: parsed.max_output_rows.map(Spanned::into_inner),

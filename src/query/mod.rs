@@ -210,7 +210,9 @@ impl QuerySession {
         let (mut batches, mut bytes) = (Vec::new(), 0usize);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(failed)?;
-            let batch = batch.with_schema(Arc::clone(&schema)).map_err(|e| failed(e.into()))?;
+            let batch = batch
+                .with_schema(Arc::clone(&schema))
+                .map_err(|e| failed(e.into()))?;
             bytes = bytes.saturating_add(batch.get_array_memory_size());
             if bytes > max_bytes {
                 return Err(QueryError::TooLarge { limit: max_bytes });
@@ -303,7 +305,10 @@ impl QuerySession {
 }
 
 /// Register one dataset file as a table of `ctx`.
-async fn register(ctx: &SessionContext, dataset: &DatasetSource) -> datafusion::error::Result<()> {
+pub async fn register(
+    ctx: &SessionContext,
+    dataset: &DatasetSource,
+) -> datafusion::error::Result<()> {
     let path = dataset.path.to_string_lossy();
     match dataset.format {
         DataFormat::Csv => {
@@ -311,7 +316,8 @@ async fn register(ctx: &SessionContext, dataset: &DatasetSource) -> datafusion::
             if let Some(schema) = &dataset.schema {
                 options = options.schema(schema);
             }
-            ctx.register_csv(&dataset.name, path.as_ref(), options).await
+            ctx.register_csv(&dataset.name, path.as_ref(), options)
+                .await
         }
         DataFormat::Parquet => {
             ctx.register_parquet(&dataset.name, path.as_ref(), ParquetReadOptions::default())

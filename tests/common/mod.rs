@@ -147,3 +147,69 @@ pub async fn native(
     }
     ctx.sql(sql).await.unwrap().collect().await.unwrap()
 }
+
+/// The sample datasets as the catalog would hand them to a job: declared
+/// types, dictionary, and the rules of `policies/`.
+pub fn protected_samples() -> Vec<DatasetSource> {
+    let policies = datasandbox::policy::PolicySet::load(&repo().join("policies"), None).unwrap();
+    ["enterprises", "tax_records"]
+        .iter()
+        .map(|id| {
+            let manifest =
+                datasandbox::catalog::Manifest::load(&samples().join(format!("{id}.toml")))
+                    .unwrap();
+            datasandbox::catalog::job_table(
+                &manifest,
+                &samples().join(format!("{id}.csv")),
+                datasandbox::dataset::DataFormat::Csv,
+                &policies,
+            )
+        })
+        .collect()
+}
+
+/// Native DataFusion with the declared types, no policy: the reference.
+pub async fn native_typed(
+    sql: &str,
+    datasets: &[DatasetSource],
+) -> Vec<datafusion::arrow::array::RecordBatch> {
+    let ctx = datafusion::prelude::SessionContext::new();
+    for dataset in datasets {
+        datasandbox::query::register(&ctx, dataset).await.unwrap();
+    }
+    ctx.sql(sql).await.unwrap().collect().await.unwrap()
+}
+
+/// Rows as text, floats to 6 decimals, for comparing results computed in
+/// different aggregation orders.
+pub fn rows(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<String>> {
+    use datafusion::arrow::array::{Array, Float64Array};
+    use datafusion::arrow::datatypes::DataType;
+    let mut out = Vec::new();
+    for batch in batches {
+        for row in 0..batch.num_rows() {
+            out.push(
+                batch
+                    .columns()
+                    .iter()
+                    .map(|column| {
+                        if column.is_null(row) {
+                            return "NULL".to_string();
+                        }
+                        if column.data_type() == &DataType::Float64 {
+                            let v = column
+                                .as_any()
+                                .downcast_ref::<Float64Array>()
+                                .unwrap()
+                                .value(row);
+                            return format!("{v:.6}");
+                        }
+                        datafusion::arrow::util::display::array_value_to_string(column, row)
+                            .unwrap()
+                    })
+                    .collect(),
+            );
+        }
+    }
+    out
+}

@@ -51,7 +51,9 @@ impl data::Host for JobState {
                         data_type: column.data_type.clone(),
                         role: match column.role {
                             crate::dataset::ColumnRole::Identifier => ColumnRole::Identifier,
-                            crate::dataset::ColumnRole::QuasiIdentifier => ColumnRole::QuasiIdentifier,
+                            crate::dataset::ColumnRole::QuasiIdentifier => {
+                                ColumnRole::QuasiIdentifier
+                            }
                             crate::dataset::ColumnRole::Sensitive => ColumnRole::Sensitive,
                             crate::dataset::ColumnRole::Attribute => ColumnRole::Attribute,
                             crate::dataset::ColumnRole::Label => ColumnRole::Label,
