@@ -1,15 +1,19 @@
 //! `dsb demo`: the sandbox loop on bundled data, explained as it runs.
 //!
-//! Runs the `district-stats` example over the shipped enterprise register,
-//! then shows what the sandbox does to guests that misbehave, and that a
-//! module compiles once. Later release modes add their steps here.
+//! Registers the shipped sample datasets in a scratch catalog under their
+//! manifests and `policies/`, runs the `district-stats` example over the
+//! conditional enterprise register in aggregate mode (a small district is
+//! withheld), shows a row-level query refused, then what the sandbox does to
+//! guests that misbehave, and that a module compiles once. Later release modes add their steps here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 
-use crate::dataset::{Classification, DatasetSource};
+use crate::catalog::Catalog;
+use crate::dataset::DatasetSource;
+use crate::policy::PolicySet;
 use crate::sandbox::{Execution, GuestCall, JobEnv, Limits, Output, Sandbox, SandboxConfig};
 
 /// Where the demo finds its inputs and keeps its state.
@@ -19,7 +23,9 @@ pub struct DemoConfig {
     pub guests_dir: PathBuf,
     /// The sample datasets (`data/samples`).
     pub samples_dir: PathBuf,
-    /// A scratch directory for the module cache.
+    /// The output policies (`policies`).
+    pub policies_dir: PathBuf,
+    /// A scratch directory for the catalog and the module cache.
     pub work_dir: PathBuf,
 }
 
@@ -27,10 +33,6 @@ pub struct DemoConfig {
 pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()> {
     let district_stats = read_guest(&config.guests_dir, "district_stats")?;
     let hostile = read_guest(&config.guests_dir, "hostile")?;
-    let register = DatasetSource::from_file(
-        &config.samples_dir.join("enterprises.csv"),
-        Classification::Open,
-    )?;
     let sandbox_config = SandboxConfig {
         module_dir: Some(config.work_dir.join("modules")),
         ..SandboxConfig::default()
@@ -40,6 +42,35 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
     writeln!(
         out,
         "datasandbox demo: data stays home, algorithms travel\n"
+    )?;
+    let catalog = Catalog::open(&config.work_dir.join("catalog"))?;
+    let mut versions = Vec::new();
+    for id in ["enterprises", "tax_records"] {
+        let version = catalog
+            .add(
+                &config.samples_dir.join(format!("{id}.csv")),
+                &config.samples_dir.join(format!("{id}.toml")),
+            )
+            .await?;
+        versions.push(version);
+    }
+    let policies = PolicySet::load(&config.policies_dir, Some(&catalog.ids()?))?;
+    let register = versions[0].job_table(&policies);
+    let policy = policies
+        .policy_for(&register.name)
+        .context("the demo needs a policy for enterprises")?;
+    writeln!(
+        out,
+        "0. Catalog: registered {} ({} rows, {}) and {} under their manifests; \
+         policy {} (sha256 {}…): modes {:?}, min_group_size {}.",
+        register.name,
+        versions[0].profile.rows,
+        register.classification,
+        versions[1].id,
+        policy.source.display(),
+        &policy.hash[..12],
+        policy.modes,
+        policy.min_group_size
     )?;
     let (module, load) = sandbox.load_module(&district_stats)?;
     writeln!(
@@ -53,22 +84,40 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
 
     let mut env = JobEnv::new("demo-district-stats");
     env.datasets = vec![register.clone()];
-    let execution = sandbox
-        .run(
-            &module,
-            &env,
-            GuestCall::Run {
-                params: "{}".into(),
-            },
-        )
-        .await;
+    env.limits = policy.job_limits(&env.limits);
+    let run = GuestCall::Run {
+        params: "{}".into(),
+    };
+    let execution = sandbox.run(&module, &env, run).await;
     writeln!(
         out,
-        "2. It ran inside wasmtime over `{}` ({} data), reading it only through SQL:",
+        "2. It ran inside wasmtime over `{}` ({} data, aggregate mode), reading it only \
+         through SQL that the host checked on the DataFusion plan:",
         register.name, register.classification
     )?;
     expect_ok(&execution)?;
     print_outputs(&execution, out)?;
+    if let Some(Output::Table { arrow_ipc, .. }) = execution.outputs.first() {
+        let (schema, _) = crate::arrow_ipc::decode(arrow_ipc)?;
+        if let Some(report) = schema
+            .metadata()
+            .get(crate::query::SUPPRESSION_METADATA_KEY)
+        {
+            writeln!(out, "   Chongming is not listed: {report}.")?;
+        }
+    }
+    let row_level = GuestCall::Run {
+        params: r#"{"attack":"query","sql":"SELECT name, employees FROM enterprises WHERE district = 'Chongming'"}"#
+            .into(),
+    };
+    let refused = sandbox
+        .run_bytes(&hostile, &env_with(&register), row_level)
+        .await;
+    writeln!(
+        out,
+        "   A row-level query is refused before it runs: {}",
+        refused.category
+    )?;
 
     writeln!(
         out,
@@ -150,7 +199,11 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
         out,
         "4. After a restart the module is not compiled again: loaded from {load:?} cache."
     )?;
-    writeln!(out, "\nDone: only the vetted table above left the sandbox.")?;
+    writeln!(
+        out,
+        "\nDone: only the vetted table above left the sandbox; no group under {} enterprises.",
+        policy.min_group_size
+    )?;
     Ok(())
 }
 

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use datasandbox::catalog::{Catalog, synthetic};
 use datasandbox::dataset::{Classification, DatasetSource, ensure_unique_names};
+use datasandbox::policy::{PolicyError, PolicySet};
 use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Returned, Sandbox, SandboxConfig, World};
 use datasandbox::{arrow_ipc, demo, query, sample_data};
 
@@ -33,19 +35,69 @@ enum Command {
             default_value = "sandbox-guests/target/wasm32-wasip2/release"
         )]
         guests: PathBuf,
-        /// The sample datasets.
+        /// The sample datasets and their manifests.
         #[arg(long, default_value = "data/samples")]
         samples: PathBuf,
+        /// The output policies.
+        #[arg(long, default_value = "policies")]
+        policies: PathBuf,
     },
     /// Develop a guest on your own machine.
     Dev {
         #[command(subcommand)]
         command: DevCommand,
     },
+    /// Register and inspect datasets (administrators).
+    Dataset {
+        #[command(subcommand)]
+        command: DatasetCommand,
+        #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Check output policies.
+    Policy {
+        #[command(subcommand)]
+        command: PolicyCommand,
+    },
     /// Regenerate the bundled sample datasets.
     SampleData {
         #[arg(long, default_value = "data/samples")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// Register a CSV, Parquet or Arrow IPC file under its manifest; a new
+    /// version if the id exists.
+    Add {
+        file: PathBuf,
+        #[arg(long)]
+        manifest: PathBuf,
+    },
+    /// List datasets.
+    List,
+    /// Dictionary, profile and quality warnings of a dataset (`id` or `id@hash`).
+    Show { dataset: String },
+    /// Write a synthetic sample (no real row) as CSV.
+    Sample {
+        dataset: String,
+        #[arg(long, default_value_t = 200)]
+        rows: usize,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum PolicyCommand {
+    /// Validate every policy file; exit code 1 on any error.
+    Check {
+        #[arg(default_value = "policies")]
+        dir: PathBuf,
+        /// Also check that named datasets exist in this data directory's catalog.
+        #[arg(long, env = "DSB_DATA_DIR")]
+        data_dir: Option<PathBuf>,
     },
 }
 
@@ -65,6 +117,12 @@ struct DevRun {
     /// Table names come from the file names.
     #[arg(long = "data")]
     data: Vec<PathBuf>,
+    /// A catalog dataset: runs on its synthetic sample under its policy.
+    #[arg(long = "dataset")]
+    dataset: Vec<String>,
+    /// The policy directory used with --dataset.
+    #[arg(long, default_value = "policies")]
+    policies: PathBuf,
     /// JSON text handed to the guest.
     #[arg(long, default_value = "{}")]
     params: String,
@@ -91,7 +149,14 @@ struct DevRun {
     json: bool,
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
+    if let Err(error) = run() {
+        eprintln!("error: {error:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("DSB_LOG")
@@ -102,11 +167,16 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     match cli.command {
-        Command::Demo { guests, samples } => runtime.block_on(async {
+        Command::Demo {
+            guests,
+            samples,
+            policies,
+        } => runtime.block_on(async {
             let work = tempdir()?;
             let config = demo::DemoConfig {
                 guests_dir: guests,
                 samples_dir: samples,
+                policies_dir: policies,
                 work_dir: work.clone(),
             };
             let result = demo::run(&config, &mut std::io::stdout().lock()).await;
@@ -121,6 +191,36 @@ fn main() -> anyhow::Result<()> {
                 std::process::exit(2);
             }
             Ok(())
+        }
+        Command::Dataset { command, data_dir } => {
+            runtime.block_on(dataset_command(command, &data_dir))
+        }
+        Command::Policy {
+            command: PolicyCommand::Check { dir, data_dir },
+        } => {
+            let known = match &data_dir {
+                Some(dir) => Some(Catalog::open(&dir.join("catalog"))?.ids()?),
+                None => None,
+            };
+            match PolicySet::load(&dir, known.as_deref()) {
+                Ok(set) => {
+                    for policy in set.policies() {
+                        println!(
+                            "ok  {}  {}  sha256 {}",
+                            policy.source.display(),
+                            policy.dataset.as_deref().unwrap_or("(default)"),
+                            &policy.hash[..16]
+                        );
+                    }
+                    Ok(())
+                }
+                Err(PolicyError(problems)) => {
+                    for problem in problems {
+                        eprintln!("{problem}");
+                    }
+                    std::process::exit(1);
+                }
+            }
         }
         Command::SampleData { out } => {
             sample_data::write(&out).with_context(|| format!("writing {}", out.display()))?;
@@ -145,6 +245,32 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
         // Your own files: treated as open data.
         datasets.extend(DatasetSource::discover(path, Classification::Open)?);
     }
+    let mut policy_limits = None;
+    if !args.dataset.is_empty() {
+        let catalog = Catalog::open(&args.data_dir.join("catalog"))?;
+        let policies = PolicySet::load(&args.policies, Some(&catalog.ids()?))?;
+        let samples = args.data_dir.join("synthetic");
+        std::fs::create_dir_all(&samples)?;
+        for reference in &args.dataset {
+            let version = catalog.get(reference)?;
+            let path = samples.join(format!("{}.csv", version.id));
+            std::fs::write(
+                &path,
+                synthetic::sample_csv(&version.manifest, &version.profile, 500, 1),
+            )?;
+            let mut table = datasandbox::catalog::job_table(
+                &version.manifest,
+                &path,
+                version.format,
+                &policies,
+            );
+            table.format = datasandbox::dataset::DataFormat::Csv;
+            if let Some(policy) = policies.policy_for(&version.id) {
+                policy_limits = Some(policy);
+            }
+            datasets.push(table);
+        }
+    }
     ensure_unique_names(&datasets)?;
     let sandbox = Sandbox::new(SandboxConfig {
         module_dir: Some(args.data_dir.join("modules")),
@@ -166,6 +292,9 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
     }
     if let Some(mib) = args.memory_mib {
         limits.memory_bytes = mib << 20;
+    }
+    if let Some(policy) = &policy_limits {
+        limits = policy.job_limits(&limits);
     }
     let mut env = JobEnv::new(args.job_id.clone());
     env.limits = limits;
@@ -310,4 +439,104 @@ async fn guest_call(
             )
         }
     })
+}
+
+async fn dataset_command(
+    command: DatasetCommand,
+    data_dir: &std::path::Path,
+) -> anyhow::Result<()> {
+    let catalog = Catalog::open(&data_dir.join("catalog"))?;
+    match command {
+        DatasetCommand::Add { file, manifest } => {
+            let version = catalog.add(&file, &manifest).await?;
+            println!(
+                "added {}@{} ({} rows, {} privacy units)",
+                version.id, version.hash, version.profile.rows, version.profile.privacy_units
+            );
+            for warning in &version.profile.warnings {
+                println!("warning: {warning}");
+            }
+        }
+        DatasetCommand::List => {
+            for id in catalog.ids()? {
+                let version = catalog.get(&id)?;
+                println!(
+                    "{:<20} {:<12} {}  {}",
+                    id,
+                    version.manifest.classification.to_string(),
+                    &version.hash[..16],
+                    version.manifest.title
+                );
+            }
+        }
+        DatasetCommand::Show { dataset } => {
+            let version = catalog.get(&dataset)?;
+            let m = &version.manifest;
+            println!("{} — {}\n{}", m.id, m.title, m.summary);
+            println!(
+                "version {} ({:?}), classification {}, privacy unit {}",
+                version.hash, version.format, m.classification, m.privacy_unit
+            );
+            println!(
+                "owner {}, updated {}, domain {}",
+                m.owner, m.update_frequency, m.domain
+            );
+            if let Some(coverage) = &m.time_coverage {
+                let observed = version
+                    .profile
+                    .observed_coverage
+                    .clone()
+                    .map(|(a, b)| format!("{a} to {b}"))
+                    .unwrap_or_else(|| "none".into());
+                println!(
+                    "time coverage {} to {} (by {}), observed {observed}",
+                    coverage.start, coverage.end, coverage.column
+                );
+            }
+            println!(
+                "\n{:<20} {:<8} {:<17} {:>7} {:>9} {:>8}  {:<12} {:<12} description",
+                "column", "type", "role", "nulls", "distinct", "out-bnd", "min", "max"
+            );
+            for (column, profile) in m.columns.iter().zip(&version.profile.columns) {
+                println!(
+                    "{:<20} {:<8} {:<17} {:>6.1}% {:>9} {:>7.1}%  {:<12} {:<12} {}{}",
+                    column.name,
+                    format!("{:?}", column.data_type).to_lowercase(),
+                    column.role.to_string(),
+                    profile.null_rate * 100.0,
+                    profile.distinct,
+                    profile.out_of_bounds_rate * 100.0,
+                    profile.min.as_deref().unwrap_or("-"),
+                    profile.max.as_deref().unwrap_or("-"),
+                    column.description,
+                    if column.unit.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({})", column.unit)
+                    },
+                );
+            }
+            println!(
+                "\n{} rows, {} privacy units, dictionary {:.0}% complete",
+                version.profile.rows,
+                version.profile.privacy_units,
+                version.profile.dictionary_completeness * 100.0
+            );
+            if version.profile.warnings.is_empty() {
+                println!("quality: no warnings");
+            }
+            for warning in &version.profile.warnings {
+                println!("quality warning: {warning}");
+            }
+        }
+        DatasetCommand::Sample { dataset, rows, out } => {
+            let version = catalog.get(&dataset)?;
+            let text = synthetic::sample_csv(&version.manifest, &version.profile, rows, 1);
+            match out {
+                Some(path) => std::fs::write(&path, text)?,
+                None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
 }

@@ -153,6 +153,8 @@ fn demo_runs_the_loop_end_to_end() {
         "secret-error  -> guest-error",
         "file read denied, socket denied, env vars 0",
         "loaded from Artifact cache",
+        "Chongming is not listed: groups with fewer than 10 privacy units are omitted",
+        "A row-level query is refused before it runs: policy-rejected: row-level-output",
     ] {
         assert!(
             stdout.contains(expected),

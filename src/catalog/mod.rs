@@ -158,15 +158,7 @@ impl Catalog {
         write_atomically(&manifest_copy, manifest_text.as_bytes())?;
         let mut manifest = manifest;
         manifest.source = manifest_copy;
-        let mut table =
-            DatasetSource::from_file(&stored, manifest.classification).map_err(|e| {
-                CatalogError::Corrupt {
-                    path: stored.clone(),
-                    message: e.to_string(),
-                }
-            })?;
-        table.name = manifest.id.clone();
-        table.schema = Some(manifest.schema());
+        let table = job_table(&manifest, &stored, format, &PolicySet::default());
         let profile = profile::profile(&manifest, &table).await?;
         let profile_path = versions.join(format!("{hash}.profile.json"));
         write_atomically(
@@ -308,7 +300,8 @@ async fn check_data(
                     continue;
                 }
                 let sql = format!(
-                    "SELECT COUNT(\"{0}\") - COUNT(TRY_CAST(\"{0}\" AS {1})) AS invalid FROM raw WHERE \"{0}\" <> ''",
+                    "SELECT CAST(COALESCE(SUM(CASE WHEN \"{0}\" IS NOT NULL AND TRY_CAST(\"{0}\" AS {1}) IS NULL \
+                     THEN 1 ELSE 0 END), 0) AS BIGINT) AS invalid FROM raw",
                     column.name,
                     column.data_type.sql()
                 );

@@ -5,8 +5,8 @@
 //! wrong values, full time coverage, a complete dictionary).
 //!
 //! Users see the profile, so it withholds what would single someone out:
-//! no min/max of identifier or sensitive columns (an extreme is one unit's
-//! value) and only category values held by at least
+//! no min/max of identifier, sensitive or string columns (an extreme is one
+//! unit's value, or a rare category) and only category values held by at least
 //! [`CATEGORY_MIN_UNITS`] privacy units.
 
 use datafusion::arrow::array::{Array, StringArray};
@@ -115,8 +115,11 @@ pub async fn profile(
         )
         .await?;
         let (nulls, distinct, out_of_bounds) = (number(&row[0]), number(&row[1]), number(&row[4]));
+        // An extreme of a sensitive column is one unit's value; the first and
+        // last string in sort order may be a rare category.
         let reveals_one_unit =
-            matches!(column.role, ColumnRole::Identifier | ColumnRole::Sensitive);
+            matches!(column.role, ColumnRole::Identifier | ColumnRole::Sensitive)
+                || column.data_type == ColumnType::String;
         let mut categories = Vec::new();
         if column.data_type == ColumnType::String
             && column.role != ColumnRole::Identifier

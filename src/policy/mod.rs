@@ -66,6 +66,7 @@ pub enum Rounding {
     #[default]
     None,
     /// Counts and sums to the nearest 5; counts of 7 or less are withheld.
+    #[serde(rename = "nearest-5")]
     Nearest5,
 }
 
@@ -388,5 +389,24 @@ impl PolicyStore {
         let fresh = Arc::new(PolicySet::load(&self.dir, known_datasets)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
+    }
+}
+
+impl Policy {
+    /// Tighten a job's limits by this policy's caps.
+    pub fn job_limits(&self, base: &crate::sandbox::Limits) -> crate::sandbox::Limits {
+        let mut limits = base.clone();
+        if let Some(queries) = self.max_queries_per_job {
+            limits.queries = limits.queries.min(queries as usize);
+        }
+        if let Some(rows) = self.max_output_rows {
+            limits.output_rows = limits.output_rows.min(rows as usize);
+        }
+        if let Some(bytes) = self.max_output_bytes {
+            limits.output_bytes = limits
+                .output_bytes
+                .min(usize::try_from(bytes).unwrap_or(usize::MAX));
+        }
+        limits
     }
 }
