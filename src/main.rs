@@ -263,6 +263,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
                 &path,
                 version.format,
                 &policies,
+                false,
             );
             table.format = datasandbox::dataset::DataFormat::Csv;
             if let Some(policy) = policies.policy_for(&version.id) {

@@ -556,3 +556,21 @@ async fn protected_data_without_an_aggregate_policy_answers_nothing() {
         Category::PolicyRejected("no policy for this dataset (enterprises)".into())
     );
 }
+
+#[tokio::test]
+async fn counting_units_by_rows_and_by_distinct_values_agree() {
+    // The register has one row per enterprise, so its unit counts may be row
+    // counts; the general COUNT(DISTINCT …) path must release the same.
+    let sql = "SELECT industry, COUNT(*) AS n, SUM(registered_capital) AS capital FROM enterprises \
+               WHERE registered_capital IS NULL OR employees > 50 GROUP BY industry ORDER BY industry";
+    let fast = protected_samples();
+    assert!(fast[0].rules.as_ref().unwrap().unit_is_unique);
+    let mut general = fast.clone();
+    let mut rules = (*general[0].rules.clone().unwrap()).clone();
+    rules.unit_is_unique = false;
+    general[0].rules = Some(std::sync::Arc::new(rules));
+    let a = query_through_guest(sql, fast).await;
+    let b = query_through_guest(sql, general).await;
+    assert_eq!(a.category, Category::Ok);
+    assert_eq!(rows(&table(&a, "result")), rows(&table(&b, "result")));
+}

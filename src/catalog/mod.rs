@@ -74,19 +74,28 @@ impl DatasetVersion {
     /// dictionary and (for protected data whose policy allows the mode)
     /// its aggregate-mode rules.
     pub fn job_table(&self, policies: &PolicySet) -> DatasetSource {
-        job_table(&self.manifest, &self.path, self.format, policies)
+        let unit_is_unique = self.profile.rows == self.profile.privacy_units;
+        job_table(
+            &self.manifest,
+            &self.path,
+            self.format,
+            policies,
+            unit_is_unique,
+        )
     }
 }
 
 /// A data file under its manifest as a table of a job: declared schema,
 /// dictionary and, for protected data whose policy allows the aggregate
 /// mode, its rules. Protected data without such a policy gets no rules and
-/// so answers no query.
+/// so answers no query. `unit_is_unique`: the data holds one row per privacy
+/// unit (from the profile), which makes counting units cheaper.
 pub fn job_table(
     manifest: &Manifest,
     path: &Path,
     format: DataFormat,
     policies: &PolicySet,
+    unit_is_unique: bool,
 ) -> DatasetSource {
     let rules = policies
         .policy_for(&manifest.id)
@@ -99,6 +108,7 @@ pub fn job_table(
                 min_group_size: policy.min_group_size,
                 aggregates: policy.aggregates.clone(),
                 rounding: policy.rounding,
+                unit_is_unique,
             })
         });
     DatasetSource {
@@ -158,7 +168,7 @@ impl Catalog {
         write_atomically(&manifest_copy, manifest_text.as_bytes())?;
         let mut manifest = manifest;
         manifest.source = manifest_copy;
-        let table = job_table(&manifest, &stored, format, &PolicySet::default());
+        let table = job_table(&manifest, &stored, format, &PolicySet::default(), false);
         let profile = profile::profile(&manifest, &table).await?;
         let profile_path = versions.join(format!("{hash}.profile.json"));
         write_atomically(

@@ -39,10 +39,12 @@ use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
 use datafusion::common::{Column, DFSchemaRef};
 use datafusion::datasource::{MemTable, provider_as_source};
-use datafusion::functions_aggregate::expr_fn::count_distinct;
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct};
 use datafusion::logical_expr::expr::AggregateFunction;
 use datafusion::logical_expr::utils::split_conjunction;
-use datafusion::logical_expr::{Aggregate, Expr, LogicalPlan, LogicalPlanBuilder, Operator, when};
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprSchemable, LogicalPlan, LogicalPlanBuilder, Operator, when,
+};
 use datafusion::prelude::SessionContext;
 use futures::TryStreamExt;
 
@@ -60,6 +62,9 @@ pub struct TableRules {
     pub min_group_size: u32,
     pub aggregates: Vec<AggregateFn>,
     pub rounding: Rounding,
+    /// The table holds one row per privacy unit (verified by the catalog's
+    /// profile when the version was registered): unit counts are row counts.
+    pub unit_is_unique: bool,
 }
 
 /// Why a plan was refused: a stable code and a host-written detail.
@@ -147,6 +152,7 @@ struct Combined {
     min_group_size: u32,
     aggregates: Vec<AggregateFn>,
     rounding: Rounding,
+    unit_is_unique: bool,
 }
 
 fn combine<'a>(tables: impl Iterator<Item = &'a TableRules>) -> Option<Combined> {
@@ -157,7 +163,9 @@ fn combine<'a>(tables: impl Iterator<Item = &'a TableRules>) -> Option<Combined>
             min_group_size: 0,
             aggregates: rules.aggregates.clone(),
             rounding: Rounding::None,
+            unit_is_unique: true,
         });
+        c.unit_is_unique &= rules.unit_is_unique;
         if !c.units.contains(&rules.privacy_unit) {
             c.units.push(rules.privacy_unit.clone());
         }
@@ -183,6 +191,22 @@ fn protected_scans<'a>(plan: &LogicalPlan, rules: &'a RulesByTable) -> Vec<&'a T
         Ok(TreeNodeRecursion::Continue)
     });
     found
+}
+
+/// One table scan and no join below: row counts are unit counts when that
+/// table has one row per unit.
+fn single_scan(plan: &LogicalPlan) -> bool {
+    let mut scans = 0;
+    let mut joins = false;
+    let _ = plan.apply(|node| {
+        match node {
+            LogicalPlan::TableScan(_) => scans += 1,
+            LogicalPlan::Join(_) | LogicalPlan::Union(_) => joins = true,
+            _ => {}
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    scans == 1 && !joins
 }
 
 fn contains_aggregate(plan: &LogicalPlan) -> bool {
@@ -645,25 +669,47 @@ async fn vet(
         })
         .collect();
     let first_unit = Expr::Column(unit_columns[0].clone());
+    // With one row per privacy unit (checked when the dataset was
+    // registered) and a single scan below, counting non-null units is a
+    // plain COUNT; otherwise it takes COUNT(DISTINCT …).
+    let unique_rows = combined.unit_is_unique && single_scan(&aggregate.input);
+    let count_units = |expr: Expr| {
+        if unique_rows {
+            count(expr)
+        } else {
+            count_distinct(expr)
+        }
+    };
     let mut helpers = Vec::new();
     for (i, unit) in unit_columns.iter().enumerate() {
-        helpers.push(count_distinct(Expr::Column(unit.clone())).alias(format!("__dsb_units_{i}")));
+        helpers.push(count_units(Expr::Column(unit.clone())).alias(format!("__dsb_units_{i}")));
     }
     // Per-value helpers: units with a non-NULL argument, for aggregates of
     // a column (a SUM over 10 units of which one has a value is one value).
+    // Not needed for arguments that cannot be NULL; shared by aggregates of
+    // the same argument.
+    let input_schema = aggregate.input.schema();
     let mut value_helper = Vec::new();
+    let mut by_argument: Vec<(Expr, usize)> = Vec::new();
     for (j, expr) in aggregate.aggr_expr.iter().enumerate() {
         let Expr::AggregateFunction(function) = unalias(expr) else {
             continue;
         };
         if let [argument] = function.params.args.as_slice()
             && matches!(strip_casts(argument), Expr::Column(_))
+            && argument.nullable(input_schema.as_ref()).unwrap_or(true)
         {
-            let backing = when(argument.clone().is_not_null(), first_unit.clone())
+            let column = strip_casts(argument).clone();
+            if let Some((_, helper)) = by_argument.iter().find(|(a, _)| *a == column) {
+                value_helper.push((j, *helper));
+                continue;
+            }
+            let backing = when(column.clone().is_not_null(), first_unit.clone())
                 .end()
                 .map_err(EnforceError::Failed)?;
+            by_argument.push((column, helpers.len()));
             value_helper.push((j, helpers.len()));
-            helpers.push(count_distinct(backing).alias(format!("__dsb_values_{j}")));
+            helpers.push(count_units(backing).alias(format!("__dsb_values_{j}")));
         }
     }
     let group_count = aggregate.group_expr.len();
