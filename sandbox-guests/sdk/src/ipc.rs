@@ -24,3 +24,40 @@ pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {
     }
     writer.into_inner()
 }
+
+/// The values of a numeric column as `f64` (integers, floats, and booleans
+/// as 0/1), `None` for NULL. Errors name the column when it is missing or
+/// not numeric.
+pub fn numeric_column(batch: &RecordBatch, name: &str) -> Result<Vec<Option<f64>>, String> {
+    use arrow_array::cast::AsArray;
+    use arrow_array::types::{Float32Type, Float64Type, Int32Type, Int64Type};
+    use arrow_schema::DataType;
+
+    let array = batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("no column {name}"))?;
+    Ok(match array.data_type() {
+        DataType::Float64 => array.as_primitive::<Float64Type>().iter().collect(),
+        DataType::Float32 => array
+            .as_primitive::<Float32Type>()
+            .iter()
+            .map(|v| v.map(f64::from))
+            .collect(),
+        DataType::Int64 => array
+            .as_primitive::<Int64Type>()
+            .iter()
+            .map(|v| v.map(|v| v as f64))
+            .collect(),
+        DataType::Int32 => array
+            .as_primitive::<Int32Type>()
+            .iter()
+            .map(|v| v.map(f64::from))
+            .collect(),
+        DataType::Boolean => array
+            .as_boolean()
+            .iter()
+            .map(|v| v.map(|v| f64::from(u8::from(v))))
+            .collect(),
+        other => return Err(format!("column {name} has type {other}, not a number")),
+    })
+}

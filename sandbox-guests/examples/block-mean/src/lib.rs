@@ -1,10 +1,8 @@
 //! `block-mean`: the mean and row count of one numeric column of a block.
 //!
-//! Params: `{"column": "employees"}`. Returns `[mean, rows]`.
+//! Params: `{"column": "employees"}`. Returns `[mean, rows]` over the
+//! non-NULL values.
 
-use datasandbox_guest::arrow_array::cast::AsArray;
-use datasandbox_guest::arrow_array::types::{Float64Type, Int64Type};
-use datasandbox_guest::arrow_schema::DataType;
 use datasandbox_guest::{Guest, ipc};
 
 struct BlockMean;
@@ -19,25 +17,10 @@ impl Guest for BlockMean {
             .ok_or("params need a \"column\"")?;
         let (mut sum, mut count) = (0.0, 0usize);
         for batch in ipc::decode(&block).map_err(|e| e.to_string())? {
-            let array = batch
-                .column_by_name(column)
-                .ok_or_else(|| format!("no column {column}"))?;
-            let values: Vec<f64> = match array.data_type() {
-                DataType::Float64 => array
-                    .as_primitive::<Float64Type>()
-                    .iter()
-                    .flatten()
-                    .collect(),
-                DataType::Int64 => array
-                    .as_primitive::<Int64Type>()
-                    .iter()
-                    .flatten()
-                    .map(|v| v as f64)
-                    .collect(),
-                other => return Err(format!("column {column} has type {other}, not a number")),
-            };
-            count += values.len();
-            sum += values.iter().sum::<f64>();
+            for value in ipc::numeric_column(&batch, column)?.into_iter().flatten() {
+                sum += value;
+                count += 1;
+            }
         }
         let mean = if count == 0 { 0.0 } else { sum / count as f64 };
         Ok(vec![mean, count as f64])

@@ -5,9 +5,6 @@
 
 use std::sync::Mutex;
 
-use datasandbox_guest::arrow_array::cast::AsArray;
-use datasandbox_guest::arrow_array::types::{Float64Type, Int64Type};
-use datasandbox_guest::arrow_schema::DataType;
 use datasandbox_guest::{Guest, ipc};
 
 /// The fitted mean; `train` and `predict` run in one instance.
@@ -25,29 +22,9 @@ impl Guest for Baseline {
             .unwrap_or("label");
         let (mut sum, mut count) = (0.0, 0usize);
         for batch in ipc::decode(&table).map_err(|e| e.to_string())? {
-            let array = batch
-                .column_by_name(label)
-                .ok_or_else(|| format!("no label column {label}"))?;
-            match array.data_type() {
-                DataType::Float64 => {
-                    for v in array.as_primitive::<Float64Type>().iter().flatten() {
-                        sum += v;
-                        count += 1;
-                    }
-                }
-                DataType::Int64 => {
-                    for v in array.as_primitive::<Int64Type>().iter().flatten() {
-                        sum += v as f64;
-                        count += 1;
-                    }
-                }
-                DataType::Boolean => {
-                    for v in array.as_boolean().iter().flatten() {
-                        sum += f64::from(u8::from(v));
-                        count += 1;
-                    }
-                }
-                other => return Err(format!("label has type {other}")),
+            for value in ipc::numeric_column(&batch, label)?.into_iter().flatten() {
+                sum += value;
+                count += 1;
             }
         }
         *MEAN.lock().map_err(|_| "poisoned")? =

@@ -3,9 +3,6 @@
 //!
 //! Params: `{"column": "tax_paid"}`.
 
-use datasandbox_guest::arrow_array::cast::AsArray;
-use datasandbox_guest::arrow_array::types::{Float64Type, Int64Type};
-use datasandbox_guest::arrow_schema::DataType;
 use datasandbox_guest::{Guest, ipc};
 
 struct SumScorer;
@@ -21,19 +18,12 @@ impl Guest for SumScorer {
         let mut total = 0.0;
         for (_dataset, bytes) in rows {
             for batch in ipc::decode(&bytes).map_err(|e| e.to_string())? {
-                let Some(array) = batch.column_by_name(column) else {
-                    continue;
-                };
-                total += match array.data_type() {
-                    DataType::Float64 => array.as_primitive::<Float64Type>().iter().flatten().sum(),
-                    DataType::Int64 => array
-                        .as_primitive::<Int64Type>()
-                        .iter()
+                if batch.column_by_name(column).is_some() {
+                    total += ipc::numeric_column(&batch, column)?
+                        .into_iter()
                         .flatten()
-                        .map(|v| v as f64)
-                        .sum::<f64>(),
-                    _ => 0.0,
-                };
+                        .sum::<f64>();
+                }
             }
         }
         Ok(total)
