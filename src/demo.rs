@@ -199,6 +199,60 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
         out,
         "4. After a restart the module is not compiled again: loaded from {load:?} cache."
     )?;
+
+    // The same job through the durable service: recorded before it runs,
+    // released with a signed receipt, every step in the audit chain.
+    let service = crate::service::Service::open(&config.work_dir, &config.policies_dir).await?;
+    let result = service
+        .run_analysis(
+            "demo-analyst",
+            &district_stats,
+            std::slice::from_ref(&register.name),
+            "{}",
+            |_| {},
+        )
+        .await?;
+    let receipt = result.receipt.context("the demo job must be released")?;
+    writeln!(
+        out,
+        "5. Released with a signed receipt: job {}, module {}…, dataset {}@{}…, policy {}…, output {}…, \
+         audit entry {}, key {}.",
+        receipt.body.job_id,
+        &receipt.body.module_sha256[..12],
+        receipt.body.datasets[0].id,
+        &receipt.body.datasets[0].version[..12],
+        receipt
+            .body
+            .policy_sha256
+            .as_deref()
+            .map_or("none", |h| &h[..12]),
+        &receipt.body.output_sha256[..12],
+        receipt.body.audit_position,
+        receipt.body.key_id
+    )?;
+    let keys = service.keys.public_keys()?;
+    let json = serde_json::to_vec(&receipt)?;
+    let output = serde_json::to_value(&result.execution.outputs)?;
+    crate::receipt::Receipt::verify(&json, &keys, Some(&output))?;
+    writeln!(
+        out,
+        "   receipt verify: valid (Ed25519 over RFC 8785 canonical JSON, output hash matches)"
+    )?;
+    let mut tampered: serde_json::Value = serde_json::from_slice(&json)?;
+    tampered["audit_position"] = serde_json::json!(1);
+    let refused = crate::receipt::Receipt::verify(&serde_json::to_vec(&tampered)?, &keys, None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    writeln!(out, "   the same receipt with one field changed: {refused}")?;
+    crate::store::audit::checkpoint(&service.store, &service.keys.signer()?).await?;
+    match service.verify_audit().await? {
+        Ok((entries, checkpoints)) => writeln!(
+            out,
+            "   audit chain intact: {entries} hash-chained entries, {checkpoints} signed checkpoint"
+        )?,
+        Err(broken) => bail!("demo audit chain broken: {broken}"),
+    }
     writeln!(
         out,
         "\nDone: only the vetted table above left the sandbox; no group under {} enterprises.",

@@ -14,6 +14,9 @@
 //! - [`catalog`]: manifests, dataset versions, quality profiles, synthetic samples.
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
+//! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
+//! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
+//! - [`store`]: the SQLite store: durable jobs and the hash-chained audit log.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
 //! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
@@ -24,5 +27,8 @@ pub mod dataset;
 pub mod demo;
 pub mod policy;
 pub mod query;
+pub mod receipt;
 pub mod sample_data;
 pub mod sandbox;
+pub mod service;
+pub mod store;

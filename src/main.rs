@@ -10,7 +10,11 @@ use clap::{Args, Parser, Subcommand};
 use datasandbox::catalog::{Catalog, synthetic};
 use datasandbox::dataset::{Classification, DatasetSource, ensure_unique_names};
 use datasandbox::policy::{PolicyError, PolicySet};
+use datasandbox::receipt::keys::key_id;
+use datasandbox::receipt::{KeyRing, PublicKey, Receipt};
 use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Returned, Sandbox, SandboxConfig, World};
+use datasandbox::service::Service;
+use datasandbox::store::{Store, audit, jobs};
 use datasandbox::{arrow_ipc, demo, query, sample_data};
 
 #[derive(Parser)]
@@ -59,6 +63,34 @@ enum Command {
         #[command(subcommand)]
         command: PolicyCommand,
     },
+    /// Run jobs durably on the embedded store (receipts, audit).
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
+        data_dir: PathBuf,
+        #[arg(long, default_value = "policies", global = true)]
+        policies: PathBuf,
+    },
+    /// Verify a receipt offline.
+    Receipt {
+        #[command(subcommand)]
+        command: ReceiptCommand,
+    },
+    /// The audit log: verify, checkpoint, export.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+        #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Signing keys: list, rotate.
+    Key {
+        #[command(subcommand)]
+        command: KeyCommand,
+        #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
+        data_dir: PathBuf,
+    },
     /// Regenerate the bundled sample datasets.
     SampleData {
         #[arg(long, default_value = "data/samples")]
@@ -87,6 +119,66 @@ enum DatasetCommand {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+}
+
+#[derive(Subcommand)]
+enum JobCommand {
+    /// Run an analysis job over catalog datasets and write its receipt.
+    Run {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+        #[arg(long, default_value = "{}")]
+        params: String,
+        #[arg(long, default_value = "analyst")]
+        principal: String,
+    },
+    /// Run jobs back to back, printing `submitted <id>` once each is
+    /// committed (for the crash-safety test).
+    Soak {
+        #[arg(long)]
+        module: PathBuf,
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+        #[arg(long, default_value_t = u64::MAX)]
+        count: u64,
+    },
+    /// Mark unfinished jobs interrupted and list every job's state.
+    List,
+}
+
+#[derive(Subcommand)]
+enum ReceiptCommand {
+    /// Check a receipt's signature (and the output, if given).
+    Verify {
+        receipt: PathBuf,
+        /// Hex Ed25519 public keys to trust; repeatable.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+        /// Trust the keys of this data directory.
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// The released output (JSON) to check against the receipt.
+        #[arg(long)]
+        output: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum AuditCommand {
+    /// Walk the chain and check every checkpoint; exit 1 when broken.
+    Verify,
+    /// Sign the current head.
+    Checkpoint,
+    /// Print entries and checkpoints as JSON lines.
+    Export,
+}
+
+#[derive(Subcommand)]
+enum KeyCommand {
+    List,
+    Rotate,
 }
 
 #[derive(Subcommand)]
@@ -221,6 +313,94 @@ fn run() -> anyhow::Result<()> {
                     std::process::exit(1);
                 }
             }
+        }
+        Command::Job {
+            command,
+            data_dir,
+            policies,
+        } => runtime.block_on(job_command(command, &data_dir, &policies)),
+        Command::Receipt {
+            command:
+                ReceiptCommand::Verify {
+                    receipt,
+                    keys,
+                    data_dir,
+                    output,
+                },
+        } => {
+            let mut trusted: Vec<PublicKey> = keys
+                .iter()
+                .map(|k| PublicKey {
+                    key_id: key_id(&hex::decode(k).unwrap_or_default()),
+                    public_key: k.clone(),
+                    current: false,
+                })
+                .collect();
+            if let Some(dir) = data_dir {
+                trusted.extend(KeyRing::open(&dir.join("keys"))?.public_keys()?);
+            }
+            let json = std::fs::read(&receipt).with_context(|| format!("reading {}", receipt.display()))?;
+            let output = match output {
+                Some(path) => Some(serde_json::from_slice(&std::fs::read(&path)?)?),
+                None => None,
+            };
+            match Receipt::verify(&json, &trusted, output.as_ref()) {
+                Ok(receipt) => {
+                    println!(
+                        "valid: job {} released at audit entry {}, signed by key {}",
+                        receipt.body.job_id, receipt.body.audit_position, receipt.body.key_id
+                    );
+                    Ok(())
+                }
+                Err(error) => {
+                    println!("INVALID: {error}");
+                    std::process::exit(1);
+                }
+            }
+        }
+        Command::Audit { command, data_dir } => runtime.block_on(async {
+            let store = Store::open(&data_dir.join("dsb.sqlite")).await?;
+            let keys = KeyRing::open(&data_dir.join("keys"))?;
+            match command {
+                AuditCommand::Verify => {
+                    let entries = audit::entries(&store).await?;
+                    let checkpoints = audit::checkpoints(&store).await?;
+                    match audit::verify(&entries, &checkpoints, &keys.public_keys()?) {
+                        Ok((entries, checkpoints)) => {
+                            println!("audit chain intact: {entries} entries, {checkpoints} signed checkpoints");
+                            Ok(())
+                        }
+                        Err(broken) => {
+                            println!("BROKEN: {broken}");
+                            std::process::exit(1);
+                        }
+                    }
+                }
+                AuditCommand::Checkpoint => {
+                    let checkpoint = audit::checkpoint(&store, &keys.signer()?).await?;
+                    println!("{}", serde_json::to_string(&checkpoint)?);
+                    Ok(())
+                }
+                AuditCommand::Export => {
+                    for entry in audit::entries(&store).await? {
+                        println!("{}", serde_json::json!({ "entry": entry }));
+                    }
+                    for checkpoint in audit::checkpoints(&store).await? {
+                        println!("{}", serde_json::json!({ "checkpoint": checkpoint }));
+                    }
+                    Ok(())
+                }
+            }
+        }),
+        Command::Key { command, data_dir } => {
+            let keys = KeyRing::open(&data_dir.join("keys"))?;
+            if let KeyCommand::Rotate = command {
+                println!("new signing key {}", keys.rotate()?);
+            }
+            for key in keys.public_keys()? {
+                println!("{} {} {}", key.key_id, key.public_key, if key.current { "current" } else { "" });
+            }
+            Ok(())
         }
         Command::SampleData { out } => {
             sample_data::write(&out).with_context(|| format!("writing {}", out.display()))?;
@@ -536,6 +716,68 @@ async fn dataset_command(
             match out {
                 Some(path) => std::fs::write(&path, text)?,
                 None => print!("{text}"),
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn job_command(
+    command: JobCommand,
+    data_dir: &std::path::Path,
+    policies: &std::path::Path,
+) -> anyhow::Result<()> {
+    let service = Service::open(data_dir, policies).await?;
+    match command {
+        JobCommand::Run {
+            module,
+            datasets,
+            params,
+            principal,
+        } => {
+            let bytes =
+                std::fs::read(&module).with_context(|| format!("reading {}", module.display()))?;
+            let result = service
+                .run_analysis(&principal, &bytes, &datasets, &params, |_| {})
+                .await?;
+            println!("job {}: {}", result.job_id, result.execution.category);
+            demo::print_outputs(&result.execution, &mut std::io::stdout().lock())?;
+            if result.receipt.is_some() {
+                println!(
+                    "receipt: {}",
+                    data_dir
+                        .join("receipts")
+                        .join(format!("{}.json", result.job_id))
+                        .display()
+                );
+            }
+            if !result.execution.category.is_ok() {
+                std::process::exit(2);
+            }
+        }
+        JobCommand::Soak {
+            module,
+            datasets,
+            count,
+        } => {
+            let bytes = std::fs::read(&module)?;
+            for _ in 0..count {
+                service
+                    .run_analysis("soak", &bytes, &datasets, "{}", |id| {
+                        println!("submitted {id}");
+                        let _ = std::io::Write::flush(&mut std::io::stdout());
+                    })
+                    .await?;
+            }
+        }
+        JobCommand::List => {
+            for job in jobs::all(&service.store).await? {
+                println!(
+                    "{} {} {}",
+                    job.id,
+                    job.state,
+                    job.category.unwrap_or_default()
+                );
             }
         }
     }

@@ -155,10 +155,116 @@ fn demo_runs_the_loop_end_to_end() {
         "loaded from Artifact cache",
         "Chongming is not listed: groups with fewer than 10 privacy units are omitted",
         "A row-level query is refused before it runs: policy-rejected: row-level-output",
+        "receipt verify: valid",
+        "with one field changed: bad signature",
+        "audit chain intact",
     ] {
         assert!(
             stdout.contains(expected),
             "missing {expected:?} in\n{stdout}"
         );
     }
+}
+
+#[test]
+fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    for id in ["enterprises", "tax_records"] {
+        let csv = format!("data/samples/{id}.csv");
+        let manifest = format!("data/samples/{id}.toml");
+        let out = dsb(
+            &[
+                "dataset",
+                "add",
+                &csv,
+                "--manifest",
+                &manifest,
+                "--data-dir",
+                data,
+            ],
+            dir.path(),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let module = guests_dir().join("district_stats.wasm");
+    let out = dsb(
+        &[
+            "job",
+            "run",
+            "--module",
+            module.to_str().unwrap(),
+            "--dataset",
+            "enterprises",
+            "--data-dir",
+            data,
+        ],
+        dir.path(),
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let receipt = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("receipt: "))
+        .unwrap()
+        .to_string();
+
+    let out = dsb(
+        &["receipt", "verify", &receipt, "--data-dir", data],
+        dir.path(),
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("valid: job "));
+    // Without the data directory's keys nothing vouches for it.
+    let out = dsb(&["receipt", "verify", &receipt], dir.path());
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("unknown key"));
+    // One altered byte.
+    let text = std::fs::read_to_string(&receipt).unwrap().replacen(
+        "\"mode\": \"aggregate\"",
+        "\"mode\": \"aggregatf\"",
+        1,
+    );
+    let forged = dir.path().join("forged.json");
+    std::fs::write(&forged, text).unwrap();
+    let out = dsb(
+        &[
+            "receipt",
+            "verify",
+            forged.to_str().unwrap(),
+            "--data-dir",
+            data,
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("INVALID: bad signature"));
+
+    let out = dsb(&["audit", "checkpoint", "--data-dir", data], dir.path());
+    assert!(out.status.success());
+    let out = dsb(&["audit", "verify", "--data-dir", data], dir.path());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .starts_with("audit chain intact: 4 entries, 1 signed checkpoints")
+    );
+    let out = dsb(&["key", "rotate", "--data-dir", data], dir.path());
+    assert!(out.status.success());
+    let out = dsb(
+        &["receipt", "verify", &receipt, "--data-dir", data],
+        dir.path(),
+    );
+    assert!(
+        out.status.success(),
+        "old receipts stay verifiable after rotation"
+    );
+    let out = dsb(&["audit", "export", "--data-dir", data], dir.path());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
 }

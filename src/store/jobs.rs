@@ -1,0 +1,268 @@
+//! Durable jobs: `queued → running → released | rejected | failed` (and
+//! `held` for review). Each transition and its audit entry commit together;
+//! a release also writes its signed receipt in that transaction, naming the
+//! audit entry that records it. Jobs left `queued` or `running` by a crash
+//! become `failed: interrupted` on the next start.
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+
+use super::{Store, StoreError, audit, now};
+use crate::receipt::{DatasetRef, PrivacyCost, Receipt, ReceiptBody, Signer, canonical_hash};
+use crate::sandbox::{Category, Limits, Output};
+
+/// Outputs at most this large (canonical JSON) are embedded in receipts.
+const RECEIPT_OUTPUT_BYTES: usize = 16 << 10;
+
+/// A job as submitted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NewJob {
+    pub id: String,
+    pub principal: String,
+    pub module_sha256: String,
+    pub world: String,
+    pub mode: String,
+    pub datasets: Vec<DatasetRef>,
+    pub policy_sha256: Option<String>,
+    pub params: String,
+    pub limits: Limits,
+}
+
+/// A stored job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub principal: String,
+    pub module_sha256: String,
+    pub state: String,
+    pub category: Option<String>,
+    pub output: Option<serde_json::Value>,
+    pub receipt: Option<Receipt>,
+    pub created_at: i64,
+    pub finished_at: Option<i64>,
+}
+
+/// A fresh random job id (128 bits from the system's CSPRNG).
+pub fn new_job_id() -> String {
+    let mut bytes = [0u8; 16];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
+        .expect("system randomness");
+    hex::encode(bytes)
+}
+
+/// Record a submitted job (`queued`).
+pub async fn submit(store: &Store, job: &NewJob) -> Result<(), StoreError> {
+    let params_sha256 = hex::encode(Sha256::digest(job.params.as_bytes()));
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    sqlx::query(
+        "INSERT INTO jobs (id, principal, module_sha256, world, mode, datasets, policy_sha256, params_sha256, params, limits, state, created_at) \
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+    )
+    .bind(&job.id)
+    .bind(&job.principal)
+    .bind(&job.module_sha256)
+    .bind(&job.world)
+    .bind(&job.mode)
+    .bind(serde_json::to_string(&job.datasets).expect("serialisable"))
+    .bind(&job.policy_sha256)
+    .bind(&params_sha256)
+    .bind(&job.params)
+    .bind(serde_json::to_string(&job.limits).expect("serialisable"))
+    .bind(now())
+    .execute(&mut *tx)
+    .await?;
+    audit::append(
+        &mut tx,
+        &job.principal,
+        "job.submitted",
+        &job.id,
+        serde_json::json!({ "module": job.module_sha256, "mode": job.mode, "datasets": job.datasets, "params_sha256": params_sha256 }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `queued → running`.
+pub async fn start(store: &Store, id: &str) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
+    )
+    .bind(now())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() != 1 {
+        return Err(StoreError::WrongState {
+            id: id.into(),
+            state: state_of(&mut tx, id).await?,
+            expected: "queued",
+        });
+    }
+    audit::append(&mut tx, "system", "job.started", id, serde_json::json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+async fn state_of(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<String, StoreError> {
+    sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::UnknownJob(id.into()))
+}
+
+/// `running → released | rejected | failed`. A release writes the outputs
+/// and a receipt signed by `signer`, in the same transaction as its audit
+/// entry; the receipt names that entry's position.
+pub async fn finish(
+    store: &Store,
+    id: &str,
+    category: &Category,
+    outputs: &[Output],
+    privacy_cost: PrivacyCost,
+    signer: &Signer,
+) -> Result<Option<Receipt>, StoreError> {
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let row = sqlx::query("SELECT state, module_sha256, world, mode, datasets, policy_sha256, params_sha256 FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *tx)
+        .await?
+        .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
+    let state: String = row.get(0);
+    if state != "running" {
+        return Err(StoreError::WrongState {
+            id: id.into(),
+            state,
+            expected: "running",
+        });
+    }
+    let finished = now();
+    let (new_state, action) = match category {
+        Category::Ok => ("released", "job.released"),
+        Category::PolicyRejected(_) | Category::InvalidModule(_) => ("rejected", "job.rejected"),
+        _ => ("failed", "job.failed"),
+    };
+    let mut receipt = None;
+    let mut details = serde_json::json!({ "category": category.to_string() });
+    let output_json = serde_json::to_value(outputs).expect("outputs serialise");
+    if category.is_ok() {
+        let datasets: Vec<DatasetRef> = serde_json::from_str(&row.get::<String, _>(4))
+            .map_err(|e| StoreError::Record(e.to_string()))?;
+        let output_sha256 = canonical_hash(&output_json);
+        let embedded =
+            serde_json::to_vec(&output_json).is_ok_and(|b| b.len() <= RECEIPT_OUTPUT_BYTES);
+        let body = ReceiptBody {
+            format: 1,
+            job_id: id.into(),
+            module_sha256: row.get(1),
+            world: row.get(2),
+            mode: row.get(3),
+            datasets,
+            policy_sha256: row.get(5),
+            params_sha256: row.get(6),
+            privacy_cost,
+            output_sha256: output_sha256.clone(),
+            output: embedded.then(|| output_json.clone()),
+            released_at: finished as u64,
+            audit_position: audit::next_seq(&mut tx).await? as u64,
+            key_id: signer.key_id.clone(),
+        };
+        let signed = Receipt::sign(body, signer);
+        details = serde_json::json!({
+            "category": "ok",
+            "output_sha256": output_sha256,
+            "receipt_sha256": canonical_hash(&signed),
+            "privacy_cost": privacy_cost,
+        });
+        receipt = Some(signed);
+    }
+    let entry = audit::append(&mut tx, "system", action, id, details).await?;
+    if let Some(receipt) = &receipt
+        && receipt.body.audit_position != entry.seq as u64
+    {
+        return Err(StoreError::Record(
+            "audit position moved inside a transaction".into(),
+        ));
+    }
+    sqlx::query("UPDATE jobs SET state = ?, category = ?, output = ?, receipt = ?, finished_at = ? WHERE id = ?")
+        .bind(new_state)
+        .bind(category.to_string())
+        .bind(category.is_ok().then(|| output_json.to_string()))
+        .bind(receipt.as_ref().map(|r| serde_json::to_string(r).expect("receipt serialises")))
+        .bind(finished)
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(receipt)
+}
+
+/// Mark jobs a crash left `queued` or `running` as `failed: interrupted`
+/// (they can be resubmitted). Returns how many.
+pub async fn recover_interrupted(store: &Store) -> Result<usize, StoreError> {
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let ids: Vec<String> = sqlx::query_scalar(
+        "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
+    )
+    .fetch_all(&mut *tx)
+    .await?;
+    for id in &ids {
+        sqlx::query("UPDATE jobs SET state = 'failed', category = 'interrupted', finished_at = ? WHERE id = ?")
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        audit::append(
+            &mut tx,
+            "system",
+            "job.interrupted",
+            id,
+            serde_json::json!({}),
+        )
+        .await?;
+    }
+    tx.commit().await?;
+    Ok(ids.len())
+}
+
+/// One job.
+pub async fn get(store: &Store, id: &str) -> Result<JobRecord, StoreError> {
+    let row = sqlx::query("SELECT id, principal, module_sha256, state, category, output, receipt, created_at, finished_at FROM jobs WHERE id = ?")
+        .bind(id)
+        .fetch_optional(store.pool())
+        .await?
+        .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
+    record(&row)
+}
+
+/// Every job, oldest first.
+pub async fn all(store: &Store) -> Result<Vec<JobRecord>, StoreError> {
+    let rows = sqlx::query("SELECT id, principal, module_sha256, state, category, output, receipt, created_at, finished_at FROM jobs ORDER BY created_at, id")
+        .fetch_all(store.pool())
+        .await?;
+    rows.iter().map(record).collect()
+}
+
+fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
+    let parse = |text: Option<String>| -> Result<Option<serde_json::Value>, StoreError> {
+        text.map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Record(e.to_string())))
+            .transpose()
+    };
+    let receipt: Option<String> = row.get(6);
+    Ok(JobRecord {
+        id: row.get(0),
+        principal: row.get(1),
+        module_sha256: row.get(2),
+        state: row.get(3),
+        category: row.get(4),
+        output: parse(row.get(5))?,
+        receipt: receipt
+            .map(|r| serde_json::from_str(&r).map_err(|e| StoreError::Record(e.to_string())))
+            .transpose()?,
+        created_at: row.get(7),
+        finished_at: row.get(8),
+    })
+}

@@ -1,0 +1,72 @@
+//! The embedded store: one SQLite file (WAL, foreign keys, busy timeout,
+//! `synchronous = FULL`) through sqlx, with migrations in `migrations/`.
+//! Queries are plain portable SQL so a PostgreSQL backend can follow.
+//!
+//! Layout: `audit` (the hash-chained log and signed checkpoints), `jobs`
+//! (durable job records and releases with receipts).
+
+pub mod audit;
+pub mod jobs;
+
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+
+use sqlx::SqlitePool;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("database: {0}")]
+    Database(#[from] sqlx::Error),
+    #[error("migrations: {0}")]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+    #[error("unknown job {0}")]
+    UnknownJob(String),
+    #[error("job {id} is {state}, not {expected}")]
+    WrongState {
+        id: String,
+        state: String,
+        expected: &'static str,
+    },
+    #[error("record: {0}")]
+    Record(String),
+}
+
+/// Seconds since the Unix epoch.
+pub fn now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+/// The database of a data directory.
+#[derive(Debug, Clone)]
+pub struct Store {
+    pool: SqlitePool,
+}
+
+impl Store {
+    /// Open (creating if needed) and migrate the database at `path`.
+    pub async fn open(path: &Path) -> Result<Self, StoreError> {
+        let options = SqliteConnectOptions::from_str("sqlite:")?
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            // A committed job or audit entry survives a crash of the
+            // process and of the machine.
+            .synchronous(SqliteSynchronous::Full)
+            .foreign_keys(true)
+            .busy_timeout(Duration::from_secs(10));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await?;
+        sqlx::migrate!("./migrations").run(&pool).await?;
+        Ok(Store { pool })
+    }
+
+    pub fn pool(&self) -> &SqlitePool {
+        &self.pool
+    }
+}
