@@ -19,16 +19,7 @@ const KILLS: usize = 50;
 #[tokio::test]
 async fn killing_the_process_loses_no_job_receipt_or_audit_entry() {
     let dir = tempfile::tempdir().unwrap();
-    let catalog = datasandbox::catalog::Catalog::open(&dir.path().join("catalog")).unwrap();
-    for id in ["enterprises", "tax_records"] {
-        catalog
-            .add(
-                &samples().join(format!("{id}.csv")),
-                &samples().join(format!("{id}.toml")),
-            )
-            .await
-            .unwrap();
-    }
+    catalog_with_samples(dir.path()).await;
     let module = guests_dir().join("district_stats.wasm");
     // One complete run first: it compiles the module into the artifact
     // cache, so every later start takes milliseconds, not a compile.

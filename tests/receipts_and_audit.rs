@@ -21,25 +21,13 @@ async fn open_service(dir: &Path) -> Service {
 }
 
 async fn service_with_data(dir: &Path) -> Service {
-    std::fs::create_dir_all(dir.join("catalog")).unwrap();
-    let catalog = datasandbox::catalog::Catalog::open(&dir.join("catalog")).unwrap();
-    for id in ["enterprises", "tax_records"] {
-        catalog
-            .add(
-                &samples().join(format!("{id}.csv")),
-                &samples().join(format!("{id}.toml")),
-            )
-            .await
-            .unwrap();
-    }
+    catalog_with_samples(dir).await;
     open_service(dir).await
 }
 
-#[tokio::test]
-async fn a_release_has_a_receipt_that_verifies_offline_and_catches_tampering() {
-    let dir = tempfile::tempdir().unwrap();
-    let service = service_with_data(dir.path()).await;
-    let result = service
+/// Run district-stats once as an analyst.
+async fn run_once(service: &Service) -> datasandbox::service::JobResult {
+    service
         .run_analysis(
             "analyst",
             &guest("district_stats"),
@@ -48,7 +36,14 @@ async fn a_release_has_a_receipt_that_verifies_offline_and_catches_tampering() {
             |_| {},
         )
         .await
-        .unwrap();
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_release_has_a_receipt_that_verifies_offline_and_catches_tampering() {
+    let dir = tempfile::tempdir().unwrap();
+    let service = service_with_data(dir.path()).await;
+    let result = run_once(&service).await;
     assert_eq!(result.execution.category, Category::Ok);
     let receipt = result.receipt.unwrap();
     let keys = service.keys.public_keys().unwrap();
@@ -118,31 +113,9 @@ async fn a_release_has_a_receipt_that_verifies_offline_and_catches_tampering() {
 async fn key_rotation_keeps_old_receipts_verifiable() {
     let dir = tempfile::tempdir().unwrap();
     let service = service_with_data(dir.path()).await;
-    let first = service
-        .run_analysis(
-            "analyst",
-            &guest("district_stats"),
-            &["enterprises".into()],
-            "{}",
-            |_| {},
-        )
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let first = run_once(&service).await.receipt.unwrap();
     let new_key = service.keys.rotate().unwrap();
-    let second = service
-        .run_analysis(
-            "analyst",
-            &guest("district_stats"),
-            &["enterprises".into()],
-            "{}",
-            |_| {},
-        )
-        .await
-        .unwrap()
-        .receipt
-        .unwrap();
+    let second = run_once(&service).await.receipt.unwrap();
     assert_ne!(first.body.key_id, second.body.key_id);
     assert_eq!(second.body.key_id, new_key);
     let keys = service.keys.public_keys().unwrap();
@@ -167,16 +140,7 @@ async fn tamper(sql: &str) -> String {
     let dir = tempfile::tempdir().unwrap();
     let service = service_with_data(dir.path()).await;
     for _ in 0..3 {
-        service
-            .run_analysis(
-                "analyst",
-                &guest("district_stats"),
-                &["enterprises".into()],
-                "{}",
-                |_| {},
-            )
-            .await
-            .unwrap();
+        run_once(&service).await;
     }
     audit::checkpoint(&service.store, &service.keys.signer().unwrap())
         .await

@@ -216,3 +216,18 @@ pub fn rows(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<String
     }
     out
 }
+
+/// A catalog under `data_dir` holding both sample datasets.
+pub async fn catalog_with_samples(data_dir: &Path) -> datasandbox::catalog::Catalog {
+    let catalog = datasandbox::catalog::Catalog::open(&data_dir.join("catalog")).unwrap();
+    for id in ["enterprises", "tax_records"] {
+        catalog
+            .add(
+                &samples().join(format!("{id}.csv")),
+                &samples().join(format!("{id}.toml")),
+            )
+            .await
+            .unwrap();
+    }
+    catalog
+}
