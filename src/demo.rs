@@ -1,20 +1,29 @@
-//! `dsb demo`: the sandbox loop on bundled data, explained as it runs.
+//! `dsb demo`: the whole loop on bundled data, explained as it runs.
 //!
-//! Registers the shipped sample datasets in a scratch catalog under their
-//! manifests and `policies/`, runs the `district-stats` example over the
-//! conditional enterprise register in aggregate mode (a small district is
-//! withheld), shows a row-level query refused, then what the sandbox does to
-//! guests that misbehave, and that a module compiles once. Later release modes add their steps here.
+//! Starts the server on a loopback port over a scratch data directory and
+//! then acts as its users over HTTP: the administrator registers the sample
+//! datasets, loads `policies/`, creates an analyst's token and grants it the
+//! conditional enterprise register; the analyst uploads the
+//! `district-stats` example, runs it in aggregate mode (a small district is
+//! withheld), is refused a row-level query and data it was not granted,
+//! fetches the receipt and verifies it offline against the published keys;
+//! the administrator verifies the audit chain. Then, in process, what the
+//! sandbox does to guests that misbehave, and that a module compiles once.
+//! Later release modes add their steps here.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, bail};
 
-use crate::catalog::Catalog;
+use crate::accounts::{self, Role};
+use crate::client::Client;
 use crate::dataset::DatasetSource;
-use crate::policy::PolicySet;
 use crate::sandbox::{Execution, GuestCall, JobEnv, Limits, Output, Sandbox, SandboxConfig};
+use crate::server::{Server, ServerConfig};
+use crate::service::Service;
 
 /// Where the demo finds its inputs and keeps its state.
 #[derive(Debug, Clone)]
@@ -25,7 +34,7 @@ pub struct DemoConfig {
     pub samples_dir: PathBuf,
     /// The output policies (`policies`).
     pub policies_dir: PathBuf,
-    /// A scratch directory for the catalog and the module cache.
+    /// A scratch directory for the data directory.
     pub work_dir: PathBuf,
 }
 
@@ -33,71 +42,132 @@ pub struct DemoConfig {
 pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()> {
     let district_stats = read_guest(&config.guests_dir, "district_stats")?;
     let hostile = read_guest(&config.guests_dir, "hostile")?;
-    let sandbox_config = SandboxConfig {
-        module_dir: Some(config.work_dir.join("modules")),
-        ..SandboxConfig::default()
-    };
-    let sandbox = Sandbox::new(sandbox_config.clone())?;
-
     writeln!(
         out,
         "datasandbox demo: data stays home, algorithms travel\n"
     )?;
-    let catalog = Catalog::open(&config.work_dir.join("catalog"))?;
-    let mut versions = Vec::new();
+
+    // The server, on a loopback port, over a fresh data directory.
+    let data_dir = config.work_dir.join("data");
+    let service = Arc::new(Service::open(&data_dir, &config.policies_dir).await?);
+    let server = Server::bind_service(
+        ServerConfig {
+            listen: "127.0.0.1:0".parse().expect("an address"),
+            data_dir: data_dir.clone(),
+            policies: config.policies_dir.clone(),
+            ..ServerConfig::default()
+        },
+        Arc::clone(&service),
+    )
+    .await?;
+    let base = format!("http://{}", server.addr);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(server.run(async {
+        let _ = stopped.await;
+    }));
+    // The first administrator's token is made on the data directory itself
+    // (`dsb token create --role admin` without --server).
+    let (_, admin_token) =
+        accounts::create_token(&service.store, "operator", Role::Admin, "platform", None).await?;
+    let admin = Client::new(&base, Some(admin_token));
+    writeln!(
+        out,
+        "0. Server: dsb serve on {base} (axum; data directory {}); an admin token was \
+         created on the data directory.",
+        data_dir.display()
+    )?;
+
+    let result = walk_through(config, &service, &admin, &district_stats, out).await;
+    let _ = stop.send(());
+    serving.await.context("the server task")??;
+    result?;
+
+    hostile_guests(config, &district_stats, &hostile, out).await?;
+    writeln!(
+        out,
+        "\nDone: only the vetted table above left the sandbox, with a receipt anyone can \
+         check and an audit trail no one can quietly edit."
+    )?;
+    Ok(())
+}
+
+/// Steps 1 to 5, as the administrator and the analyst, over HTTP.
+async fn walk_through(
+    config: &DemoConfig,
+    service: &Service,
+    admin: &Client,
+    district_stats: &[u8],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
     for id in ["enterprises", "tax_records"] {
-        let version = catalog
-            .add(
+        admin
+            .add_dataset(
                 &config.samples_dir.join(format!("{id}.csv")),
                 &config.samples_dir.join(format!("{id}.toml")),
             )
             .await?;
-        versions.push(version);
     }
-    let policies = PolicySet::load(&config.policies_dir, Some(&catalog.ids()?))?;
-    let register = versions[0].job_table(&policies);
+    let policies = admin.reload_policies().await?;
+    let datasets = admin.datasets().await?;
+    let enterprises = datasets
+        .iter()
+        .find(|d| d.id == "enterprises")
+        .context("enterprises registered")?;
     let policy = policies
-        .policy_for(&register.name)
+        .iter()
+        .find(|p| p.dataset.as_deref() == Some("enterprises"))
         .context("the demo needs a policy for enterprises")?;
+    let analyst_token = admin
+        .create_token(Role::Analyst, "fudan-lab", None)
+        .await?;
+    admin.grant("fudan-lab", "enterprises").await?;
+    let analyst = admin.with_token(analyst_token.token.clone());
     writeln!(
         out,
-        "0. Catalog: registered {} ({} rows, {}) and {} under their manifests; \
-         policy {} (sha256 {}…): modes {:?}, min_group_size {}.",
-        register.name,
-        versions[0].profile.rows,
-        register.classification,
-        versions[1].id,
-        policy.source.display(),
-        &policy.hash[..12],
+        "1. Admin over HTTP: registered {} ({} rows, {}) and tax_records under their \
+         manifests; policies loaded ({} for enterprises: modes {:?}, min_group_size {}); \
+         token for analyst tenant fudan-lab; grant fudan-lab -> enterprises.",
+        enterprises.id,
+        enterprises.rows,
+        enterprises.classification,
+        policy.file,
         policy.modes,
         policy.min_group_size
     )?;
-    let (module, load) = sandbox.load_module(&district_stats)?;
-    writeln!(
-        out,
-        "1. Intake: district-stats.wasm ({} KiB) is a valid `{}` component, sha256 {}…, {:?}.",
-        district_stats.len() / 1024,
-        module.world,
-        &module.hash[..16],
-        load
-    )?;
 
-    let mut env = JobEnv::new("demo-district-stats");
-    env.datasets = vec![register.clone()];
-    env.limits = policy.job_limits(&env.limits);
-    let run = GuestCall::Run {
-        params: "{}".into(),
-    };
-    let execution = sandbox.run(&module, &env, run).await;
+    let module = analyst
+        .upload_module(district_stats.to_vec(), Some("district-stats"))
+        .await?;
     writeln!(
         out,
-        "2. It ran inside wasmtime over `{}` ({} data, aggregate mode), reading it only \
-         through SQL that the host checked on the DataFusion plan:",
-        register.name, register.classification
+        "2. Analyst: uploaded district-stats.wasm ({} KiB), a valid `{}` component, sha256 {}…",
+        module.size / 1024,
+        module.world,
+        &module.sha256[..16]
     )?;
-    expect_ok(&execution)?;
-    print_outputs(&execution, out)?;
-    if let Some(Output::Table { arrow_ipc, .. }) = execution.outputs.first() {
+    let submitted = analyst
+        .submit_job(
+            &module.sha256,
+            "aggregate",
+            &["enterprises".to_string()],
+            serde_json::json!({}),
+        )
+        .await?;
+    let job = analyst
+        .wait_job(&submitted.id, Duration::from_secs(60))
+        .await?;
+    if job.state != "released" {
+        bail!("demo job {} ended {} ({:?})", job.id, job.state, job.category);
+    }
+    let output = analyst.job_output(&job.id).await?;
+    writeln!(
+        out,
+        "   job {} was durable before it ran (202), ran in wasmtime reading only through SQL \
+         checked on the DataFusion plan, and was {}:",
+        job.id, job.state
+    )?;
+    print_outputs(&output.outputs, out)?;
+    if let Some(Output::Table { arrow_ipc, .. }) = output.outputs.first() {
         let (schema, _) = crate::arrow_ipc::decode(arrow_ipc)?;
         if let Some(report) = schema
             .metadata()
@@ -106,22 +176,129 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
             writeln!(out, "   Chongming is not listed: {report}.")?;
         }
     }
-    let row_level = GuestCall::Run {
-        params: r#"{"attack":"query","sql":"SELECT name, employees FROM enterprises WHERE district = 'Chongming'"}"#
-            .into(),
-    };
-    let refused = sandbox
-        .run_bytes(&hostile, &env_with(&register), row_level)
-        .await;
-    writeln!(
-        out,
-        "   A row-level query is refused before it runs: {}",
-        refused.category
-    )?;
 
+    let hostile = read_guest(&config.guests_dir, "hostile")?;
+    let probe = analyst.upload_module(hostile, Some("probe")).await?;
+    let row_level = analyst
+        .submit_job(
+            &probe.sha256,
+            "aggregate",
+            &["enterprises".to_string()],
+            serde_json::json!({"attack": "query", "sql": "SELECT name, employees FROM enterprises WHERE district = 'Chongming'"}),
+        )
+        .await?;
+    let row_level = analyst
+        .wait_job(&row_level.id, Duration::from_secs(60))
+        .await?;
     writeln!(
         out,
-        "3. Hostile guests end in a fixed category; the host stays up:"
+        "3. A row-level query is refused before it runs: {} ({}).",
+        row_level.state,
+        row_level.category.as_deref().unwrap_or("")
+    )?;
+    let ungranted = analyst
+        .submit_job(
+            &module.sha256,
+            "aggregate",
+            &["tax_records".to_string()],
+            serde_json::json!({}),
+        )
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "ACCEPTED".into());
+    writeln!(
+        out,
+        "   tax_records was not granted to fudan-lab: {ungranted}"
+    )?;
+    let outsider_token = admin.create_token(Role::Analyst, "other-bank", None).await?;
+    let outsider = admin.with_token(outsider_token.token);
+    let peek = outsider
+        .job_output(&job.id)
+        .await
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "SHOWN".into());
+    writeln!(out, "   another tenant asking for that output: {peek}")?;
+
+    let receipt_bytes = analyst.receipt_bytes(&job.id).await?;
+    let keys = analyst.keys().await?;
+    let output_json = serde_json::to_value(&output.outputs)?;
+    let receipt = crate::receipt::Receipt::verify(&receipt_bytes, &keys, Some(&output_json))?;
+    writeln!(
+        out,
+        "4. Receipt fetched and verified offline against the published keys (GET /v1/keys): \
+         job {}, module {}…, dataset {}@{}…, policy {}…, output {}…, audit entry {}, key {}.",
+        receipt.body.job_id,
+        &receipt.body.module_sha256[..12],
+        receipt.body.datasets[0].id,
+        &receipt.body.datasets[0].version[..12],
+        receipt
+            .body
+            .policy_sha256
+            .as_deref()
+            .map_or("none", |h| &h[..12]),
+        &receipt.body.output_sha256[..12],
+        receipt.body.audit_position,
+        receipt.body.key_id
+    )?;
+    let mut tampered: serde_json::Value = serde_json::from_slice(&receipt_bytes)?;
+    tampered["audit_position"] = serde_json::json!(1);
+    let refused = crate::receipt::Receipt::verify(&serde_json::to_vec(&tampered)?, &keys, None)
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    writeln!(out, "   the same receipt with one field changed: {refused}")?;
+    admin.audit_checkpoint().await?;
+    let verdict = admin.audit_verify().await?;
+    if !verdict.intact {
+        bail!("demo audit chain broken: {:?}", verdict.reason);
+    }
+    let actions = crate::store::audit::entries(&service.store).await?;
+    let mut counts = std::collections::BTreeMap::new();
+    for entry in &actions {
+        *counts.entry(entry.action.as_str()).or_insert(0) += 1;
+    }
+    writeln!(
+        out,
+        "5. Admin: audit chain intact, {} hash-chained entries ({}), {} signed checkpoint(s).",
+        verdict.entries,
+        counts
+            .iter()
+            .map(|(action, n)| format!("{action} {n}"))
+            .collect::<Vec<_>>()
+            .join(", "),
+        verdict.checkpoints
+    )?;
+    Ok(())
+}
+
+/// Step 6, in process: misbehaving guests against the sandbox itself.
+async fn hostile_guests(
+    config: &DemoConfig,
+    district_stats: &[u8],
+    hostile: &[u8],
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let sandbox_config = SandboxConfig {
+        module_dir: Some(config.work_dir.join("modules")),
+        ..SandboxConfig::default()
+    };
+    let sandbox = Sandbox::new(sandbox_config.clone())?;
+    let samples = crate::catalog::Catalog::open(&config.work_dir.join("catalog"))?;
+    let version = samples
+        .add(
+            &config.samples_dir.join("enterprises.csv"),
+            &config.samples_dir.join("enterprises.toml"),
+        )
+        .await?;
+    let policies = crate::policy::PolicySet::load(&config.policies_dir, None)?;
+    let register = version.job_table(&policies);
+    let (module, _) = sandbox.load_module(district_stats)?;
+    writeln!(
+        out,
+        "6. Hostile guests end in a fixed category and the host stays up \
+         (in process, with a tighter fuel limit so the demo is quick):"
     )?;
     let strict = Limits {
         fuel: 500_000_000,
@@ -139,7 +316,7 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
         env.datasets = vec![register.clone()];
         let params = format!(r#"{{"attack":"{attack}"}}"#);
         let execution = sandbox
-            .run_bytes(&hostile, &env, GuestCall::Run { params })
+            .run_bytes(hostile, &env, GuestCall::Run { params })
             .await;
         writeln!(
             out,
@@ -151,7 +328,7 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
     env.datasets = vec![register.clone()];
     let probe = sandbox
         .run_bytes(
-            &hostile,
+            hostile,
             &env,
             GuestCall::Run {
                 params: r#"{"attack":"wasi-probe"}"#.into(),
@@ -189,74 +366,14 @@ pub async fn run(config: &DemoConfig, out: &mut impl Write) -> anyhow::Result<()
     expect_ok(&next)?;
     writeln!(
         out,
-        "   and the next job still succeeds: {}\n",
+        "   and the next job still succeeds: {}",
         next.category
     )?;
-
     let restarted = Sandbox::new(sandbox_config)?;
-    let (_, load) = restarted.load_module(&district_stats)?;
+    let (_, load) = restarted.load_module(district_stats)?;
     writeln!(
         out,
-        "4. After a restart the module is not compiled again: loaded from {load:?} cache."
-    )?;
-
-    // The same job through the durable service: recorded before it runs,
-    // released with a signed receipt, every step in the audit chain.
-    let service = crate::service::Service::open(&config.work_dir, &config.policies_dir).await?;
-    let result = service
-        .run_analysis(
-            "demo-analyst",
-            &district_stats,
-            std::slice::from_ref(&register.name),
-            "{}",
-            |_| {},
-        )
-        .await?;
-    let receipt = result.receipt.context("the demo job must be released")?;
-    writeln!(
-        out,
-        "5. Released with a signed receipt: job {}, module {}…, dataset {}@{}…, policy {}…, output {}…, \
-         audit entry {}, key {}.",
-        receipt.body.job_id,
-        &receipt.body.module_sha256[..12],
-        receipt.body.datasets[0].id,
-        &receipt.body.datasets[0].version[..12],
-        receipt
-            .body
-            .policy_sha256
-            .as_deref()
-            .map_or("none", |h| &h[..12]),
-        &receipt.body.output_sha256[..12],
-        receipt.body.audit_position,
-        receipt.body.key_id
-    )?;
-    let keys = service.keys.public_keys()?;
-    let json = serde_json::to_vec(&receipt)?;
-    let output = serde_json::to_value(&result.execution.outputs)?;
-    crate::receipt::Receipt::verify(&json, &keys, Some(&output))?;
-    writeln!(
-        out,
-        "   receipt verify: valid (Ed25519 over RFC 8785 canonical JSON, output hash matches)"
-    )?;
-    let mut tampered: serde_json::Value = serde_json::from_slice(&json)?;
-    tampered["audit_position"] = serde_json::json!(1);
-    let refused = crate::receipt::Receipt::verify(&serde_json::to_vec(&tampered)?, &keys, None)
-        .err()
-        .map(|e| e.to_string())
-        .unwrap_or_default();
-    writeln!(out, "   the same receipt with one field changed: {refused}")?;
-    crate::store::audit::checkpoint(&service.store, &service.keys.signer()?).await?;
-    match service.verify_audit().await? {
-        Ok((entries, checkpoints)) => writeln!(
-            out,
-            "   audit chain intact: {entries} hash-chained entries, {checkpoints} signed checkpoint"
-        )?,
-        Err(broken) => bail!("demo audit chain broken: {broken}"),
-    }
-    writeln!(
-        out,
-        "\nDone: only the vetted table above left the sandbox; no group under {} enterprises.",
-        policy.min_group_size
+        "7. After a restart the module is not compiled again: loaded from {load:?} cache."
     )?;
     Ok(())
 }
@@ -289,8 +406,8 @@ fn read_guest(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
 }
 
 /// Print outputs as tables and `name = value` lines.
-pub fn print_outputs(execution: &Execution, out: &mut impl Write) -> anyhow::Result<()> {
-    for output in &execution.outputs {
+pub fn print_outputs(outputs: &[Output], out: &mut impl Write) -> anyhow::Result<()> {
+    for output in outputs {
         match output {
             Output::Table {
                 name,

@@ -16,13 +16,18 @@
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
 //! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
-//! - [`store`]: the SQLite store: durable jobs and the hash-chained audit log.
+//! - [`store`]: the SQLite store: durable jobs, modules and the hash-chained audit log.
+//! - [`accounts`]: API tokens (roles, tenants) and dataset grants.
+//! - [`server`]: `dsb serve`, the axum `/v1` API, job queue, metrics, OpenAPI.
+//! - [`client`]: the HTTP client the CLI, the demo and the tests use.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
 //! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
 
+pub mod accounts;
 pub mod arrow_ipc;
 pub mod catalog;
+pub mod client;
 pub mod dataset;
 pub mod demo;
 pub mod policy;
@@ -30,5 +35,6 @@ pub mod query;
 pub mod receipt;
 pub mod sample_data;
 pub mod sandbox;
+pub mod server;
 pub mod service;
 pub mod store;

@@ -7,15 +7,19 @@ use std::time::Duration;
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand};
+use datasandbox::accounts;
 use datasandbox::catalog::{Catalog, synthetic};
 use datasandbox::dataset::{Classification, DatasetSource, ensure_unique_names};
 use datasandbox::policy::{PolicyError, PolicySet};
 use datasandbox::receipt::keys::key_id;
 use datasandbox::receipt::{KeyRing, PublicKey, Receipt};
 use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Returned, Sandbox, SandboxConfig, World};
+use datasandbox::server::{Server, ServerConfig};
 use datasandbox::service::Service;
 use datasandbox::store::{Store, audit, jobs};
 use datasandbox::{arrow_ipc, demo, query, sample_data};
+
+mod cli;
 
 #[derive(Parser)]
 #[command(
@@ -26,6 +30,16 @@ use datasandbox::{arrow_ipc, demo, query, sample_data};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Talk to this server (`http://127.0.0.1:8470`) instead of a local
+    /// data directory.
+    #[arg(long, env = "DSB_SERVER", global = true)]
+    server: Option<String>,
+    /// The bearer token for --server.
+    #[arg(long, env = "DSB_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Print JSON instead of tables (client commands).
+    #[arg(long, global = true)]
+    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -45,6 +59,37 @@ enum Command {
         /// The output policies.
         #[arg(long, default_value = "policies")]
         policies: PathBuf,
+    },
+    /// Serve the HTTP API.
+    Serve {
+        /// A TOML configuration file (see `ServerConfig`).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long)]
+        listen: Option<std::net::SocketAddr>,
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        #[arg(long)]
+        policies: Option<PathBuf>,
+        #[arg(long)]
+        concurrency: Option<usize>,
+    },
+    /// Upload and list modules (server).
+    Module {
+        #[command(subcommand)]
+        command: cli::ModuleCommand,
+    },
+    /// API tokens: create, list, revoke.
+    Token {
+        #[command(subcommand)]
+        command: cli::TokenCommand,
+        #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
+        data_dir: PathBuf,
+    },
+    /// Dataset grants for tenants (server, admin).
+    Grant {
+        #[command(subcommand)]
+        command: cli::GrantCommand,
     },
     /// Develop a guest on your own machine.
     Dev {
@@ -107,7 +152,7 @@ enum DatasetCommand {
         #[arg(long)]
         manifest: PathBuf,
     },
-    /// List datasets.
+    /// List datasets (with --server: as the caller may see them).
     List,
     /// Dictionary, profile and quality warnings of a dataset (`id` or `id@hash`).
     Show { dataset: String },
@@ -144,13 +189,41 @@ enum JobCommand {
         #[arg(long, default_value_t = u64::MAX)]
         count: u64,
     },
-    /// Mark unfinished jobs interrupted and list every job's state.
+    /// Mark unfinished jobs interrupted and list every job's state (with
+    /// --server: your jobs).
     List,
+    /// Submit a job to the server; --module is a sha256 or a .wasm file.
+    Submit {
+        #[arg(long)]
+        module: String,
+        #[arg(long = "dataset", required = true)]
+        datasets: Vec<String>,
+        #[arg(long, default_value = "aggregate")]
+        mode: String,
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Wait for the job to end and print its output.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// A job's state (server).
+    Show { id: String },
+    /// A released job's output (server).
+    Output { id: String },
+    /// Cancel a job (server).
+    Cancel { id: String },
 }
 
 #[derive(Subcommand)]
 enum ReceiptCommand {
-    /// Check a receipt's signature (and the output, if given).
+    /// Fetch a job's receipt from the server, verified against its keys.
+    Get {
+        id: String,
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Check a receipt's signature (and the output, if given). Trusted
+    /// keys: --key, --data-dir, or the server's published keys (--server).
     Verify {
         receipt: PathBuf,
         /// Hex Ed25519 public keys to trust; repeatable.
@@ -168,7 +241,15 @@ enum ReceiptCommand {
 #[derive(Subcommand)]
 enum AuditCommand {
     /// Walk the chain and check every checkpoint; exit 1 when broken.
-    Verify,
+    Verify {
+        /// Verify an export (`dsb audit export`) instead of the database,
+        /// against the data directory's public keys (or --key).
+        #[arg(long)]
+        from_export: Option<PathBuf>,
+        /// Hex Ed25519 public keys to trust for checkpoints; repeatable.
+        #[arg(long = "key")]
+        keys: Vec<String>,
+    },
     /// Sign the current head.
     Checkpoint,
     /// Print entries and checkpoints as JSON lines.
@@ -191,6 +272,8 @@ enum PolicyCommand {
         #[arg(long, env = "DSB_DATA_DIR")]
         data_dir: Option<PathBuf>,
     },
+    /// Make the server re-read its policy directory (admin).
+    Reload,
 }
 
 #[derive(Subcommand)]
@@ -258,7 +341,114 @@ fn run() -> anyhow::Result<()> {
         .init();
     let cli = Cli::parse();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    let remote = cli.server.as_deref().map(|url| cli::Remote {
+        client: datasandbox::client::Client::new(url, cli.token.clone()),
+        json: cli.json,
+    });
     match cli.command {
+        Command::Serve {
+            config,
+            listen,
+            data_dir,
+            policies,
+            concurrency,
+        } => {
+            let mut config = ServerConfig::load(config.as_deref(), std::env::vars())?;
+            if let Some(listen) = listen {
+                config.listen = listen;
+            }
+            if let Some(dir) = data_dir {
+                config.data_dir = dir;
+            }
+            if let Some(dir) = policies {
+                config.policies = dir;
+            }
+            if let Some(n) = concurrency {
+                config.concurrency = n.max(1);
+            }
+            runtime.block_on(async {
+                let server = Server::bind(config).await?;
+                eprintln!("dsb serving on http://{}", server.addr);
+                server.run(datasandbox::server::shutdown_signal()).await?;
+                eprintln!("dsb stopped");
+                Ok(())
+            })
+        }
+        Command::Module { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.module(command)),
+            None => cli::needs_server("module"),
+        },
+        Command::Grant { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.grant(command)),
+            None => cli::needs_server("grant"),
+        },
+        Command::Token { command, data_dir } => match &remote {
+            Some(remote) => runtime.block_on(remote.token(command)),
+            None => runtime.block_on(local_token(command, &data_dir)),
+        },
+        Command::Dataset { command, .. } if remote.is_some() => {
+            let remote = remote.as_ref().expect("checked");
+            runtime.block_on(async {
+                match command {
+                    DatasetCommand::Add { file, manifest } => {
+                        remote.add_dataset(&file, &manifest).await
+                    }
+                    DatasetCommand::List => remote.datasets().await,
+                    DatasetCommand::Show { dataset } => remote.dataset(&dataset).await,
+                    DatasetCommand::Sample { dataset, rows, out } => {
+                        let text = remote.client.dataset_sample(&dataset, rows).await?;
+                        match out {
+                            Some(path) => std::fs::write(&path, text)?,
+                            None => print!("{text}"),
+                        }
+                        Ok(())
+                    }
+                }
+            })
+        }
+        Command::Job { command, .. }
+            if remote.is_some() && !matches!(command, JobCommand::Run { .. } | JobCommand::Soak { .. }) =>
+        {
+            let remote = remote.as_ref().expect("checked");
+            runtime.block_on(async {
+                match command {
+                    JobCommand::Submit {
+                        module,
+                        datasets,
+                        mode,
+                        params,
+                        wait,
+                    } => remote.submit(&module, &mode, &datasets, &params, wait).await,
+                    JobCommand::Show { id } => remote.show(&id).await,
+                    JobCommand::Output { id } => remote.output(&id).await,
+                    JobCommand::Cancel { id } => remote.cancel(&id).await,
+                    JobCommand::List => remote.list_jobs().await,
+                    JobCommand::Run { .. } | JobCommand::Soak { .. } => unreachable!("matched above"),
+                }
+            })
+        }
+        Command::Receipt {
+            command: ReceiptCommand::Get { id, out },
+        } => match &remote {
+            Some(remote) => runtime.block_on(remote.receipt(&id, out)),
+            None => cli::needs_server("receipt get"),
+        },
+        Command::Audit {
+            command: AuditCommand::Verify { from_export: None, .. },
+            ..
+        } if remote.is_some() => runtime.block_on(remote.as_ref().expect("checked").audit_verify()),
+        Command::Audit {
+            command: AuditCommand::Checkpoint,
+            ..
+        } if remote.is_some() => {
+            runtime.block_on(remote.as_ref().expect("checked").audit_checkpoint())
+        }
+        Command::Policy {
+            command: PolicyCommand::Reload,
+        } => match &remote {
+            Some(remote) => runtime.block_on(remote.reload_policies()),
+            None => cli::needs_server("policy reload"),
+        },
         Command::Demo {
             guests,
             samples,
@@ -328,6 +518,10 @@ fn run() -> anyhow::Result<()> {
                     output,
                 },
         } => {
+            let published = match &remote {
+                Some(remote) => runtime.block_on(remote.client.keys())?,
+                None => Vec::new(),
+            };
             let mut trusted: Vec<PublicKey> = keys
                 .iter()
                 .map(|k| PublicKey {
@@ -338,6 +532,10 @@ fn run() -> anyhow::Result<()> {
                 .collect();
             if let Some(dir) = data_dir {
                 trusted.extend(KeyRing::open(&dir.join("keys"))?.public_keys()?);
+            }
+            trusted.extend(published);
+            if trusted.is_empty() {
+                bail!("no keys to verify against: pass --key, --data-dir or --server");
             }
             let json = std::fs::read(&receipt).with_context(|| format!("reading {}", receipt.display()))?;
             let output = match output {
@@ -362,10 +560,24 @@ fn run() -> anyhow::Result<()> {
             let store = Store::open(&data_dir.join("dsb.sqlite")).await?;
             let keys = KeyRing::open(&data_dir.join("keys"))?;
             match command {
-                AuditCommand::Verify => {
-                    let entries = audit::entries(&store).await?;
-                    let checkpoints = audit::checkpoints(&store).await?;
-                    match audit::verify(&entries, &checkpoints, &keys.public_keys()?) {
+                AuditCommand::Verify { from_export, keys: extra } => {
+                    let (entries, checkpoints) = match &from_export {
+                        Some(path) => audit::read_export(
+                            &std::fs::read_to_string(path)
+                                .with_context(|| format!("reading {}", path.display()))?,
+                        )?,
+                        None => (
+                            audit::entries(&store).await?,
+                            audit::checkpoints(&store).await?,
+                        ),
+                    };
+                    let mut trusted = keys.public_keys()?;
+                    trusted.extend(extra.iter().map(|k| PublicKey {
+                        key_id: key_id(&hex::decode(k).unwrap_or_default()),
+                        public_key: k.clone(),
+                        current: false,
+                    }));
+                    match audit::verify(&entries, &checkpoints, &trusted) {
                         Ok((entries, checkpoints)) => {
                             println!("audit chain intact: {entries} entries, {checkpoints} signed checkpoints");
                             Ok(())
@@ -495,7 +707,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
     }
     writeln!(out, "module: {} ({}, {load:?})", module.hash, module.world)?;
     writeln!(out, "category: {}", execution.category)?;
-    demo::print_outputs(&execution, &mut out)?;
+    demo::print_outputs(&execution.outputs, &mut out)?;
     match (&execution.returned, labels) {
         (Some(Returned::Vector(predictions)), Some(labels)) => {
             writeln!(out, "predictions: {}", predictions.len())?;
@@ -630,6 +842,8 @@ async fn dataset_command(
     match command {
         DatasetCommand::Add { file, manifest } => {
             let version = catalog.add(&file, &manifest).await?;
+            let store = Store::open(&data_dir.join("dsb.sqlite")).await?;
+            datasandbox::service::record_dataset_added(&store, "operator", &version).await?;
             println!(
                 "added {}@{} ({} rows, {} privacy units)",
                 version.id, version.hash, version.profile.rows, version.profile.privacy_units
@@ -741,7 +955,7 @@ async fn job_command(
                 .run_analysis(&principal, &bytes, &datasets, &params, |_| {})
                 .await?;
             println!("job {}: {}", result.job_id, result.execution.category);
-            demo::print_outputs(&result.execution, &mut std::io::stdout().lock())?;
+            demo::print_outputs(&result.execution.outputs, &mut std::io::stdout().lock())?;
             if result.receipt.is_some() {
                 println!(
                     "receipt: {}",
@@ -770,6 +984,10 @@ async fn job_command(
                     .await?;
             }
         }
+        JobCommand::Submit { .. }
+        | JobCommand::Show { .. }
+        | JobCommand::Output { .. }
+        | JobCommand::Cancel { .. } => cli::needs_server("job submit/show/output/cancel")?,
         JobCommand::List => {
             for job in jobs::all(&service.store).await? {
                 println!(
@@ -779,6 +997,47 @@ async fn job_command(
                     job.category.unwrap_or_default()
                 );
             }
+        }
+    }
+    Ok(())
+}
+
+/// `dsb token …` on the local data directory (bootstrapping the first
+/// administrator before any server runs).
+async fn local_token(command: cli::TokenCommand, data_dir: &std::path::Path) -> anyhow::Result<()> {
+    std::fs::create_dir_all(data_dir)?;
+    let store = Store::open(&data_dir.join("dsb.sqlite")).await?;
+    match command {
+        cli::TokenCommand::Create {
+            role,
+            tenant,
+            expires_in,
+        } => {
+            let expires_at = expires_in.map(|s| datasandbox::store::now() + s);
+            let (info, token) =
+                accounts::create_token(&store, "operator", role, &tenant, expires_at).await?;
+            println!("{token}");
+            eprintln!(
+                "token {} for {}/{} (shown once; store it now)",
+                info.id, info.tenant, info.role
+            );
+        }
+        cli::TokenCommand::List => {
+            for t in accounts::list_tokens(&store).await? {
+                println!(
+                    "{}  {:<12} {:<20} {}",
+                    t.id,
+                    t.role.name(),
+                    t.tenant,
+                    if t.revoked_at.is_some() { "revoked" } else { "" }
+                );
+            }
+        }
+        cli::TokenCommand::Revoke { id } => {
+            if !accounts::revoke_token(&store, "operator", &id).await? {
+                bail!("no such token {id}");
+            }
+            println!("revoked {id}");
         }
     }
     Ok(())

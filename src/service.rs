@@ -2,23 +2,26 @@
 //! and sandbox together, and the durable job loop over them:
 //! submit (committed before anything runs) → start → run in the sandbox →
 //! finish (release with receipt, or rejection/failure), each step with its
-//! audit entry in the same transaction.
+//! audit entry in the same transaction. The server ([`crate::server`]) and
+//! the CLI's local commands both go through here.
 //!
-//! Data directory layout: `dsb.sqlite` (jobs, audit), `keys/` (Ed25519,
-//! 0600), `catalog/` (dataset versions), `modules/` (module bytes and
-//! compiled artifacts), `receipts/<job>.json`.
+//! Data directory layout: `dsb.sqlite` (jobs, audit, tokens, modules,
+//! grants), `keys/` (Ed25519, 0600), `catalog/` (dataset versions),
+//! `modules/` (module bytes and compiled artifacts), `receipts/<job>.json`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use crate::catalog::{Catalog, CatalogError};
+use crate::accounts::{self, Role};
+use crate::catalog::{Catalog, CatalogError, DatasetVersion};
+use crate::dataset::Classification;
 use crate::policy::{Mode, PolicyError, PolicyStore};
 use crate::receipt::{DatasetRef, KeyError, KeyRing, PrivacyCost, Receipt};
 use crate::sandbox::{
-    Category, Execution, GuestCall, IntakeError, JobEnv, Limits, Sandbox, SandboxConfig,
-    SandboxError,
+    Category, Execution, GuestCall, IntakeError, JobEnv, Limits, LoadedModule, Sandbox,
+    SandboxConfig, SandboxError,
 };
-use crate::store::{Store, StoreError, audit, jobs};
+use crate::store::{Store, StoreError, audit, jobs, modules};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -32,9 +35,30 @@ pub enum ServiceError {
     Policy(#[from] PolicyError),
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
+    #[error(transparent)]
+    Module(#[from] IntakeError),
+    #[error("unknown module {0}")]
+    UnknownModule(String),
+    #[error("module {module} is a `{world}` component; mode {mode} runs `analysis` components")]
+    WrongWorld {
+        module: String,
+        world: String,
+        mode: String,
+    },
+    #[error("unsupported mode {0:?} (this server runs: aggregate)")]
+    UnsupportedMode(String),
+    #[error("no access to dataset {0}")]
+    NoAccess(String),
+    #[error("a job needs at least one dataset")]
+    NoDatasets,
+    #[error("params must be at most {max} bytes of JSON")]
+    Params { max: usize },
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
+
+/// Largest `params` text a job may carry.
+pub const MAX_PARAMS_BYTES: usize = 64 << 10;
 
 /// What the submitter of a job gets back.
 #[derive(Debug, Clone)]
@@ -44,6 +68,36 @@ pub struct JobResult {
     pub receipt: Option<Receipt>,
 }
 
+/// Who submits a job.
+#[derive(Debug, Clone)]
+pub struct Submitter {
+    /// The owner of the job (a tenant).
+    pub tenant: String,
+    pub role: Role,
+    /// How the submitter appears in the audit log.
+    pub actor: String,
+}
+
+/// A job request as clients send it.
+#[derive(Debug, Clone)]
+pub struct JobRequest {
+    /// SHA-256 of an uploaded module.
+    pub module: String,
+    pub mode: String,
+    pub datasets: Vec<String>,
+    pub params: String,
+}
+
+/// A committed (`queued`) job with everything needed to run it.
+pub struct QueuedJob {
+    pub id: String,
+    pub tenant: String,
+    pub mode: String,
+    module: Arc<LoadedModule>,
+    env: JobEnv,
+    params: String,
+}
+
 pub struct Service {
     pub data_dir: PathBuf,
     pub store: Store,
@@ -51,6 +105,8 @@ pub struct Service {
     pub catalog: Catalog,
     pub policies: PolicyStore,
     pub sandbox: Arc<Sandbox>,
+    /// Bumped whenever a job reaches a final state (long-poll waiters).
+    finished: tokio::sync::watch::Sender<u64>,
 }
 
 impl Service {
@@ -61,7 +117,10 @@ impl Service {
         let store = Store::open(&data_dir.join("dsb.sqlite")).await?;
         let keys = KeyRing::open(&data_dir.join("keys"))?;
         let catalog = Catalog::open(&data_dir.join("catalog"))?;
-        let policies = PolicyStore::open(policies_dir, Some(&catalog.ids()?))?;
+        // A policy may be written before its dataset is registered; `dsb
+        // policy check --data-dir` and `POST /v1/policies/check` flag names
+        // that match no dataset.
+        let policies = PolicyStore::open(policies_dir, None)?;
         let sandbox = Arc::new(Sandbox::new(SandboxConfig {
             module_dir: Some(data_dir.join("modules")),
             ..SandboxConfig::default()
@@ -80,26 +139,113 @@ impl Service {
             catalog,
             policies,
             sandbox,
+            finished: tokio::sync::watch::Sender::new(0),
         })
     }
 
-    /// Run an `analysis` job in aggregate mode over catalog datasets, durably.
-    /// `on_submitted` is called once the job is committed (acknowledged).
-    pub async fn run_analysis(
+    /// Validate, compile and record a module for `tenant`. Compilation runs
+    /// on a blocking thread.
+    pub async fn upload_module(
         &self,
-        principal: &str,
-        module: &[u8],
-        datasets: &[String],
-        params: &str,
-        on_submitted: impl FnOnce(&str),
-    ) -> Result<JobResult, ServiceError> {
+        submitter: &Submitter,
+        bytes: Vec<u8>,
+        name: Option<String>,
+    ) -> Result<modules::ModuleInfo, ServiceError> {
+        let sandbox = Arc::clone(&self.sandbox);
+        let size = bytes.len();
+        let (module, _) = tokio::task::spawn_blocking(move || sandbox.load_module(&bytes))
+            .await
+            .map_err(|_| ServiceError::Module(IntakeError::InvalidComponent))??;
+        let info = modules::info(&module.hash, module.world.name(), size, name);
+        modules::record(&self.store, &submitter.actor, &submitter.tenant, &info).await?;
+        Ok(modules::get(&self.store, &submitter.tenant, &module.hash)
+            .await?
+            .unwrap_or(info))
+    }
+
+    /// Whether `tenant` (in `role`) may run jobs on this dataset version:
+    /// open data for everyone; conditional and restricted data for
+    /// administrators and tenants holding a grant.
+    pub async fn may_read(
+        &self,
+        tenant: &str,
+        role: Role,
+        version: &DatasetVersion,
+    ) -> Result<bool, ServiceError> {
+        Ok(match version.manifest.classification {
+            Classification::Open => true,
+            _ if role == Role::Admin => true,
+            _ => accounts::has_grant(&self.store, tenant, &version.id).await?,
+        })
+    }
+
+    /// Check a request and commit it as a `queued` job (acknowledged from
+    /// here on; a crash later marks it interrupted).
+    pub async fn submit(
+        &self,
+        submitter: &Submitter,
+        request: JobRequest,
+    ) -> Result<QueuedJob, ServiceError> {
+        if request.mode != "aggregate" {
+            return Err(ServiceError::UnsupportedMode(request.mode));
+        }
+        if request.datasets.is_empty() {
+            return Err(ServiceError::NoDatasets);
+        }
+        if request.params.len() > MAX_PARAMS_BYTES {
+            return Err(ServiceError::Params {
+                max: MAX_PARAMS_BYTES,
+            });
+        }
+        if modules::get(&self.store, &submitter.tenant, &request.module)
+            .await?
+            .is_none()
+        {
+            return Err(ServiceError::UnknownModule(request.module));
+        }
+        let module = self
+            .sandbox
+            .module_by_hash(&request.module)?
+            .ok_or_else(|| ServiceError::UnknownModule(request.module.clone()))?;
+        if module.world != crate::sandbox::World::Analysis {
+            return Err(ServiceError::WrongWorld {
+                module: request.module,
+                world: module.world.name().into(),
+                mode: request.mode,
+            });
+        }
+        let mut versions = Vec::new();
+        for reference in &request.datasets {
+            let version = match self.catalog.get(reference) {
+                Ok(version) => version,
+                // Unknown and forbidden look the same to a caller.
+                Err(CatalogError::UnknownDataset(_) | CatalogError::UnknownVersion { .. }) => {
+                    return Err(ServiceError::NoAccess(reference.clone()));
+                }
+                Err(other) => return Err(other.into()),
+            };
+            if !self.may_read(&submitter.tenant, submitter.role, &version).await? {
+                return Err(ServiceError::NoAccess(reference.clone()));
+            }
+            versions.push(version);
+        }
+        self.commit(submitter, module, &versions, request.params)
+            .await
+    }
+
+    async fn commit(
+        &self,
+        submitter: &Submitter,
+        module: Arc<LoadedModule>,
+        versions: &[DatasetVersion],
+        params: String,
+    ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
-        let mut tables = Vec::new();
-        let mut refs = Vec::new();
         let mut limits = Limits::default();
         let mut policy_hash = None;
-        for reference in datasets {
-            let version = self.catalog.get(reference)?;
+        let mut refs = Vec::new();
+        let mut tables = Vec::new();
+        for version in versions {
             if let Some(policy) = policies
                 .policy_for(&version.id)
                 .filter(|p| p.allows(Mode::Aggregate))
@@ -113,44 +259,53 @@ impl Service {
             });
             tables.push(version.job_table(&policies));
         }
-        let loaded = self.sandbox.load_module(module);
         let job = jobs::NewJob {
             id: jobs::new_job_id(),
-            principal: principal.into(),
-            module_sha256: crate::sandbox::intake::module_hash(module),
-            world: loaded
-                .as_ref()
-                .map_or("unknown".into(), |(m, _)| m.world.to_string()),
+            principal: submitter.tenant.clone(),
+            module_sha256: module.hash.clone(),
+            world: module.world.to_string(),
             mode: "aggregate".into(),
             datasets: refs,
             policy_sha256: policy_hash,
-            params: params.into(),
+            params: params.clone(),
             limits: limits.clone(),
         };
-        jobs::submit(&self.store, &job).await?;
-        on_submitted(&job.id);
+        jobs::submit(&self.store, &job, &submitter.actor).await?;
+        let mut env = JobEnv::new(job.id.clone());
+        env.limits = limits;
+        env.datasets = tables;
+        Ok(QueuedJob {
+            id: job.id,
+            tenant: submitter.tenant.clone(),
+            mode: job.mode,
+            module,
+            env,
+            params,
+        })
+    }
+
+    /// Run a queued job to its end: `running`, the sandbox, then release
+    /// (with receipt) or rejection/failure. If `cancel` completes first the
+    /// guest is stopped and the job ends `cancelled`.
+    pub async fn execute(
+        &self,
+        job: QueuedJob,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Result<JobResult, ServiceError> {
         jobs::start(&self.store, &job.id).await?;
-        let execution = match loaded {
-            Ok((module, _)) => {
-                let mut env = JobEnv::new(job.id.clone());
-                env.limits = limits;
-                env.datasets = tables;
-                self.sandbox
-                    .run(
-                        &module,
-                        &env,
-                        GuestCall::Run {
-                            params: params.into(),
-                        },
-                    )
-                    .await
-            }
-            Err(error) => Execution::refused(&job.id, Category::from(&error as &IntakeError)),
+        let call = GuestCall::Run { params: job.params };
+        let execution = tokio::select! {
+            execution = self.sandbox.run(&job.module, &job.env, call) => execution,
+            () = cancel => Execution::refused(&job.id, Category::Cancelled),
         };
+        self.finish(&job.id, execution).await
+    }
+
+    async fn finish(&self, id: &str, execution: Execution) -> Result<JobResult, ServiceError> {
         let signer = self.keys.signer()?;
         let receipt = jobs::finish(
             &self.store,
-            &job.id,
+            id,
             &execution.category,
             &execution.outputs,
             PrivacyCost::default(),
@@ -160,15 +315,148 @@ impl Service {
         if let Some(receipt) = &receipt {
             let dir = self.data_dir.join("receipts");
             std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
-            let path = dir.join(format!("{}.json", job.id));
+            let path = dir.join(format!("{id}.json"));
             let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
             std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))?;
         }
+        self.notify_finished();
         Ok(JobResult {
-            job_id: job.id,
+            job_id: id.into(),
             execution,
             receipt,
         })
+    }
+
+    /// Cancel a job that has not started. False if it already has.
+    pub async fn cancel_queued(&self, id: &str, actor: &str) -> Result<bool, ServiceError> {
+        let cancelled = jobs::cancel_queued(&self.store, id, actor).await?;
+        if cancelled {
+            self.notify_finished();
+        }
+        Ok(cancelled)
+    }
+
+    /// Mark every unfinished job interrupted (at shutdown, after the grace
+    /// period).
+    pub async fn interrupt_unfinished(&self) -> Result<usize, ServiceError> {
+        let count = jobs::recover_interrupted(&self.store).await?;
+        self.notify_finished();
+        Ok(count)
+    }
+
+    fn notify_finished(&self) {
+        self.finished.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that changes whenever a job reaches a final state.
+    pub fn finished_events(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.finished.subscribe()
+    }
+
+    /// Run an `analysis` job in aggregate mode over catalog datasets,
+    /// durably, in this process (the CLI's `job run`; no tenancy: the
+    /// operator of the data directory acts). `on_submitted` is called once
+    /// the job is committed (acknowledged).
+    pub async fn run_analysis(
+        &self,
+        principal: &str,
+        module: &[u8],
+        datasets: &[String],
+        params: &str,
+        on_submitted: impl FnOnce(&str),
+    ) -> Result<JobResult, ServiceError> {
+        let versions = datasets
+            .iter()
+            .map(|reference| self.catalog.get(reference))
+            .collect::<Result<Vec<_>, _>>()?;
+        let submitter = Submitter {
+            tenant: principal.into(),
+            role: Role::Admin,
+            actor: principal.into(),
+        };
+        match self.sandbox.load_module(module) {
+            Ok((loaded, _)) => {
+                let job = self
+                    .commit(&submitter, loaded, &versions, params.into())
+                    .await?;
+                on_submitted(&job.id);
+                self.execute(job, std::future::pending()).await
+            }
+            Err(error) => {
+                // Refused modules are still recorded: what was tried, by whom.
+                let job = jobs::NewJob {
+                    id: jobs::new_job_id(),
+                    principal: principal.into(),
+                    module_sha256: crate::sandbox::intake::module_hash(module),
+                    world: "unknown".into(),
+                    mode: "aggregate".into(),
+                    datasets: versions
+                        .iter()
+                        .map(|v| DatasetRef {
+                            id: v.id.clone(),
+                            version: v.hash.clone(),
+                        })
+                        .collect(),
+                    policy_sha256: None,
+                    params: params.into(),
+                    limits: Limits::default(),
+                };
+                jobs::submit(&self.store, &job, principal).await?;
+                on_submitted(&job.id);
+                jobs::start(&self.store, &job.id).await?;
+                let execution =
+                    Execution::refused(&job.id, Category::from(&error as &IntakeError));
+                self.finish(&job.id, execution).await
+            }
+        }
+    }
+
+    /// Register a dataset file under its manifest (a new version when the
+    /// id exists) and record it in the audit log.
+    pub async fn add_dataset(
+        &self,
+        actor: &str,
+        data: &Path,
+        manifest: &Path,
+    ) -> Result<DatasetVersion, ServiceError> {
+        let version = self.catalog.add(data, manifest).await?;
+        record_dataset_added(&self.store, actor, &version).await?;
+        Ok(version)
+    }
+
+    /// Re-read the policy directory; on success the new set applies to jobs
+    /// submitted from now on, and the change is audited with every policy's
+    /// hash. On error the old set stays.
+    pub async fn reload_policies(&self, actor: &str) -> Result<(), ServiceError> {
+        self.policies.reload(None)?;
+        let hashes: serde_json::Map<String, serde_json::Value> = self
+            .policies
+            .current()
+            .policies()
+            .iter()
+            .map(|p| {
+                (
+                    p.dataset.clone().unwrap_or_else(|| "(default)".into()),
+                    p.hash.clone().into(),
+                )
+            })
+            .collect();
+        let mut tx = self
+            .store
+            .pool()
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(StoreError::from)?;
+        audit::append(
+            &mut tx,
+            actor,
+            "policy.reloaded",
+            "policies",
+            serde_json::Value::Object(hashes),
+        )
+        .await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(())
     }
 
     /// Verify the audit chain and its checkpoints.
@@ -183,4 +471,28 @@ impl Service {
             &self.keys.public_keys()?,
         ))
     }
+}
+
+/// Audit a new dataset version (the catalog's files are written first; the
+/// entry names the version's hash, so the log states what was registered).
+pub async fn record_dataset_added(
+    store: &Store,
+    actor: &str,
+    version: &DatasetVersion,
+) -> Result<(), StoreError> {
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    audit::append(
+        &mut tx,
+        actor,
+        "dataset.added",
+        &version.id,
+        serde_json::json!({
+            "version": version.hash,
+            "classification": version.manifest.classification,
+            "rows": version.profile.rows,
+        }),
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(())
 }

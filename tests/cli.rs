@@ -154,10 +154,15 @@ fn demo_runs_the_loop_end_to_end() {
         "file read denied, socket denied, env vars 0",
         "loaded from Artifact cache",
         "Chongming is not listed: groups with fewer than 10 privacy units are omitted",
-        "A row-level query is refused before it runs: policy-rejected: row-level-output",
-        "receipt verify: valid",
+        "A row-level query is refused before it runs: rejected (policy-rejected: row-level-output",
+        "tax_records was not granted to fudan-lab: not-found",
+        "another tenant asking for that output: not-found",
+        "Receipt fetched and verified offline against the published keys",
         "with one field changed: bad signature",
         "audit chain intact",
+        "dataset.added 2",
+        "module.uploaded 2",
+        "token.created 3",
     ] {
         assert!(
             stdout.contains(expected),

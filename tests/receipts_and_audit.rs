@@ -215,7 +215,7 @@ async fn interrupted_jobs_are_marked_on_restart_and_audited() {
         params: "{}".into(),
         limits: Default::default(),
     };
-    jobs::submit(&service.store, &job).await.unwrap();
+    jobs::submit(&service.store, &job, "analyst").await.unwrap();
     jobs::start(&service.store, &job.id).await.unwrap();
     drop(service);
     let restarted = open_service(dir.path()).await;

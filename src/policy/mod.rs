@@ -380,6 +380,11 @@ impl PolicyStore {
         })
     }
 
+    /// The policy directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
     pub fn current(&self) -> Arc<PolicySet> {
         Arc::clone(&self.current.read().unwrap_or_else(|e| e.into_inner()))
     }

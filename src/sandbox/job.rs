@@ -149,6 +149,8 @@ pub struct JobState {
     pub(crate) rejection: Option<String>,
     /// A host-side failure; the job ends `internal`.
     pub(crate) internal: Option<String>,
+    /// How long instantiation took.
+    instantiate: Duration,
 }
 
 impl JobState {
@@ -171,6 +173,7 @@ impl JobState {
             host_limit: None,
             rejection: None,
             internal: None,
+            instantiate: Duration::ZERO,
         }
     }
 
@@ -240,6 +243,7 @@ pub(super) async fn execute(
         fuel_consumed,
         duration: started.elapsed(),
         queries: std::mem::take(&mut state.query_log),
+        instantiate: state.instantiate,
         ..Diagnostics::default()
     };
     (diagnostics.log, diagnostics.log_truncated) = state.log.contents();
@@ -302,6 +306,16 @@ fn classify_trap(trap: &wasmtime::Error, state: &JobState) -> Category {
     }
 }
 
+/// Instantiate from a pre-linked module, recording how long it took.
+macro_rules! instantiate {
+    ($pre:expr, $store:expr) => {{
+        let started = Instant::now();
+        let guest = $pre.instantiate_async(&mut *$store).await?;
+        $store.data_mut().instantiate = started.elapsed();
+        guest
+    }};
+}
+
 async fn call_guest(
     pre: &WorldPre,
     store: &mut Store<JobState>,
@@ -309,14 +323,14 @@ async fn call_guest(
 ) -> wasmtime::Result<Result<Returned, String>> {
     match (pre, call) {
         (WorldPre::Analysis(pre), GuestCall::Run { params }) => {
-            let guest = pre.instantiate_async(&mut *store).await?;
+            let guest = instantiate!(pre, store);
             Ok(guest
                 .call_run(&mut *store, &params)
                 .await?
                 .map(|()| Returned::Unit))
         }
         (WorldPre::BlockAnalysis(pre), GuestCall::Analyze { block, params }) => {
-            let guest = pre.instantiate_async(&mut *store).await?;
+            let guest = instantiate!(pre, store);
             Ok(guest
                 .call_analyze(&mut *store, &block, &params)
                 .await?
@@ -330,7 +344,7 @@ async fn call_guest(
                 features,
             },
         ) => {
-            let guest = pre.instantiate_async(&mut *store).await?;
+            let guest = instantiate!(pre, store);
             if let Err(error) = guest.call_train(&mut *store, &train, &params).await? {
                 return Ok(Err(error));
             }
@@ -340,7 +354,7 @@ async fn call_guest(
                 .map(Returned::Vector))
         }
         (WorldPre::Scorer(pre), GuestCall::Score { rows, params }) => {
-            let guest = pre.instantiate_async(&mut *store).await?;
+            let guest = instantiate!(pre, store);
             Ok(guest
                 .call_score(&mut *store, &rows, &params)
                 .await?

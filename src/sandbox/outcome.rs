@@ -34,6 +34,8 @@ pub enum Category {
     InvalidModule(String),
     /// The host failed; nothing about the guest is implied.
     Internal,
+    /// The submitter cancelled the job before it finished.
+    Cancelled,
 }
 
 impl Category {
@@ -51,6 +53,7 @@ impl Category {
             Category::PolicyRejected(_) => "policy-rejected",
             Category::InvalidModule(_) => "invalid-module",
             Category::Internal => "internal",
+            Category::Cancelled => "cancelled",
         }
     }
 
@@ -147,6 +150,8 @@ pub struct Diagnostics {
     pub log_truncated: bool,
     pub fuel_consumed: u64,
     pub duration: Duration,
+    /// Of `duration`, the time spent instantiating the module.
+    pub instantiate: Duration,
     pub queries: Vec<QueryRecord>,
     /// Where the module came from: compiled now, the artifact cache, or memory.
     pub module_load: Option<String>,

@@ -110,7 +110,27 @@ pub async fn append(
 
 /// All entries in sequence order.
 pub async fn entries(store: &Store) -> Result<Vec<AuditEntry>, StoreError> {
-    let rows = sqlx::query("SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_log ORDER BY seq")
+    entries_after(store, 0, i64::MAX).await
+}
+
+/// The hash of the newest entry, if any.
+pub async fn head(store: &Store) -> Result<Option<String>, StoreError> {
+    Ok(
+        sqlx::query_scalar("SELECT hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(store.pool())
+            .await?,
+    )
+}
+
+/// Up to `limit` entries with a sequence number above `after`, in order.
+pub async fn entries_after(
+    store: &Store,
+    after: i64,
+    limit: i64,
+) -> Result<Vec<AuditEntry>, StoreError> {
+    let rows = sqlx::query("SELECT seq, at, actor, action, subject, details, prev_hash, hash FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?")
+        .bind(after)
+        .bind(limit)
         .fetch_all(store.pool())
         .await?;
     rows.into_iter()
@@ -299,4 +319,34 @@ pub fn verify(
         }
     }
     Ok((entries.len(), checkpoints.len()))
+}
+
+/// Read an export (`dsb audit export`: JSON lines `{"entry": …}` and
+/// `{"checkpoint": …}`) back into entries and checkpoints for
+/// [`verify`]. A line that is neither is an error naming its line number.
+pub fn read_export(text: &str) -> Result<(Vec<AuditEntry>, Vec<Checkpoint>), StoreError> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields, rename_all = "lowercase")]
+    enum Line {
+        Entry(AuditEntry),
+        Checkpoint(Checkpoint),
+    }
+    let mut entries = Vec::new();
+    let mut checkpoints = Vec::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        match serde_json::from_str::<Line>(line) {
+            Ok(Line::Entry(entry)) => entries.push(entry),
+            Ok(Line::Checkpoint(checkpoint)) => checkpoints.push(checkpoint),
+            Err(error) => {
+                return Err(StoreError::Record(format!(
+                    "export line {}: {error}",
+                    number + 1
+                )));
+            }
+        }
+    }
+    Ok((entries, checkpoints))
 }

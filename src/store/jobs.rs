@@ -33,14 +33,33 @@ pub struct NewJob {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct JobRecord {
     pub id: String,
+    /// The tenant that submitted it (and owns it).
     pub principal: String,
     pub module_sha256: String,
+    pub world: String,
+    pub mode: String,
+    pub datasets: Vec<DatasetRef>,
     pub state: String,
     pub category: Option<String>,
     pub output: Option<serde_json::Value>,
     pub receipt: Option<Receipt>,
     pub created_at: i64,
+    pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
+}
+
+impl JobRecord {
+    /// Whether the job has reached a final state.
+    pub fn is_final(&self) -> bool {
+        !matches!(self.state.as_str(), "queued" | "running")
+    }
+}
+
+/// The columns [`record`] reads, as a literal for `concat!`.
+macro_rules! record_columns {
+    () => {
+        "id, principal, module_sha256, state, category, output, receipt, created_at, finished_at, world, mode, datasets, started_at"
+    };
 }
 
 /// A fresh random job id (128 bits from the system's CSPRNG).
@@ -52,7 +71,8 @@ pub fn new_job_id() -> String {
 }
 
 /// Record a submitted job (`queued`).
-pub async fn submit(store: &Store, job: &NewJob) -> Result<(), StoreError> {
+/// `actor` is who submitted it, as the audit log names them.
+pub async fn submit(store: &Store, job: &NewJob, actor: &str) -> Result<(), StoreError> {
     let params_sha256 = hex::encode(Sha256::digest(job.params.as_bytes()));
     let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
     sqlx::query(
@@ -74,7 +94,7 @@ pub async fn submit(store: &Store, job: &NewJob) -> Result<(), StoreError> {
     .await?;
     audit::append(
         &mut tx,
-        &job.principal,
+        actor,
         "job.submitted",
         &job.id,
         serde_json::json!({ "module": job.module_sha256, "mode": job.mode, "datasets": job.datasets, "params_sha256": params_sha256 }),
@@ -230,7 +250,7 @@ pub async fn recover_interrupted(store: &Store) -> Result<usize, StoreError> {
 
 /// One job.
 pub async fn get(store: &Store, id: &str) -> Result<JobRecord, StoreError> {
-    let row = sqlx::query("SELECT id, principal, module_sha256, state, category, output, receipt, created_at, finished_at FROM jobs WHERE id = ?")
+    let row = sqlx::query(concat!("SELECT ", record_columns!(), " FROM jobs WHERE id = ?"))
         .bind(id)
         .fetch_optional(store.pool())
         .await?
@@ -240,10 +260,49 @@ pub async fn get(store: &Store, id: &str) -> Result<JobRecord, StoreError> {
 
 /// Every job, oldest first.
 pub async fn all(store: &Store) -> Result<Vec<JobRecord>, StoreError> {
-    let rows = sqlx::query("SELECT id, principal, module_sha256, state, category, output, receipt, created_at, finished_at FROM jobs ORDER BY created_at, id")
-        .fetch_all(store.pool())
-        .await?;
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM jobs ORDER BY created_at, id"
+    ))
+    .fetch_all(store.pool())
+    .await?;
     rows.iter().map(record).collect()
+}
+
+/// A tenant's jobs, newest first, at most `limit`.
+pub async fn of_principal(
+    store: &Store,
+    principal: &str,
+    limit: i64,
+) -> Result<Vec<JobRecord>, StoreError> {
+    let rows = sqlx::query(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM jobs WHERE principal = ? ORDER BY created_at DESC, id LIMIT ?"
+    ))
+    .bind(principal)
+    .bind(limit)
+    .fetch_all(store.pool())
+    .await?;
+    rows.iter().map(record).collect()
+}
+
+/// `queued → failed: cancelled`, before the job started. Returns false
+/// when the job is no longer queued.
+pub async fn cancel_queued(store: &Store, id: &str, actor: &str) -> Result<bool, StoreError> {
+    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let updated = sqlx::query("UPDATE jobs SET state = 'failed', category = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+    if updated.rows_affected() == 0 {
+        return Ok(false);
+    }
+    audit::append(&mut tx, actor, "job.cancelled", id, serde_json::json!({})).await?;
+    tx.commit().await?;
+    Ok(true)
 }
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
@@ -256,6 +315,11 @@ fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {
         id: row.get(0),
         principal: row.get(1),
         module_sha256: row.get(2),
+        world: row.get(9),
+        mode: row.get(10),
+        datasets: serde_json::from_str(&row.get::<String, _>(11))
+            .map_err(|e| StoreError::Record(e.to_string()))?,
+        started_at: row.get(12),
         state: row.get(3),
         category: row.get(4),
         output: parse(row.get(5))?,

@@ -3,10 +3,12 @@
 //! Queries are plain portable SQL so a PostgreSQL backend can follow.
 //!
 //! Layout: `audit` (the hash-chained log and signed checkpoints), `jobs`
-//! (durable job records and releases with receipts).
+//! (durable job records and releases with receipts), `modules` (who uploaded
+//! which module); tokens and grants are in [`crate::accounts`].
 
 pub mod audit;
 pub mod jobs;
+pub mod modules;
 
 use std::path::Path;
 use std::str::FromStr;

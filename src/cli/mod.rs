@@ -1,0 +1,364 @@
+//! `dsb --server URL …`: the CLI as a client of the `/v1` API (the binary's
+//! own module; the library's [`datasandbox::client`] does the HTTP).
+//! Human-readable output by default, `--json` for scripts.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use datasandbox::accounts::Role;
+use datasandbox::client::Client;
+use datasandbox::demo;
+use datasandbox::receipt::Receipt;
+use serde::Serialize;
+
+#[derive(Subcommand)]
+pub enum ModuleCommand {
+    /// Upload a component; prints its sha256.
+    Upload {
+        file: PathBuf,
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// Your modules.
+    List,
+}
+
+#[derive(Subcommand)]
+pub enum TokenCommand {
+    /// Create a token (shown once). Without --server: on the local data
+    /// directory, to bootstrap the first administrator.
+    Create {
+        #[arg(long)]
+        role: Role,
+        #[arg(long)]
+        tenant: String,
+        /// Expiry, as seconds from now.
+        #[arg(long)]
+        expires_in: Option<i64>,
+    },
+    List,
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum GrantCommand {
+    /// Let a tenant run jobs on a conditional or restricted dataset.
+    Add {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        dataset: String,
+    },
+    List,
+}
+
+pub struct Remote {
+    pub client: Client,
+    pub json: bool,
+}
+
+impl Remote {
+    fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(value)?);
+        } else {
+            human(value);
+        }
+        Ok(())
+    }
+
+    pub async fn module(&self, command: ModuleCommand) -> anyhow::Result<()> {
+        match command {
+            ModuleCommand::Upload { file, name } => {
+                let bytes =
+                    std::fs::read(&file).with_context(|| format!("reading {}", file.display()))?;
+                let info = self.client.upload_module(bytes, name.as_deref()).await?;
+                self.print(&info, |i| {
+                    println!("{}  {} component, {} bytes", i.sha256, i.world, i.size)
+                })
+            }
+            ModuleCommand::List => {
+                let modules = self.client.modules().await?;
+                self.print(&modules, |list| {
+                    for m in list {
+                        println!(
+                            "{}  {:<15} {:>9} B  {}",
+                            m.sha256,
+                            m.world,
+                            m.size,
+                            m.name.as_deref().unwrap_or("")
+                        );
+                    }
+                })
+            }
+        }
+    }
+
+    /// Submit a job; `module` is a sha256 or a .wasm file (uploaded first).
+    pub async fn submit(
+        &self,
+        module: &str,
+        mode: &str,
+        datasets: &[String],
+        params: &str,
+        wait: bool,
+    ) -> anyhow::Result<()> {
+        let sha256 = if std::path::Path::new(module).is_file() {
+            let bytes = std::fs::read(module)?;
+            self.client.upload_module(bytes, None).await?.sha256
+        } else {
+            module.to_string()
+        };
+        let params: serde_json::Value =
+            serde_json::from_str(params).context("--params must be JSON")?;
+        let job = self
+            .client
+            .submit_job(&sha256, mode, datasets, params)
+            .await?;
+        if !wait {
+            return self.print(&job, |j| println!("job {} {}", j.id, j.state));
+        }
+        let spinner = indicatif::ProgressBar::new_spinner();
+        if !self.json {
+            spinner.set_message(format!("job {} queued", job.id));
+            spinner.enable_steady_tick(Duration::from_millis(120));
+        }
+        let mut current = job;
+        while matches!(current.state.as_str(), "queued" | "running") {
+            current = self.client.job(&current.id, 30).await?;
+            spinner.set_message(format!("job {} {}", current.id, current.state));
+        }
+        spinner.finish_and_clear();
+        self.print(&current, |j| {
+            println!(
+                "job {} {}: {}",
+                j.id,
+                j.state,
+                j.category.as_deref().unwrap_or("")
+            )
+        })?;
+        if current.state == "released" && !self.json {
+            self.output(&current.id).await?;
+        }
+        if current.state != "released" {
+            std::process::exit(2);
+        }
+        Ok(())
+    }
+
+    pub async fn show(&self, id: &str) -> anyhow::Result<()> {
+        let job = self.client.job(id, 0).await?;
+        self.print(&job, |j| {
+            println!(
+                "job {}\n  state    {}\n  category {}\n  mode     {} ({})\n  module   {}\n  datasets {}\n  receipt  {}",
+                j.id,
+                j.state,
+                j.category.as_deref().unwrap_or("-"),
+                j.mode,
+                j.world,
+                j.module,
+                j.datasets
+                    .iter()
+                    .map(|d| format!("{}@{}", d.id, &d.version[..12.min(d.version.len())]))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                if j.has_receipt { "yes" } else { "no" }
+            )
+        })
+    }
+
+    pub async fn output(&self, id: &str) -> anyhow::Result<()> {
+        let output = self.client.job_output(id).await?;
+        if self.json {
+            println!("{}", serde_json::to_string_pretty(&output)?);
+        } else {
+            demo::print_outputs(&output.outputs, &mut std::io::stdout().lock())?;
+        }
+        Ok(())
+    }
+
+    pub async fn list_jobs(&self) -> anyhow::Result<()> {
+        let jobs = self.client.jobs().await?;
+        self.print(&jobs, |list| {
+            for j in list {
+                println!(
+                    "{}  {:<9} {:<10} {}",
+                    j.id,
+                    j.state,
+                    j.mode,
+                    j.category.as_deref().unwrap_or("")
+                );
+            }
+        })
+    }
+
+    pub async fn cancel(&self, id: &str) -> anyhow::Result<()> {
+        let job = self.client.cancel_job(id).await?;
+        self.print(&job, |j| println!("job {} {}", j.id, j.state))
+    }
+
+    /// Fetch a receipt, verify it against the server's published keys, and
+    /// write it to `out` (or print it).
+    pub async fn receipt(&self, id: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
+        let bytes = self.client.receipt_bytes(id).await?;
+        let keys = self.client.keys().await?;
+        let receipt = Receipt::verify(&bytes, &keys, None)
+            .map_err(|e| anyhow::anyhow!("the server's receipt does not verify: {e}"))?;
+        match out {
+            Some(path) => {
+                std::fs::write(&path, &bytes)?;
+                eprintln!(
+                    "receipt for job {} (signature valid, key {}) written to {}",
+                    receipt.body.job_id,
+                    receipt.body.key_id,
+                    path.display()
+                );
+            }
+            None => println!("{}", serde_json::to_string_pretty(&receipt)?),
+        }
+        Ok(())
+    }
+
+    pub async fn datasets(&self) -> anyhow::Result<()> {
+        let list = self.client.datasets().await?;
+        self.print(&list, |list| {
+            for d in list {
+                println!(
+                    "{:<20} {:<12} {:>8} rows  {}  {}",
+                    d.id,
+                    d.classification,
+                    d.rows,
+                    if d.accessible { "access" } else { "no access" },
+                    d.title
+                );
+            }
+        })
+    }
+
+    pub async fn dataset(&self, id: &str) -> anyhow::Result<()> {
+        let detail = self.client.dataset(id).await?;
+        // The dictionary and profile are nested documents: JSON either way.
+        println!("{}", serde_json::to_string_pretty(&detail)?);
+        Ok(())
+    }
+
+    pub async fn add_dataset(
+        &self,
+        file: &std::path::Path,
+        manifest: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let summary = self.client.add_dataset(file, manifest).await?;
+        self.print(&summary, |d| {
+            println!("added {}@{} ({} rows)", d.id, d.version, d.rows)
+        })
+    }
+
+    pub async fn token(&self, command: TokenCommand) -> anyhow::Result<()> {
+        match command {
+            TokenCommand::Create {
+                role,
+                tenant,
+                expires_in,
+            } => {
+                let expires_at = expires_in.map(|s| datasandbox::store::now() + s);
+                let created = self.client.create_token(role, &tenant, expires_at).await?;
+                self.print(&created, |c| {
+                    println!("{}", c.token);
+                    eprintln!(
+                        "token {} for {}/{} (shown once; store it now)",
+                        c.info.id, c.info.tenant, c.info.role
+                    );
+                })
+            }
+            TokenCommand::List => {
+                let tokens = self.client.tokens().await?;
+                self.print(&tokens, |list| {
+                    for t in list {
+                        println!(
+                            "{}  {:<12} {:<20} {}",
+                            t.id,
+                            t.role.name(),
+                            t.tenant,
+                            if t.revoked_at.is_some() {
+                                "revoked"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                })
+            }
+            TokenCommand::Revoke { id } => {
+                self.client.revoke_token(&id).await?;
+                println!("revoked {id}");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn grant(&self, command: GrantCommand) -> anyhow::Result<()> {
+        match command {
+            GrantCommand::Add { tenant, dataset } => {
+                let grant = self.client.grant(&tenant, &dataset).await?;
+                self.print(&grant, |g| println!("granted {} to {}", g.dataset, g.tenant))
+            }
+            GrantCommand::List => {
+                let grants = self.client.grants().await?;
+                self.print(&grants, |list| {
+                    for g in list {
+                        println!("{:<20} {:<20} by {}", g.dataset, g.tenant, g.granted_by);
+                    }
+                })
+            }
+        }
+    }
+
+    pub async fn audit_verify(&self) -> anyhow::Result<()> {
+        let verdict = self.client.audit_verify().await?;
+        self.print(&verdict, |v| {
+            if v.intact {
+                println!(
+                    "audit chain intact: {} entries, {} signed checkpoints",
+                    v.entries, v.checkpoints
+                );
+            } else {
+                println!(
+                    "BROKEN at entry {}: {}",
+                    v.broken_at.unwrap_or(0),
+                    v.reason.as_deref().unwrap_or("")
+                );
+            }
+        })?;
+        if !verdict.intact {
+            std::process::exit(1);
+        }
+        Ok(())
+    }
+
+    pub async fn audit_checkpoint(&self) -> anyhow::Result<()> {
+        let checkpoint = self.client.audit_checkpoint().await?;
+        println!("{}", serde_json::to_string(&checkpoint)?);
+        Ok(())
+    }
+
+    pub async fn reload_policies(&self) -> anyhow::Result<()> {
+        let policies = self.client.reload_policies().await?;
+        self.print(&policies, |list| {
+            for p in list {
+                println!(
+                    "reloaded {:<20} {}  sha256 {}",
+                    p.dataset.as_deref().unwrap_or("(default)"),
+                    p.file,
+                    &p.sha256[..16]
+                );
+            }
+        })
+    }
+}
+
+/// Commands that exist only against a server.
+pub fn needs_server(what: &str) -> anyhow::Result<()> {
+    bail!("`{what}` talks to a server: pass --server URL (or set DSB_SERVER) and a token")
+}

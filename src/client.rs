@@ -1,0 +1,356 @@
+//! An HTTP client for the `/v1` API: what `dsb --server …`, the demo and
+//! the tests use. API errors come back typed, with the server's code.
+
+use std::path::Path;
+use std::time::Duration;
+
+use reqwest::{Method, RequestBuilder, StatusCode};
+use serde::de::DeserializeOwned;
+
+use crate::accounts::{Grant, Role, TokenInfo};
+use crate::receipt::{PublicKey, Receipt};
+use crate::server::error::ErrorBody;
+use crate::server::routes::{
+    AuditVerdict, CreatedToken, DatasetDetail, DatasetSummary, JobOutput, JobView, PolicyCheck,
+    PolicySummary,
+};
+use crate::store::audit::{AuditEntry, Checkpoint};
+use crate::store::modules::ModuleInfo;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("{code}: {message} (HTTP {status})")]
+    Api {
+        status: u16,
+        code: String,
+        message: String,
+        retry_after: Option<u64>,
+    },
+    #[error("{0}")]
+    Http(#[from] reqwest::Error),
+    #[error("{0}")]
+    Io(String),
+}
+
+impl ClientError {
+    /// The API error code, if the server answered with one.
+    pub fn code(&self) -> Option<&str> {
+        match self {
+            ClientError::Api { code, .. } => Some(code),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Client {
+    http: reqwest::Client,
+    base: String,
+    token: Option<String>,
+}
+
+impl Client {
+    /// A client for the server at `base` (`http://127.0.0.1:8470`).
+    pub fn new(base: &str, token: Option<String>) -> Self {
+        Client {
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(120))
+                .build()
+                .expect("an HTTP client without TLS builds"),
+            base: base.trim_end_matches('/').to_string(),
+            token,
+        }
+    }
+
+    /// The same server with another token.
+    pub fn with_token(&self, token: impl Into<String>) -> Self {
+        Client {
+            token: Some(token.into()),
+            ..self.clone()
+        }
+    }
+
+    pub fn base(&self) -> &str {
+        &self.base
+    }
+
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        let builder = self.http.request(method, format!("{}{path}", self.base));
+        match &self.token {
+            Some(token) => builder.bearer_auth(token),
+            None => builder,
+        }
+    }
+
+    async fn send<T: DeserializeOwned>(builder: RequestBuilder) -> Result<T, ClientError> {
+        let response = Self::checked(builder).await?;
+        Ok(response.json().await?)
+    }
+
+    async fn checked(builder: RequestBuilder) -> Result<reqwest::Response, ClientError> {
+        let response = builder.send().await?;
+        if response.status().is_success() {
+            return Ok(response);
+        }
+        let status = response.status();
+        let retry_after = response
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok());
+        let text = response.text().await.unwrap_or_default();
+        let (code, message) = match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(body) => (body.error.code, body.error.message),
+            Err(_) => (
+                status
+                    .canonical_reason()
+                    .unwrap_or("error")
+                    .to_lowercase()
+                    .replace(' ', "-"),
+                text,
+            ),
+        };
+        Err(ClientError::Api {
+            status: status.as_u16(),
+            code,
+            message,
+            retry_after,
+        })
+    }
+
+    pub async fn healthz(&self) -> Result<String, ClientError> {
+        Ok(Self::checked(self.request(Method::GET, "/healthz"))
+            .await?
+            .text()
+            .await?)
+    }
+
+    pub async fn metrics(&self) -> Result<String, ClientError> {
+        Ok(Self::checked(self.request(Method::GET, "/metrics"))
+            .await?
+            .text()
+            .await?)
+    }
+
+    pub async fn openapi(&self) -> Result<serde_json::Value, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/openapi.json")).await
+    }
+
+    pub async fn upload_module(
+        &self,
+        bytes: Vec<u8>,
+        name: Option<&str>,
+    ) -> Result<ModuleInfo, ClientError> {
+        let mut builder = self
+            .request(Method::POST, "/v1/modules")
+            .header(reqwest::header::CONTENT_TYPE, "application/wasm")
+            .body(bytes);
+        if let Some(name) = name {
+            builder = builder.query(&[("name", name)]);
+        }
+        Self::send(builder).await
+    }
+
+    pub async fn modules(&self) -> Result<Vec<ModuleInfo>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/modules")).await
+    }
+
+    pub async fn submit_job(
+        &self,
+        module: &str,
+        mode: &str,
+        datasets: &[String],
+        params: serde_json::Value,
+    ) -> Result<JobView, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/jobs").json(&serde_json::json!({
+            "module": module,
+            "mode": mode,
+            "datasets": datasets,
+            "params": params,
+        })))
+        .await
+    }
+
+    /// A job; with `wait_seconds`, long-polls for its end.
+    pub async fn job(&self, id: &str, wait_seconds: u64) -> Result<JobView, ClientError> {
+        Self::send(
+            self.request(Method::GET, &format!("/v1/jobs/{id}"))
+                .query(&[("wait", wait_seconds)]),
+        )
+        .await
+    }
+
+    /// Long-poll until the job is final or `timeout` has passed.
+    pub async fn wait_job(&self, id: &str, timeout: Duration) -> Result<JobView, ClientError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let job = self.job(id, left.as_secs().clamp(1, 30)).await?;
+            if !matches!(job.state.as_str(), "queued" | "running")
+                || tokio::time::Instant::now() >= deadline
+            {
+                return Ok(job);
+            }
+        }
+    }
+
+    pub async fn jobs(&self) -> Result<Vec<JobView>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/jobs")).await
+    }
+
+    pub async fn cancel_job(&self, id: &str) -> Result<JobView, ClientError> {
+        Self::send(self.request(Method::POST, &format!("/v1/jobs/{id}/cancel"))).await
+    }
+
+    pub async fn job_output(&self, id: &str) -> Result<JobOutput, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/jobs/{id}/output"))).await
+    }
+
+    /// The receipt exactly as served (for offline verification).
+    pub async fn receipt_bytes(&self, id: &str) -> Result<Vec<u8>, ClientError> {
+        Ok(
+            Self::checked(self.request(Method::GET, &format!("/v1/jobs/{id}/receipt")))
+                .await?
+                .bytes()
+                .await?
+                .to_vec(),
+        )
+    }
+
+    pub async fn receipt(&self, id: &str) -> Result<Receipt, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/jobs/{id}/receipt"))).await
+    }
+
+    pub async fn datasets(&self) -> Result<Vec<DatasetSummary>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/datasets")).await
+    }
+
+    pub async fn dataset(&self, id: &str) -> Result<DatasetDetail, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/datasets/{id}"))).await
+    }
+
+    pub async fn dataset_sample(&self, id: &str, rows: usize) -> Result<String, ClientError> {
+        Ok(Self::checked(
+            self.request(Method::GET, &format!("/v1/datasets/{id}/sample"))
+                .query(&[("rows", rows)]),
+        )
+        .await?
+        .text()
+        .await?)
+    }
+
+    /// Register a dataset file under its manifest (admin).
+    pub async fn add_dataset(
+        &self,
+        data: &Path,
+        manifest: &Path,
+    ) -> Result<DatasetSummary, ClientError> {
+        let read = |path: &Path| {
+            std::fs::read(path).map_err(|e| ClientError::Io(format!("{}: {e}", path.display())))
+        };
+        let file_name = data
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_else(|| "data.csv".into());
+        let form = reqwest::multipart::Form::new()
+            .part(
+                "manifest",
+                reqwest::multipart::Part::bytes(read(manifest)?).file_name("manifest.toml"),
+            )
+            .part(
+                "data",
+                reqwest::multipart::Part::bytes(read(data)?).file_name(file_name),
+            );
+        Self::send(self.request(Method::POST, "/v1/datasets").multipart(form)).await
+    }
+
+    pub async fn grant(&self, tenant: &str, dataset: &str) -> Result<Grant, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/grants")
+                .json(&serde_json::json!({ "tenant": tenant, "dataset": dataset })),
+        )
+        .await
+    }
+
+    pub async fn grants(&self) -> Result<Vec<Grant>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/grants")).await
+    }
+
+    pub async fn create_token(
+        &self,
+        role: Role,
+        tenant: &str,
+        expires_at: Option<i64>,
+    ) -> Result<CreatedToken, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/tokens").json(&serde_json::json!({
+            "role": role,
+            "tenant": tenant,
+            "expires_at": expires_at,
+        })))
+        .await
+    }
+
+    pub async fn tokens(&self) -> Result<Vec<TokenInfo>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/tokens")).await
+    }
+
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        Self::checked(self.request(Method::DELETE, &format!("/v1/tokens/{id}"))).await?;
+        Ok(())
+    }
+
+    pub async fn policies(&self) -> Result<Vec<PolicySummary>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/policies")).await
+    }
+
+    pub async fn check_policies(&self) -> Result<PolicyCheck, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/policies/check")).await
+    }
+
+    pub async fn reload_policies(&self) -> Result<Vec<PolicySummary>, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/policies/reload")).await
+    }
+
+    pub async fn keys(&self) -> Result<Vec<PublicKey>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/keys")).await
+    }
+
+    pub async fn audit_entries(
+        &self,
+        after: i64,
+        limit: i64,
+    ) -> Result<Vec<AuditEntry>, ClientError> {
+        Self::send(
+            self.request(Method::GET, "/v1/audit")
+                .query(&[("after", after), ("limit", limit)]),
+        )
+        .await
+    }
+
+    pub async fn audit_verify(&self) -> Result<AuditVerdict, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/audit/verify")).await
+    }
+
+    pub async fn audit_checkpoint(&self) -> Result<Checkpoint, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/audit/checkpoints")).await
+    }
+
+    /// A raw request, for tests of shapes and statuses.
+    pub async fn raw(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<(&str, Vec<u8>)>,
+    ) -> Result<(StatusCode, reqwest::header::HeaderMap, Vec<u8>), ClientError> {
+        let mut builder = self.request(method, path);
+        if let Some((content_type, bytes)) = body {
+            builder = builder
+                .header(reqwest::header::CONTENT_TYPE, content_type)
+                .body(bytes);
+        }
+        let response = builder.send().await?;
+        let status = response.status();
+        let headers = response.headers().clone();
+        Ok((status, headers, response.bytes().await?.to_vec()))
+    }
+}

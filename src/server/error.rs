@@ -1,0 +1,218 @@
+//! API errors: `{ "error": { "code": "…", "message": "…" } }` with a stable
+//! code and the matching status. Internal failures are logged with their
+//! detail and answered with a generic message.
+
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::{Deserialize, Serialize};
+
+use crate::accounts::AuthError;
+use crate::catalog::CatalogError;
+use crate::service::ServiceError;
+use crate::store::StoreError;
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ErrorDetail {
+    /// Stable, kebab-case; clients match on it.
+    pub code: String,
+    /// For people; may change.
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: &'static str,
+    pub message: String,
+    /// Seconds, for 429 and 503.
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(code: &'static str, message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, message)
+    }
+
+    pub fn not_found(what: &str) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", format!("no such {what}"))
+    }
+
+    pub fn forbidden() -> Self {
+        Self::new(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "this operation needs the admin role",
+        )
+    }
+
+    pub fn too_many(code: &'static str, message: impl Into<String>, retry_after: u64) -> Self {
+        ApiError {
+            retry_after: Some(retry_after.max(1)),
+            ..Self::new(StatusCode::TOO_MANY_REQUESTS, code, message)
+        }
+    }
+
+    /// A failure that is ours: the detail goes to the log only.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        tracing::error!(%detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "internal error; the operator's log has the detail",
+        )
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: ErrorDetail {
+                code: self.code.into(),
+                message: self.message,
+            },
+        };
+        let mut response = (self.status, axum::Json(body)).into_response();
+        if let Some(seconds) = self.retry_after {
+            response.headers_mut().insert(
+                header::RETRY_AFTER,
+                HeaderValue::from_str(&seconds.to_string()).expect("digits"),
+            );
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let code = match rejection {
+            JsonRejection::MissingJsonContentType(_) => "unsupported-media-type",
+            JsonRejection::BytesRejection(_) => "body-too-large",
+            _ => "bad-json",
+        };
+        let status = match code {
+            "unsupported-media-type" => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "body-too-large" => StatusCode::PAYLOAD_TOO_LARGE,
+            _ => StatusCode::BAD_REQUEST,
+        };
+        ApiError::new(status, code, rejection.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        ApiError::bad_request("bad-query", rejection.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        ApiError::bad_request("bad-path", rejection.body_text())
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        match error {
+            AuthError::Store(error) => ApiError::internal(error),
+            other => ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", other.to_string()),
+        }
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(error: StoreError) -> Self {
+        match error {
+            StoreError::UnknownJob(_) => ApiError::not_found("job"),
+            StoreError::WrongState { state, .. } => ApiError::new(
+                StatusCode::CONFLICT,
+                "wrong-state",
+                format!("the job is {state}"),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<CatalogError> for ApiError {
+    fn from(error: CatalogError) -> Self {
+        match error {
+            CatalogError::UnknownDataset(_) | CatalogError::UnknownVersion { .. } => {
+                ApiError::not_found("dataset")
+            }
+            CatalogError::Manifest(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-manifest", error.to_string())
+            }
+            CatalogError::UnsupportedFormat(_) => ApiError::bad_request(
+                "unsupported-format",
+                "the data is not a CSV, Parquet or Arrow IPC file",
+            ),
+            CatalogError::Data(error) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-data",
+                format!("the data does not match its manifest: {error}"),
+            ),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::Store(error) => error.into(),
+            ServiceError::Catalog(error) => error.into(),
+            ServiceError::UnknownModule(_) => ApiError::not_found("module"),
+            // Unknown and not granted look alike, so ids are not confirmed.
+            ServiceError::NoAccess(dataset) => ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                format!("no such dataset (or no access): {dataset}"),
+            ),
+            ServiceError::Module(intake) => match intake {
+                crate::sandbox::IntakeError::Store(error) => ApiError::internal(error),
+                intake => ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "invalid-module",
+                    intake.to_string(),
+                ),
+            },
+            ServiceError::Policy(error) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-policy",
+                error
+                    .0
+                    .iter()
+                    .map(|d| d.to_string())
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+            ),
+            error @ (ServiceError::WrongWorld { .. }
+            | ServiceError::UnsupportedMode(_)
+            | ServiceError::NoDatasets
+            | ServiceError::Params { .. }) => {
+                ApiError::bad_request("bad-job", error.to_string())
+            }
+            other => ApiError::internal(other),
+        }
+    }
+}

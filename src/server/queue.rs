@@ -1,0 +1,277 @@
+//! The job queue: admission (queue length, per-tenant concurrency, per-tenant
+//! rate), then execution on a runtime of its own so guests never compete
+//! with request handling for the server's threads.
+//!
+//! A job is admitted, then committed (`queued`) by the service, then waits
+//! for one of `concurrency` worker permits. Cancelling a queued job ends it
+//! at once; cancelling a running one stops the guest at its next yield.
+//! Shutdown stops admission, waits for in-flight jobs up to a grace period,
+//! and marks what is left interrupted.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::{Notify, Semaphore};
+
+use super::error::ApiError;
+use super::metrics::Metrics;
+use crate::service::{JobRequest, Service, Submitter};
+
+/// Admission limits.
+#[derive(Debug, Clone)]
+pub struct QueueLimits {
+    /// Jobs running at once.
+    pub concurrency: usize,
+    /// Jobs admitted but waiting for a worker; beyond it submissions get 429.
+    pub max_queued: usize,
+    /// Unfinished jobs per tenant; beyond it 429.
+    pub per_tenant_jobs: usize,
+    /// Submissions per tenant per minute (token bucket with a minute's
+    /// burst); 0 turns the limit off.
+    pub per_tenant_per_minute: u32,
+}
+
+struct Bucket {
+    tokens: f64,
+    at: Instant,
+}
+
+#[derive(Default)]
+struct Admission {
+    queued: usize,
+    per_tenant: HashMap<String, usize>,
+    buckets: HashMap<String, Bucket>,
+}
+
+pub struct JobQueue {
+    service: Arc<Service>,
+    metrics: Arc<Metrics>,
+    limits: QueueLimits,
+    runtime: tokio::runtime::Handle,
+    permits: Arc<Semaphore>,
+    admission: Mutex<Admission>,
+    cancels: Mutex<HashMap<String, Arc<Notify>>>,
+    accepting: AtomicBool,
+    /// Signalled whenever an in-flight job ends (for draining).
+    drained: Notify,
+}
+
+impl JobQueue {
+    pub fn new(
+        service: Arc<Service>,
+        metrics: Arc<Metrics>,
+        limits: QueueLimits,
+        runtime: tokio::runtime::Handle,
+    ) -> Self {
+        JobQueue {
+            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            service,
+            metrics,
+            limits,
+            runtime,
+            admission: Mutex::new(Admission::default()),
+            cancels: Mutex::new(HashMap::new()),
+            accepting: AtomicBool::new(true),
+            drained: Notify::new(),
+        }
+    }
+
+    fn admission(&self) -> std::sync::MutexGuard<'_, Admission> {
+        self.admission.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Reserve a place for one job of `tenant`, or say why not.
+    fn admit(&self, tenant: &str) -> Result<(), ApiError> {
+        if !self.accepting.load(Ordering::SeqCst) {
+            return Err(ApiError {
+                retry_after: Some(5),
+                ..ApiError::new(
+                    axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting-down",
+                    "the server is shutting down and takes no new jobs",
+                )
+            });
+        }
+        let mut admission = self.admission();
+        if self.limits.per_tenant_per_minute > 0 {
+            let capacity = f64::from(self.limits.per_tenant_per_minute);
+            let per_second = capacity / 60.0;
+            let now = Instant::now();
+            let bucket = admission
+                .buckets
+                .entry(tenant.to_string())
+                .or_insert(Bucket {
+                    tokens: capacity,
+                    at: now,
+                });
+            bucket.tokens = (bucket.tokens
+                + now.duration_since(bucket.at).as_secs_f64() * per_second)
+                .min(capacity);
+            bucket.at = now;
+            if bucket.tokens < 1.0 {
+                let wait = ((1.0 - bucket.tokens) / per_second).ceil() as u64;
+                return Err(ApiError::too_many(
+                    "rate-limited",
+                    format!(
+                        "at most {} job submissions a minute per tenant",
+                        self.limits.per_tenant_per_minute
+                    ),
+                    wait,
+                ));
+            }
+            bucket.tokens -= 1.0;
+        }
+        let active = admission.per_tenant.get(tenant).copied().unwrap_or(0);
+        if active >= self.limits.per_tenant_jobs {
+            return Err(ApiError::too_many(
+                "too-many-jobs",
+                format!(
+                    "at most {} unfinished jobs per tenant",
+                    self.limits.per_tenant_jobs
+                ),
+                1,
+            ));
+        }
+        if admission.queued >= self.limits.max_queued {
+            return Err(ApiError::too_many(
+                "queue-full",
+                format!("the queue is full ({} jobs waiting)", admission.queued),
+                1,
+            ));
+        }
+        admission.queued += 1;
+        *admission.per_tenant.entry(tenant.to_string()).or_default() += 1;
+        self.metrics.queue_depth.set(admission.queued as i64);
+        Ok(())
+    }
+
+    fn started(&self) {
+        let mut admission = self.admission();
+        admission.queued -= 1;
+        self.metrics.queue_depth.set(admission.queued as i64);
+    }
+
+    fn release(&self, tenant: &str, still_queued: bool) {
+        let mut admission = self.admission();
+        if still_queued {
+            admission.queued -= 1;
+            self.metrics.queue_depth.set(admission.queued as i64);
+        }
+        if let Some(count) = admission.per_tenant.get_mut(tenant) {
+            *count -= 1;
+            if *count == 0 {
+                admission.per_tenant.remove(tenant);
+            }
+        }
+        drop(admission);
+        self.drained.notify_waiters();
+    }
+
+    /// Jobs admitted and not yet finished.
+    pub fn in_flight(&self) -> usize {
+        self.admission().per_tenant.values().sum()
+    }
+
+    /// Admit, commit and schedule a job; returns its id once it is durable.
+    pub async fn submit(
+        self: &Arc<Self>,
+        submitter: &Submitter,
+        request: JobRequest,
+    ) -> Result<String, ApiError> {
+        if let Err(error) = self.admit(&submitter.tenant) {
+            self.metrics.admission_refused(error.code);
+            return Err(error);
+        }
+        let job = match self.service.submit(submitter, request).await {
+            Ok(job) => job,
+            Err(error) => {
+                self.release(&submitter.tenant, true);
+                return Err(error.into());
+            }
+        };
+        let id = job.id.clone();
+        let cancel = Arc::new(Notify::new());
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Arc::clone(&cancel));
+        let queue = Arc::clone(self);
+        self.runtime.spawn(async move {
+            let tenant = job.tenant.clone();
+            let id = job.id.clone();
+            let mode = job.mode.clone();
+            let permit = tokio::select! {
+                permit = Arc::clone(&queue.permits).acquire_owned() => permit.ok(),
+                () = cancel.notified() => None,
+            };
+            let Some(_permit) = permit else {
+                // Cancelled while queued: the cancel request ended the job.
+                queue.forget(&id);
+                queue.release(&tenant, true);
+                return;
+            };
+            queue.started();
+            queue.metrics.running.inc();
+            match queue.service.execute(job, cancel.notified()).await {
+                Ok(result) => queue.metrics.job_finished(&mode, &result.execution),
+                Err(crate::service::ServiceError::Store(
+                    crate::store::StoreError::WrongState { .. },
+                )) => {} // cancelled or interrupted meanwhile
+                Err(error) => tracing::error!(job = %id, %error, "job failed in the host"),
+            }
+            queue.metrics.running.dec();
+            queue.forget(&id);
+            queue.release(&tenant, false);
+        });
+        Ok(id)
+    }
+
+    fn forget(&self, id: &str) {
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(id);
+    }
+
+    /// Cancel a job: a queued one ends now, a running one at the guest's
+    /// next yield. Returns false if the job is not in flight here.
+    pub async fn cancel(&self, id: &str, actor: &str) -> Result<bool, ApiError> {
+        let notify = self
+            .cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .cloned();
+        let Some(notify) = notify else {
+            return Ok(false);
+        };
+        // A queued job is ended in the store first, so it never starts; a
+        // running one is stopped by the notification and ends `cancelled`.
+        self.service.cancel_queued(id, actor).await?;
+        notify.notify_one();
+        Ok(true)
+    }
+
+    /// Stop admitting jobs.
+    pub fn close(&self) {
+        self.accepting.store(false, Ordering::SeqCst);
+    }
+
+    /// Wait until no job is in flight or `grace` has passed; returns how
+    /// many are still in flight.
+    pub async fn drain(&self, grace: Duration) -> usize {
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let waiting = self.drained.notified();
+            let left = self.in_flight();
+            if left == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, waiting).await.is_err() {
+                return self.in_flight();
+            }
+        }
+    }
+}
