@@ -33,7 +33,12 @@ pub enum Role {
 }
 
 impl Role {
-    pub const ALL: [Role; 4] = [Role::Admin, Role::Analyst, Role::Contestant, Role::Institution];
+    pub const ALL: [Role; 4] = [
+        Role::Admin,
+        Role::Analyst,
+        Role::Contestant,
+        Role::Institution,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
@@ -222,7 +227,10 @@ pub async fn authenticate(store: &Store, token: &str) -> Result<Principal, AuthE
         .filter(|(id, secret)| {
             id.len() == 16
                 && secret.len() == 64
-                && id.bytes().chain(secret.bytes()).all(|b| b.is_ascii_hexdigit())
+                && id
+                    .bytes()
+                    .chain(secret.bytes())
+                    .all(|b| b.is_ascii_hexdigit())
         })
         .ok_or(AuthError::Malformed)?;
     let row = sqlx::query(

@@ -162,12 +162,15 @@ impl Client {
         datasets: &[String],
         params: serde_json::Value,
     ) -> Result<JobView, ClientError> {
-        Self::send(self.request(Method::POST, "/v1/jobs").json(&serde_json::json!({
-            "module": module,
-            "mode": mode,
-            "datasets": datasets,
-            "params": params,
-        })))
+        Self::send(
+            self.request(Method::POST, "/v1/jobs")
+                .json(&serde_json::json!({
+                    "module": module,
+                    "mode": mode,
+                    "datasets": datasets,
+                    "params": params,
+                })),
+        )
         .await
     }
 
@@ -282,11 +285,14 @@ impl Client {
         tenant: &str,
         expires_at: Option<i64>,
     ) -> Result<CreatedToken, ClientError> {
-        Self::send(self.request(Method::POST, "/v1/tokens").json(&serde_json::json!({
-            "role": role,
-            "tenant": tenant,
-            "expires_at": expires_at,
-        })))
+        Self::send(
+            self.request(Method::POST, "/v1/tokens")
+                .json(&serde_json::json!({
+                    "role": role,
+                    "tenant": tenant,
+                    "expires_at": expires_at,
+                })),
+        )
         .await
     }
 

@@ -117,9 +117,7 @@ async fn walk_through(
         .iter()
         .find(|p| p.dataset.as_deref() == Some("enterprises"))
         .context("the demo needs a policy for enterprises")?;
-    let analyst_token = admin
-        .create_token(Role::Analyst, "fudan-lab", None)
-        .await?;
+    let analyst_token = admin.create_token(Role::Analyst, "fudan-lab", None).await?;
     admin.grant("fudan-lab", "enterprises").await?;
     let analyst = admin.with_token(analyst_token.token.clone());
     writeln!(
@@ -157,7 +155,12 @@ async fn walk_through(
         .wait_job(&submitted.id, Duration::from_secs(60))
         .await?;
     if job.state != "released" {
-        bail!("demo job {} ended {} ({:?})", job.id, job.state, job.category);
+        bail!(
+            "demo job {} ended {} ({:?})",
+            job.id,
+            job.state,
+            job.category
+        );
     }
     let output = analyst.job_output(&job.id).await?;
     writeln!(
@@ -211,7 +214,9 @@ async fn walk_through(
         out,
         "   tax_records was not granted to fudan-lab: {ungranted}"
     )?;
-    let outsider_token = admin.create_token(Role::Analyst, "other-bank", None).await?;
+    let outsider_token = admin
+        .create_token(Role::Analyst, "other-bank", None)
+        .await?;
     let outsider = admin.with_token(outsider_token.token);
     let peek = outsider
         .job_output(&job.id)
@@ -364,11 +369,7 @@ async fn hostile_guests(
         )
         .await;
     expect_ok(&next)?;
-    writeln!(
-        out,
-        "   and the next job still succeeds: {}",
-        next.category
-    )?;
+    writeln!(out, "   and the next job still succeeds: {}", next.category)?;
     let restarted = Sandbox::new(sandbox_config)?;
     let (_, load) = restarted.load_module(district_stats)?;
     writeln!(

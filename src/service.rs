@@ -224,7 +224,10 @@ impl Service {
                 }
                 Err(other) => return Err(other.into()),
             };
-            if !self.may_read(&submitter.tenant, submitter.role, &version).await? {
+            if !self
+                .may_read(&submitter.tenant, submitter.role, &version)
+                .await?
+            {
                 return Err(ServiceError::NoAccess(reference.clone()));
             }
             versions.push(version);
@@ -404,8 +407,7 @@ impl Service {
                 jobs::submit(&self.store, &job, principal).await?;
                 on_submitted(&job.id);
                 jobs::start(&self.store, &job.id).await?;
-                let execution =
-                    Execution::refused(&job.id, Category::from(&error as &IntakeError));
+                let execution = Execution::refused(&job.id, Category::from(&error as &IntakeError));
                 self.finish(&job.id, execution).await
             }
         }

@@ -258,7 +258,7 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
     let out = dsb(&["audit", "verify", "--data-dir", data], dir.path());
     assert!(
         String::from_utf8_lossy(&out.stdout)
-            .starts_with("audit chain intact: 4 entries, 1 signed checkpoints")
+            .starts_with("audit chain intact: 6 entries, 1 signed checkpoints")
     );
     let out = dsb(&["key", "rotate", "--data-dir", data], dir.path());
     assert!(out.status.success());
@@ -271,5 +271,36 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
         "old receipts stay verifiable after rotation"
     );
     let out = dsb(&["audit", "export", "--data-dir", data], dir.path());
-    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 5);
+    let export = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(export.lines().count(), 7);
+    // An export verifies on its own; an edited one names the entry.
+    let file = dir.path().join("audit.jsonl");
+    std::fs::write(&file, &export).unwrap();
+    let verify_export = |path: &std::path::Path| {
+        dsb(
+            &[
+                "audit",
+                "verify",
+                "--from-export",
+                path.to_str().unwrap(),
+                "--data-dir",
+                data,
+            ],
+            dir.path(),
+        )
+    };
+    let out = verify_export(&file);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("audit chain intact: 6 entries"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    std::fs::write(&file, export.replacen("\"operator\"", "\"someone\"", 1)).unwrap();
+    let out = verify_export(&file);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("BROKEN: audit chain broken at entry 1"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 }

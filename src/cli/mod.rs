@@ -39,7 +39,9 @@ pub enum TokenCommand {
         expires_in: Option<i64>,
     },
     List,
-    Revoke { id: String },
+    Revoke {
+        id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -302,7 +304,9 @@ impl Remote {
         match command {
             GrantCommand::Add { tenant, dataset } => {
                 let grant = self.client.grant(&tenant, &dataset).await?;
-                self.print(&grant, |g| println!("granted {} to {}", g.dataset, g.tenant))
+                self.print(&grant, |g| {
+                    println!("granted {} to {}", g.dataset, g.tenant)
+                })
             }
             GrantCommand::List => {
                 let grants = self.client.grants().await?;

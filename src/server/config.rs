@@ -110,11 +110,10 @@ impl ServerConfig {
                     path: path.into(),
                     message: e.to_string(),
                 })?;
-                text.parse::<toml::Table>()
-                    .map_err(|e| ConfigError::File {
-                        path: path.into(),
-                        message: e.message().to_string(),
-                    })?
+                text.parse::<toml::Table>().map_err(|e| ConfigError::File {
+                    path: path.into(),
+                    message: e.message().to_string(),
+                })?
             }
             None => toml::Table::new(),
         };
@@ -134,9 +133,9 @@ impl ServerConfig {
                 .unwrap_or(toml::Value::String(value));
             table.insert(key, parsed);
         }
-        let config: ServerConfig = table.try_into().map_err(|e: toml::de::Error| {
-            ConfigError::Invalid(e.message().to_string())
-        })?;
+        let config: ServerConfig = table
+            .try_into()
+            .map_err(|e: toml::de::Error| ConfigError::Invalid(e.message().to_string()))?;
         if config.concurrency == 0 || config.per_tenant_jobs == 0 {
             return Err(ConfigError::Invalid(
                 "concurrency and per_tenant_jobs must be at least 1".into(),

@@ -49,7 +49,11 @@ impl ApiError {
     }
 
     pub fn not_found(what: &str) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not-found", format!("no such {what}"))
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "not-found",
+            format!("no such {what}"),
+        )
     }
 
     pub fn forbidden() -> Self {
@@ -159,9 +163,11 @@ impl From<CatalogError> for ApiError {
             CatalogError::UnknownDataset(_) | CatalogError::UnknownVersion { .. } => {
                 ApiError::not_found("dataset")
             }
-            CatalogError::Manifest(_) => {
-                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-manifest", error.to_string())
-            }
+            CatalogError::Manifest(_) => ApiError::new(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "bad-manifest",
+                error.to_string(),
+            ),
             CatalogError::UnsupportedFormat(_) => ApiError::bad_request(
                 "unsupported-format",
                 "the data is not a CSV, Parquet or Arrow IPC file",
@@ -209,9 +215,7 @@ impl From<ServiceError> for ApiError {
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::UnsupportedMode(_)
             | ServiceError::NoDatasets
-            | ServiceError::Params { .. }) => {
-                ApiError::bad_request("bad-job", error.to_string())
-            }
+            | ServiceError::Params { .. }) => ApiError::bad_request("bad-job", error.to_string()),
             other => ApiError::internal(other),
         }
     }

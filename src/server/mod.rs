@@ -290,7 +290,9 @@ async fn periodic_checkpoints(
         if head.is_some() && head != last_head {
             match service.keys.signer() {
                 Ok(signer) => {
-                    if let Err(error) = crate::store::audit::checkpoint(&service.store, &signer).await {
+                    if let Err(error) =
+                        crate::store::audit::checkpoint(&service.store, &signer).await
+                    {
                         tracing::error!(%error, "periodic audit checkpoint failed");
                     }
                     last_head = crate::store::audit::head(&service.store).await.ok();

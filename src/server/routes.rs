@@ -100,7 +100,10 @@ pub async fn upload_module(
     body: Bytes,
 ) -> ApiResult<(StatusCode, ApiJson<ModuleInfo>)> {
     if query.name.as_ref().is_some_and(|n| n.len() > 200) {
-        return Err(ApiError::bad_request("bad-query", "name: at most 200 bytes"));
+        return Err(ApiError::bad_request(
+            "bad-query",
+            "name: at most 200 bytes",
+        ));
     }
     let info = state
         .service
@@ -684,7 +687,8 @@ pub async fn check_policies(
     _admin: Admin,
 ) -> ApiResult<ApiJson<PolicyCheck>> {
     let known = state.service.catalog.ids()?;
-    let problems = match crate::policy::PolicySet::load(state.service.policies.dir(), Some(&known)) {
+    let problems = match crate::policy::PolicySet::load(state.service.policies.dir(), Some(&known))
+    {
         Ok(_) => Vec::new(),
         Err(error) => error.0.iter().map(|d| d.to_string()).collect(),
     };

@@ -250,11 +250,15 @@ pub async fn recover_interrupted(store: &Store) -> Result<usize, StoreError> {
 
 /// One job.
 pub async fn get(store: &Store, id: &str) -> Result<JobRecord, StoreError> {
-    let row = sqlx::query(concat!("SELECT ", record_columns!(), " FROM jobs WHERE id = ?"))
-        .bind(id)
-        .fetch_optional(store.pool())
-        .await?
-        .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
+    let row = sqlx::query(concat!(
+        "SELECT ",
+        record_columns!(),
+        " FROM jobs WHERE id = ?"
+    ))
+    .bind(id)
+    .fetch_optional(store.pool())
+    .await?
+    .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
     record(&row)
 }
 

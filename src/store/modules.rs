@@ -69,7 +69,11 @@ fn from_row(row: &sqlx::sqlite::SqliteRow) -> ModuleInfo {
 }
 
 /// A tenant's module, if it uploaded it.
-pub async fn get(store: &Store, tenant: &str, sha256: &str) -> Result<Option<ModuleInfo>, StoreError> {
+pub async fn get(
+    store: &Store,
+    tenant: &str,
+    sha256: &str,
+) -> Result<Option<ModuleInfo>, StoreError> {
     let row = sqlx::query(
         "SELECT sha256, world, size, name, uploaded_at FROM modules WHERE tenant = ? AND sha256 = ?",
     )

@@ -231,3 +231,88 @@ pub async fn catalog_with_samples(data_dir: &Path) -> datasandbox::catalog::Cata
     }
     catalog
 }
+
+/// A real server on a loopback port over a fresh data directory holding
+/// both sample datasets and the repository's policies, with an admin token.
+pub struct TestServer {
+    pub base: String,
+    pub admin: datasandbox::client::Client,
+    pub service: std::sync::Arc<datasandbox::service::Service>,
+    pub dir: tempfile::TempDir,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<Result<(), datasandbox::service::ServiceError>>>,
+}
+
+impl TestServer {
+    pub async fn start() -> TestServer {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Start with the configuration adjusted by `tweak`.
+    pub async fn start_with(
+        tweak: impl FnOnce(&mut datasandbox::server::ServerConfig),
+    ) -> TestServer {
+        use datasandbox::accounts::{self, Role};
+        let dir = tempfile::tempdir().unwrap();
+        let data_dir = dir.path().join("data");
+        let service = std::sync::Arc::new(
+            datasandbox::service::Service::open(&data_dir, &repo().join("policies"))
+                .await
+                .unwrap(),
+        );
+        for id in ["enterprises", "tax_records"] {
+            service
+                .add_dataset(
+                    "operator",
+                    &samples().join(format!("{id}.csv")),
+                    &samples().join(format!("{id}.toml")),
+                )
+                .await
+                .unwrap();
+        }
+        let mut config = datasandbox::server::ServerConfig {
+            listen: "127.0.0.1:0".parse().unwrap(),
+            data_dir,
+            policies: repo().join("policies"),
+            ..Default::default()
+        };
+        tweak(&mut config);
+        let server =
+            datasandbox::server::Server::bind_service(config, std::sync::Arc::clone(&service))
+                .await
+                .unwrap();
+        let base = format!("http://{}", server.addr);
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(server.run(async {
+            let _ = stopped.await;
+        }));
+        let (_, token) =
+            accounts::create_token(&service.store, "operator", Role::Admin, "platform", None)
+                .await
+                .unwrap();
+        TestServer {
+            admin: datasandbox::client::Client::new(&base, Some(token)),
+            base,
+            service,
+            dir,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// A client for a new token of `role` in `tenant`.
+    pub async fn client(
+        &self,
+        role: datasandbox::accounts::Role,
+        tenant: &str,
+    ) -> datasandbox::client::Client {
+        let created = self.admin.create_token(role, tenant, None).await.unwrap();
+        self.admin.with_token(created.token)
+    }
+
+    /// Graceful shutdown; returns what `Server::run` returned.
+    pub async fn stop(&mut self) -> Result<(), datasandbox::service::ServiceError> {
+        let _ = self.stop.take().unwrap().send(());
+        self.task.take().unwrap().await.unwrap()
+    }
+}
