@@ -151,7 +151,7 @@ pub async fn create_token(
     let id = random_hex(8);
     let secret = random_hex(32);
     let created_at = now();
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     sqlx::query("INSERT INTO tokens (id, secret_sha256, role, tenant, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)")
         .bind(&id)
         .bind(secret_hash(&secret))
@@ -183,7 +183,7 @@ pub async fn create_token(
 
 /// Revoke a token at once. Returns false when there is no such token.
 pub async fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<bool, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let updated =
         sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
             .bind(now())
@@ -281,7 +281,7 @@ pub async fn grant(
 ) -> Result<Grant, StoreError> {
     validate_tenant(tenant).map_err(StoreError::Record)?;
     let granted_at = now();
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     sqlx::query("DELETE FROM grants WHERE tenant = ? AND dataset = ?")
         .bind(tenant)
         .bind(dataset)

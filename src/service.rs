@@ -443,12 +443,7 @@ impl Service {
                 )
             })
             .collect();
-        let mut tx = self
-            .store
-            .pool()
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(StoreError::from)?;
+        let mut tx = self.store.begin_write().await?;
         audit::append(
             &mut tx,
             actor,
@@ -482,7 +477,7 @@ pub async fn record_dataset_added(
     actor: &str,
     version: &DatasetVersion,
 ) -> Result<(), StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     audit::append(
         &mut tx,
         actor,

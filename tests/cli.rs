@@ -304,3 +304,124 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `dsb serve` as its own process, driven by `dsb --server …` as users
+/// would: bootstrap an admin token on the data directory, register data,
+/// create an analyst, grant, upload, submit and wait, fetch and verify the
+/// receipt against the server's keys, verify the audit chain, then SIGTERM
+/// (a graceful stop).
+#[test]
+fn the_cli_drives_a_served_data_directory() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let out = dsb(
+        &["token", "create", "--role", "admin", "--tenant", "platform"],
+        &data,
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_dsb"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .env("DSB_DATA_DIR", &data)
+        .env("DSB_GRACE_PERIOD", "5")
+        .current_dir(repo())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let url = lines
+        .by_ref()
+        .map_while(Result::ok)
+        .find_map(|l| l.strip_prefix("dsb serving on ").map(str::to_string))
+        .expect("the server announces its address");
+    let client = |token: &str, args: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_dsb"))
+            .args(["--server", &url])
+            .args(args)
+            .env("DSB_TOKEN", token)
+            .current_dir(repo())
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, stdout, stderr) = client(
+        &admin,
+        &[
+            "dataset",
+            "add",
+            "data/samples/enterprises.csv",
+            "--manifest",
+            "data/samples/enterprises.toml",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.starts_with("added enterprises@"), "{stdout}");
+    let (_, stdout, _) = client(&admin, &["policy", "reload"]);
+    assert!(stdout.contains("reloaded enterprises"), "{stdout}");
+    let (_, analyst, _) = client(
+        &admin,
+        &["token", "create", "--role", "analyst", "--tenant", "lab-a"],
+    );
+    let analyst = analyst.trim().to_string();
+    let (code, _, stderr) = client(
+        &admin,
+        &["grant", "add", "--tenant", "lab-a", "--dataset", "enterprises"],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    // The analyst cannot do what admins do.
+    let (code, _, stderr) = client(&analyst, &["token", "list"]);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("forbidden"), "{stderr}");
+    let module = guests_dir().join("district_stats.wasm");
+    let (code, stdout, stderr) = client(
+        &analyst,
+        &[
+            "job",
+            "submit",
+            "--module",
+            module.to_str().unwrap(),
+            "--dataset",
+            "enterprises",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(stdout.contains("released: ok") && stdout.contains("Pudong"), "{stdout}");
+    let job = stdout
+        .split_whitespace()
+        .nth(1)
+        .expect("job <id> released")
+        .to_string();
+    let (_, listed, _) = client(&analyst, &["job", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
+    assert_eq!(listed[0]["id"], job.as_str());
+    let receipt = dir.path().join("receipt.json");
+    let (code, _, stderr) = client(
+        &analyst,
+        &["receipt", "get", &job, "--out", receipt.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let (code, stdout, _) = client(
+        &analyst,
+        &["receipt", "verify", receipt.to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.starts_with(&format!("valid: job {job}")), "{stdout}");
+    let (code, stdout, _) = client(&admin, &["audit", "verify"]);
+    assert_eq!(code, Some(0));
+    assert!(stdout.starts_with("audit chain intact"), "{stdout}");
+    // SIGTERM: a graceful stop, exit status 0.
+    let status = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let exit = server.wait().unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(lines.map_while(Result::ok).any(|l| l.contains("dsb stopped")));
+}

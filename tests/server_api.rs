@@ -704,3 +704,28 @@ async fn metrics_count_jobs_rejections_and_instantiation() {
         assert!(text.contains(expected), "{expected} missing from\n{text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_signs_audit_checkpoints_periodically_and_at_shutdown() {
+    let mut server =
+        TestServer::start_with(|c| c.checkpoint_interval = Duration::from_millis(200)).await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let store = server.service.store.clone();
+    while datasandbox::store::audit::checkpoints(&store).await.unwrap().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no periodic checkpoint");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // With nothing new, no new checkpoint.
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let idle = datasandbox::store::audit::checkpoints(&store).await.unwrap().len();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(
+        datasandbox::store::audit::checkpoints(&store).await.unwrap().len(),
+        idle
+    );
+    server.stop().await.unwrap();
+    let after = datasandbox::store::audit::checkpoints(&store).await.unwrap();
+    assert_eq!(after.len(), idle + 1, "shutdown signs the head");
+    assert!(server.service.verify_audit().await.unwrap().is_ok());
+}

@@ -56,7 +56,7 @@ pub async fn next_seq(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
 }
 
 /// Append an entry; run it in the transaction of the change it records
-/// (begun with `BEGIN IMMEDIATE`, so appends are serialised).
+/// (begun with [`Store::begin_write`], so appends are serialised).
 pub async fn append(
     conn: &mut SqliteConnection,
     actor: &str,
@@ -172,7 +172,7 @@ struct CheckpointBody<'a> {
 
 /// Sign the current head of the chain.
 pub async fn checkpoint(store: &Store, signer: &Signer) -> Result<Checkpoint, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let head = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *tx)
         .await?;

@@ -74,7 +74,7 @@ pub fn new_job_id() -> String {
 /// `actor` is who submitted it, as the audit log names them.
 pub async fn submit(store: &Store, job: &NewJob, actor: &str) -> Result<(), StoreError> {
     let params_sha256 = hex::encode(Sha256::digest(job.params.as_bytes()));
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     sqlx::query(
         "INSERT INTO jobs (id, principal, module_sha256, world, mode, datasets, policy_sha256, params_sha256, params, limits, state, created_at) \
          VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
@@ -106,7 +106,7 @@ pub async fn submit(store: &Store, job: &NewJob, actor: &str) -> Result<(), Stor
 
 /// `queued → running`.
 pub async fn start(store: &Store, id: &str) -> Result<(), StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let updated = sqlx::query(
         "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
     )
@@ -145,7 +145,7 @@ pub async fn finish(
     privacy_cost: PrivacyCost,
     signer: &Signer,
 ) -> Result<Option<Receipt>, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let row = sqlx::query("SELECT state, module_sha256, world, mode, datasets, policy_sha256, params_sha256 FROM jobs WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -223,7 +223,7 @@ pub async fn finish(
 /// Mark jobs a crash left `queued` or `running` as `failed: interrupted`
 /// (they can be resubmitted). Returns how many.
 pub async fn recover_interrupted(store: &Store) -> Result<usize, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let ids: Vec<String> = sqlx::query_scalar(
         "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
     )
@@ -295,7 +295,7 @@ pub async fn of_principal(
 /// `queued → failed: cancelled`, before the job started. Returns false
 /// when the job is no longer queued.
 pub async fn cancel_queued(store: &Store, id: &str, actor: &str) -> Result<bool, StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let updated = sqlx::query("UPDATE jobs SET state = 'failed', category = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
         .bind(now())
         .bind(id)

@@ -71,4 +71,12 @@ impl Store {
     pub fn pool(&self) -> &SqlitePool {
         &self.pool
     }
+
+    /// Begin a transaction that writes. SQLite's `BEGIN IMMEDIATE` takes the
+    /// write lock at once, so concurrent appends to the audit chain are
+    /// serialised instead of failing at commit; this is the one place that
+    /// knows the dialect (a PostgreSQL store would lock the chain head).
+    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
 }

@@ -23,7 +23,7 @@ pub async fn record(
     tenant: &str,
     module: &ModuleInfo,
 ) -> Result<(), StoreError> {
-    let mut tx = store.pool().begin_with("BEGIN IMMEDIATE").await?;
+    let mut tx = store.begin_write().await?;
     let inserted = sqlx::query("INSERT INTO modules (tenant, sha256, world, size, name, uploaded_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING")
         .bind(tenant)
         .bind(&module.sha256)
