@@ -76,10 +76,7 @@ async fn main() {
     let n = 300;
     let started = Instant::now();
     for i in 0..n {
-        let mut tx = service
-            .store.begin_write()
-            .await
-            .unwrap();
+        let mut tx = service.store.begin_write().await.unwrap();
         audit::append(
             &mut tx,
             "bench",
@@ -179,7 +176,10 @@ async fn main() {
             .submit_job(&tiny, "aggregate", &datasets, tiny_params.clone())
             .await
             .unwrap();
-        let job = analyst.wait_job(&job.id, Duration::from_secs(30)).await.unwrap();
+        let job = analyst
+            .wait_job(&job.id, Duration::from_secs(30))
+            .await
+            .unwrap();
         assert_eq!(job.state, "released", "{job:?}");
         analyst.receipt(&job.id).await.unwrap();
         jobs.push(started.elapsed());
@@ -211,7 +211,10 @@ async fn main() {
                     .submit_job(&tiny, "aggregate", &datasets, params.clone())
                     .await
                     .unwrap();
-                let job = analyst.wait_job(&job.id, Duration::from_secs(120)).await.unwrap();
+                let job = analyst
+                    .wait_job(&job.id, Duration::from_secs(120))
+                    .await
+                    .unwrap();
                 assert_eq!(job.state, "released");
             }
         }));
@@ -267,7 +270,10 @@ async fn main() {
         );
     }
     for id in &ids {
-        let job = analyst.wait_job(id, Duration::from_secs(300)).await.unwrap();
+        let job = analyst
+            .wait_job(id, Duration::from_secs(300))
+            .await
+            .unwrap();
         assert_eq!(job.state, "released");
     }
     let (peak, _) = rss();

@@ -105,8 +105,9 @@ pub struct Service {
     pub catalog: Catalog,
     pub policies: PolicyStore,
     pub sandbox: Arc<Sandbox>,
-    /// Bumped whenever a job reaches a final state (long-poll waiters).
-    finished: tokio::sync::watch::Sender<u64>,
+    /// Long-poll waiters by job id; told when that job reaches a final
+    /// state (one wake-up per waiter of that job, not of every job).
+    waiters: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>>,
 }
 
 impl Service {
@@ -139,7 +140,7 @@ impl Service {
             catalog,
             policies,
             sandbox,
-            finished: tokio::sync::watch::Sender::new(0),
+            waiters: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -289,7 +290,9 @@ impl Service {
 
     /// Run a queued job to its end: `running`, the sandbox, then release
     /// (with receipt) or rejection/failure. If `cancel` completes first the
-    /// guest is stopped and the job ends `cancelled`.
+    /// guest is stopped and the job ends `cancelled`. Long-poll waiters are
+    /// woken by [`Service::announce_end`], which the caller invokes once it
+    /// has recorded what it needs (metrics).
     pub async fn execute(
         &self,
         job: QueuedJob,
@@ -322,7 +325,6 @@ impl Service {
             let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
             std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))?;
         }
-        self.notify_finished();
         Ok(JobResult {
             job_id: id.into(),
             execution,
@@ -334,7 +336,7 @@ impl Service {
     pub async fn cancel_queued(&self, id: &str, actor: &str) -> Result<bool, ServiceError> {
         let cancelled = jobs::cancel_queued(&self.store, id, actor).await?;
         if cancelled {
-            self.notify_finished();
+            self.notify_finished(id);
         }
         Ok(cancelled)
     }
@@ -343,17 +345,50 @@ impl Service {
     /// period).
     pub async fn interrupt_unfinished(&self) -> Result<usize, ServiceError> {
         let count = jobs::recover_interrupted(&self.store).await?;
-        self.notify_finished();
+        let waiting: Vec<String> = self.waiters().keys().cloned().collect();
+        for id in waiting {
+            self.notify_finished(&id);
+        }
         Ok(count)
     }
 
-    fn notify_finished(&self) {
-        self.finished.send_modify(|n| *n += 1);
+    fn waiters(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>,
+    > {
+        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// A receiver that changes whenever a job reaches a final state.
-    pub fn finished_events(&self) -> tokio::sync::watch::Receiver<u64> {
-        self.finished.subscribe()
+    /// Wake the long-poll waiters of a job that has ended.
+    pub fn announce_end(&self, id: &str) {
+        self.notify_finished(id);
+    }
+
+    fn notify_finished(&self, id: &str) {
+        if let Some(sender) = self.waiters().remove(id) {
+            let _ = sender.send(true);
+        }
+    }
+
+    /// A receiver that changes when job `id` reaches a final state. Take it
+    /// before reading the job's state, so no ending is missed; call
+    /// [`Service::stop_watching`] when done.
+    pub fn watch_job(&self, id: &str) -> tokio::sync::watch::Receiver<bool> {
+        self.waiters()
+            .entry(id.to_string())
+            .or_insert_with(|| tokio::sync::watch::Sender::new(false))
+            .subscribe()
+    }
+
+    /// Drop a waiter's registration (the entry goes with its last waiter).
+    pub fn stop_watching(&self, id: &str, receiver: tokio::sync::watch::Receiver<bool>) {
+        drop(receiver);
+        let mut waiters = self.waiters();
+        if waiters.get(id).is_some_and(|s| s.receiver_count() == 0) {
+            waiters.remove(id);
+        }
     }
 
     /// Run an `analysis` job in aggregate mode over catalog datasets,
@@ -383,7 +418,10 @@ impl Service {
                     .commit(&submitter, loaded, &versions, params.into())
                     .await?;
                 on_submitted(&job.id);
-                self.execute(job, std::future::pending()).await
+                let id = job.id.clone();
+                let result = self.execute(job, std::future::pending()).await;
+                self.announce_end(&id);
+                result
             }
             Err(error) => {
                 // Refused modules are still recorded: what was tried, by whom.

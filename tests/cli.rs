@@ -319,7 +319,11 @@ fn the_cli_drives_a_served_data_directory() {
         &["token", "create", "--role", "admin", "--tenant", "platform"],
         &data,
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let admin = String::from_utf8_lossy(&out.stdout).trim().to_string();
     let mut server = Command::new(env!("CARGO_BIN_EXE_dsb"))
         .args(["serve", "--listen", "127.0.0.1:0"])
@@ -370,7 +374,14 @@ fn the_cli_drives_a_served_data_directory() {
     let analyst = analyst.trim().to_string();
     let (code, _, stderr) = client(
         &admin,
-        &["grant", "add", "--tenant", "lab-a", "--dataset", "enterprises"],
+        &[
+            "grant",
+            "add",
+            "--tenant",
+            "lab-a",
+            "--dataset",
+            "enterprises",
+        ],
     );
     assert_eq!(code, Some(0), "{stderr}");
     // The analyst cannot do what admins do.
@@ -391,7 +402,10 @@ fn the_cli_drives_a_served_data_directory() {
         ],
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
-    assert!(stdout.contains("released: ok") && stdout.contains("Pudong"), "{stdout}");
+    assert!(
+        stdout.contains("released: ok") && stdout.contains("Pudong"),
+        "{stdout}"
+    );
     let job = stdout
         .split_whitespace()
         .nth(1)
@@ -406,10 +420,7 @@ fn the_cli_drives_a_served_data_directory() {
         &["receipt", "get", &job, "--out", receipt.to_str().unwrap()],
     );
     assert_eq!(code, Some(0), "{stderr}");
-    let (code, stdout, _) = client(
-        &analyst,
-        &["receipt", "verify", receipt.to_str().unwrap()],
-    );
+    let (code, stdout, _) = client(&analyst, &["receipt", "verify", receipt.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stdout}");
     assert!(stdout.starts_with(&format!("valid: job {job}")), "{stdout}");
     let (code, stdout, _) = client(&admin, &["audit", "verify"]);
@@ -423,5 +434,9 @@ fn the_cli_drives_a_served_data_directory() {
     assert!(status.success());
     let exit = server.wait().unwrap();
     assert!(exit.success(), "{exit:?}");
-    assert!(lines.map_while(Result::ok).any(|l| l.contains("dsb stopped")));
+    assert!(
+        lines
+            .map_while(Result::ok)
+            .any(|l| l.contains("dsb stopped"))
+    );
 }

@@ -279,7 +279,7 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
             let (status, _, bytes) = client
                 .raw(method.clone(), path, body.clone())
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("{method} {path} as {name}: {e:?}"));
             if status.as_u16() != *want {
                 failures.push(format!(
                     "{method} {path} as {name}: {status}, expected {want}: {}",
@@ -712,20 +712,35 @@ async fn the_server_signs_audit_checkpoints_periodically_and_at_shutdown() {
     server.admin.grant("lab-a", "enterprises").await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let store = server.service.store.clone();
-    while datasandbox::store::audit::checkpoints(&store).await.unwrap().is_empty() {
-        assert!(std::time::Instant::now() < deadline, "no periodic checkpoint");
+    while datasandbox::store::audit::checkpoints(&store)
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no periodic checkpoint"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // With nothing new, no new checkpoint.
     tokio::time::sleep(Duration::from_millis(600)).await;
-    let idle = datasandbox::store::audit::checkpoints(&store).await.unwrap().len();
+    let idle = datasandbox::store::audit::checkpoints(&store)
+        .await
+        .unwrap()
+        .len();
     tokio::time::sleep(Duration::from_millis(600)).await;
     assert_eq!(
-        datasandbox::store::audit::checkpoints(&store).await.unwrap().len(),
+        datasandbox::store::audit::checkpoints(&store)
+            .await
+            .unwrap()
+            .len(),
         idle
     );
     server.stop().await.unwrap();
-    let after = datasandbox::store::audit::checkpoints(&store).await.unwrap();
+    let after = datasandbox::store::audit::checkpoints(&store)
+        .await
+        .unwrap();
     assert_eq!(after.len(), idle + 1, "shutdown signs the head");
     assert!(server.service.verify_audit().await.unwrap().is_ok());
 }

@@ -221,6 +221,7 @@ impl JobQueue {
                 )) => {} // cancelled or interrupted meanwhile
                 Err(error) => tracing::error!(job = %id, %error, "job failed in the host"),
             }
+            queue.service.announce_end(&id);
             queue.metrics.running.dec();
             queue.forget(&id);
             queue.release(&tenant, false);

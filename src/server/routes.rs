@@ -95,10 +95,14 @@ pub struct UploadQuery {
     ))]
 pub async fn upload_module(
     State(state): State<AppState>,
-    caller: Caller,
+    // Authentication is checked after the body is read: answering 401 in
+    // the middle of a large upload closes the connection under a client
+    // that is still sending, which then sees a reset instead of the error.
+    caller: Result<Caller, ApiError>,
     ApiQuery(query): ApiQuery<UploadQuery>,
     body: Bytes,
 ) -> ApiResult<(StatusCode, ApiJson<ModuleInfo>)> {
+    let caller = caller?;
     if query.name.as_ref().is_some_and(|n| n.len() > 200) {
         return Err(ApiError::bad_request(
             "bad-query",
@@ -274,16 +278,22 @@ pub async fn show_job(
     ApiPath(id): ApiPath<String>,
     ApiQuery(query): ApiQuery<WaitQuery>,
 ) -> ApiResult<ApiJson<JobView>> {
-    let mut events = state.service.finished_events();
-    let mut job = own_job(&state, &caller, &id).await?;
     let wait = Duration::from_secs(query.wait.unwrap_or(0)).min(MAX_WAIT);
+    let mut job = own_job(&state, &caller, &id).await?;
+    if job.is_final() || wait.is_zero() {
+        return Ok(ApiJson(JobView::from(&job)));
+    }
+    let mut ended = state.service.watch_job(&id);
     let deadline = tokio::time::Instant::now() + wait;
+    // Re-read after registering, so an ending in between is not missed.
+    job = own_job(&state, &caller, &id).await?;
     while !job.is_final() {
-        match tokio::time::timeout_at(deadline, events.changed()).await {
+        match tokio::time::timeout_at(deadline, ended.changed()).await {
             Ok(Ok(())) => job = own_job(&state, &caller, &id).await?,
             _ => break,
         }
     }
+    state.service.stop_watching(&id, ended);
     Ok(ApiJson(JobView::from(&job)))
 }
 

@@ -76,7 +76,9 @@ impl Store {
     /// write lock at once, so concurrent appends to the audit chain are
     /// serialised instead of failing at commit; this is the one place that
     /// knows the dialect (a PostgreSQL store would lock the chain head).
-    pub async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    pub async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }
