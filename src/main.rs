@@ -1008,9 +1008,9 @@ async fn local_token(command: cli::TokenCommand, data_dir: &std::path::Path) -> 
         cli::TokenCommand::Create {
             role,
             tenant,
-            expires_in,
+            expires,
         } => {
-            let expires_at = expires_in.map(|s| datasandbox::store::now() + s);
+            let expires_at = expires.map(|d| datasandbox::store::now() + d.as_secs() as i64);
             let (info, token) =
                 accounts::create_token(&store, "operator", role, &tenant, expires_at).await?;
             println!("{token}");

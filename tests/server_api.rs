@@ -744,3 +744,49 @@ async fn the_server_signs_audit_checkpoints_periodically_and_at_shutdown() {
     assert_eq!(after.len(), idle + 1, "shutdown signs the head");
     assert!(server.service.verify_audit().await.unwrap().is_ok());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_requests_time_out_with_a_json_error() {
+    let server = TestServer::start_with(|c| {
+        c.request_timeout = Duration::from_secs(4);
+        c.concurrency = 1;
+    })
+    .await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let hostile = analyst.upload_module(guest("hostile"), None).await.unwrap();
+    // Spinning jobs one after another: the last stays unfinished for
+    // longer than the request timeout.
+    let mut jobs = Vec::new();
+    for _ in 0..4 {
+        jobs.push(
+            analyst
+                .submit_job(
+                    &hostile.sha256,
+                    "aggregate",
+                    &["enterprises".into()],
+                    serde_json::json!({"attack": "loop"}),
+                )
+                .await
+                .unwrap()
+                .id,
+        );
+    }
+    // A long-poll longer than the request timeout is cut at the timeout.
+    let started = std::time::Instant::now();
+    let (status, _, body) = analyst
+        .raw(Method::GET, &format!("/v1/jobs/{}?wait=25", jobs[3]), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        String::from_utf8_lossy(&body)
+    );
+    assert_eq!(error_code(&body), "request-timeout");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    for id in &jobs {
+        let _ = analyst.cancel_job(id).await;
+    }
+}

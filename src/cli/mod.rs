@@ -34,9 +34,9 @@ pub enum TokenCommand {
         role: Role,
         #[arg(long)]
         tenant: String,
-        /// Expiry, as seconds from now.
-        #[arg(long)]
-        expires_in: Option<i64>,
+        /// Lifetime from now: `90d`, `12h`, `30min`…
+        #[arg(long, value_parser = humantime::parse_duration)]
+        expires: Option<Duration>,
     },
     List,
     Revoke {
@@ -262,9 +262,9 @@ impl Remote {
             TokenCommand::Create {
                 role,
                 tenant,
-                expires_in,
+                expires,
             } => {
-                let expires_at = expires_in.map(|s| datasandbox::store::now() + s);
+                let expires_at = expires.map(|d| datasandbox::store::now() + d.as_secs() as i64);
                 let created = self.client.create_token(role, &tenant, expires_at).await?;
                 self.print(&created, |c| {
                     println!("{}", c.token);
