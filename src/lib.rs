@@ -15,6 +15,7 @@
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
+//! - [`scoring`]: scoring mode: subjects' authorisations, scoring policies, per-subject fresh instances.
 //! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
 //! - [`store`]: the SQLite store: durable jobs, modules and the hash-chained audit log.
 //! - [`accounts`]: API tokens (roles, tenants) and dataset grants.
@@ -35,6 +36,7 @@ pub mod query;
 pub mod receipt;
 pub mod sample_data;
 pub mod sandbox;
+pub mod scoring;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -53,6 +53,8 @@ pub enum ServiceError {
     NoDatasets,
     #[error("params must be at most {max} bytes of JSON")]
     Params { max: usize },
+    #[error("scoring: {0}")]
+    Scoring(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -492,6 +494,13 @@ impl Service {
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
+    }
+
+    /// The scoring policies (`<policies>/scoring/*.toml`), read afresh.
+    pub fn scoring_policies(&self) -> Result<Vec<crate::scoring::ScoringPolicy>, ServiceError> {
+        Ok(crate::scoring::policy::load_dir(
+            &self.policies.dir().join("scoring"),
+        )?)
     }
 
     /// Verify the audit chain and its checkpoints.

@@ -249,6 +249,38 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
             [401, 401, 201, 403, 403, 403, 403],
         ),
         (
+            Method::GET,
+            "/v1/authorisations".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/authorisations".into(),
+            json(serde_json::json!([])),
+            [401, 401, 201, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/authorisations/import".into(),
+            Some(("text/csv", b"subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri\n".to_vec())),
+            [401, 401, 201, 403, 403, 403, 403],
+        ),
+        (
+            Method::DELETE,
+            "/v1/authorisations/none".into(),
+            None,
+            [401, 401, 404, 403, 403, 403, 403],
+        ),
+        // Scoring is for institutions; this one is named by no scoring
+        // policy, so the policy is not found.
+        (
+            Method::POST,
+            "/v1/scoring".into(),
+            json(serde_json::json!({ "module": module, "policy": "credit-risk", "subjects": ["x"] })),
+            [401, 401, 403, 403, 403, 403, 404],
+        ),
+        (
             Method::DELETE,
             format!("/v1/tokens/{revocable}"),
             None,

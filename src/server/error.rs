@@ -215,7 +215,8 @@ impl From<ServiceError> for ApiError {
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::UnsupportedMode(_)
             | ServiceError::NoDatasets
-            | ServiceError::Params { .. }) => ApiError::bad_request("bad-job", error.to_string()),
+            | ServiceError::Params { .. }
+            | ServiceError::Scoring(_)) => ApiError::bad_request("bad-job", error.to_string()),
             other => ApiError::internal(other),
         }
     }

@@ -82,7 +82,14 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::audit_verify))
         .routes(routes!(routes::audit_checkpoint))
         .routes(routes!(routes::create_token, routes::list_tokens))
-        .routes(routes!(routes::revoke_token));
+        .routes(routes!(routes::revoke_token))
+        .routes(routes!(
+            routes::add_authorisations,
+            routes::list_authorisations
+        ))
+        .routes(routes!(routes::import_authorisations))
+        .routes(routes!(routes::revoke_authorisation))
+        .routes(routes!(routes::score));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router

@@ -1,0 +1,402 @@
+//! Scoring mode ("algorithm front-loading"): an institution's `scorer`
+//! module runs at the data holder, one fresh instance per authorised
+//! subject, over that subject's rows only; the host clamps and buckets the
+//! number and releases it with a signed receipt.
+//!
+//! A batch is one durable job (mode `scoring`). For each subject, in order:
+//! the authorisation is checked (subject × institution × purpose × every
+//! dataset × now); a refusal is `not-authorised` whether or not the subject
+//! exists, and no data is read for it. The covered datasets are read once
+//! per batch (only the policy's columns and the subject key) and split by
+//! subject in memory; each authorised subject's rows go to a new instance.
+//! The daily cap stops a batch cleanly: what was scored is released, the
+//! rest is reported `cap-reached`.
+
+pub mod authorisations;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
+use datafusion::arrow::compute::{cast, take_record_batch};
+use datafusion::arrow::datatypes::DataType;
+use serde::{Deserialize, Serialize};
+
+pub use policy::ScoringPolicy;
+
+use crate::catalog::DatasetVersion;
+use crate::policy::Mode;
+use crate::receipt::{DatasetRef, PrivacyCost, Receipt};
+use crate::sandbox::{Category, GuestCall, JobEnv, Limits, Output, Returned, World};
+use crate::service::{Service, ServiceError, Submitter};
+use crate::store::{StoreError, jobs, modules, now};
+
+/// Most subjects one batch may carry.
+pub const MAX_SUBJECTS: usize = 100_000;
+
+/// A scoring request.
+#[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ScoreRequest {
+    /// SHA-256 of an uploaded `scorer` module.
+    pub module: String,
+    /// The scoring policy's name.
+    pub policy: String,
+    pub subjects: Vec<String>,
+    /// Handed to the scorer as JSON text.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: serde_json::Value,
+}
+
+/// One subject's outcome.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct SubjectScore {
+    pub subject: String,
+    /// `scored`, `not-authorised`, `cap-reached`, `invalid-score` or the
+    /// guest's category (`out-of-fuel`, `guest-error`, …).
+    pub outcome: String,
+    /// The clamped, bucketed score when `scored`.
+    pub score: Option<f64>,
+}
+
+/// A finished batch.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScoreBatch {
+    pub job_id: String,
+    pub results: Vec<SubjectScore>,
+    /// Signed over the released scores (absent when none was released).
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Receipt>,
+}
+
+/// Rows per subject of one dataset, as Arrow IPC without the subject key.
+struct SubjectRows {
+    id: String,
+    by_subject: HashMap<String, Vec<u8>>,
+    empty: Vec<u8>,
+}
+
+async fn load_rows(
+    version: &DatasetVersion,
+    columns: &[String],
+    subjects: &[&str],
+) -> Result<SubjectRows, ServiceError> {
+    let key = version.manifest.privacy_unit.clone();
+    for column in columns {
+        if *column == key || !version.manifest.columns.iter().any(|c| &c.name == column) {
+            return Err(ServiceError::Scoring(format!(
+                "the scoring policy names column {column:?}, which {} does not offer",
+                version.id
+            )));
+        }
+    }
+    let policies = crate::policy::PolicySet::default();
+    let source = version.job_table(&policies);
+    let (_, batches) = crate::query::read_table(&source)
+        .await
+        .map_err(|e| ServiceError::Scoring(format!("reading {}: {e}", version.id)))?;
+    let wanted: std::collections::HashSet<&str> = subjects.iter().copied().collect();
+    let mut parts: HashMap<String, Vec<RecordBatch>> = HashMap::new();
+    let mut empty_schema = None;
+    for batch in &batches {
+        let projected = batch
+            .project(
+                &columns
+                    .iter()
+                    .map(|c| batch.schema().index_of(c))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| ServiceError::Scoring(e.to_string()))?,
+            )
+            .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+        empty_schema.get_or_insert_with(|| projected.schema());
+        let keys = cast(
+            batch.column_by_name(&key).expect("the key column"),
+            &DataType::Utf8,
+        )
+        .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+        let keys = keys
+            .as_any()
+            .downcast_ref::<StringArray>()
+            .expect("cast to Utf8");
+        let mut rows: HashMap<&str, Vec<u32>> = HashMap::new();
+        for i in 0..keys.len() {
+            if keys.is_valid(i) && wanted.contains(keys.value(i)) {
+                rows.entry(keys.value(i)).or_default().push(i as u32);
+            }
+        }
+        for (subject, indices) in rows {
+            let part = take_record_batch(&projected, &UInt32Array::from(indices))
+                .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+            parts.entry(subject.to_string()).or_default().push(part);
+        }
+    }
+    let schema = match empty_schema {
+        Some(schema) => schema,
+        None => Arc::new(
+            source
+                .schema
+                .as_ref()
+                .expect("catalog tables carry their schema")
+                .project(
+                    &columns
+                        .iter()
+                        .filter_map(|c| source.schema.as_ref()?.index_of(c).ok())
+                        .collect::<Vec<_>>(),
+                )
+                .map_err(|e| ServiceError::Scoring(e.to_string()))?,
+        ),
+    };
+    let encode = |schema, batches: &[RecordBatch]| {
+        crate::arrow_ipc::encode(schema, batches).map_err(|e| ServiceError::Scoring(e.to_string()))
+    };
+    let mut by_subject = HashMap::new();
+    for (subject, batches) in parts {
+        by_subject.insert(subject, encode(&schema, &batches)?);
+    }
+    Ok(SubjectRows {
+        id: version.id.clone(),
+        by_subject,
+        empty: encode(&schema, &[])?,
+    })
+}
+
+fn day(at: i64) -> i64 {
+    at.div_euclid(86_400)
+}
+
+/// Subjects this institution has had scored today.
+async fn used_today(service: &Service, tenant: &str) -> Result<u64, StoreError> {
+    let used: Option<i64> =
+        sqlx::query_scalar("SELECT scored FROM scoring_usage WHERE tenant = ? AND day = ?")
+            .bind(tenant)
+            .bind(day(now()))
+            .fetch_optional(service.store.pool())
+            .await?;
+    Ok(used.unwrap_or(0) as u64)
+}
+
+async fn add_usage(service: &Service, tenant: &str, scored: u64) -> Result<(), StoreError> {
+    let mut tx = service.store.begin_write().await?;
+    let today = day(now());
+    let updated =
+        sqlx::query("UPDATE scoring_usage SET scored = scored + ? WHERE tenant = ? AND day = ?")
+            .bind(scored as i64)
+            .bind(tenant)
+            .bind(today)
+            .execute(&mut *tx)
+            .await?;
+    if updated.rows_affected() == 0 {
+        sqlx::query("INSERT INTO scoring_usage (tenant, day, scored) VALUES (?, ?, ?)")
+            .bind(tenant)
+            .bind(today)
+            .bind(scored as i64)
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    Ok(())
+}
+
+/// Score a batch of subjects for `submitter`'s institution.
+pub async fn score(
+    service: &Service,
+    submitter: &Submitter,
+    request: ScoreRequest,
+) -> Result<ScoreBatch, ServiceError> {
+    if request.subjects.is_empty() || request.subjects.len() > MAX_SUBJECTS {
+        return Err(ServiceError::Scoring(format!(
+            "subjects: 1 to {MAX_SUBJECTS} per batch"
+        )));
+    }
+    let policy = service
+        .scoring_policies()?
+        .into_iter()
+        .find(|p| p.name == request.policy && p.institutions.contains(&submitter.tenant))
+        .ok_or_else(|| ServiceError::NoAccess(format!("scoring policy {}", request.policy)))?;
+    if modules::get(&service.store, &submitter.tenant, &request.module)
+        .await?
+        .is_none()
+    {
+        return Err(ServiceError::UnknownModule(request.module));
+    }
+    let module = service
+        .sandbox
+        .module_by_hash(&request.module)?
+        .ok_or_else(|| ServiceError::UnknownModule(request.module.clone()))?;
+    if module.world != World::Scorer {
+        return Err(ServiceError::WrongWorld {
+            module: request.module,
+            world: module.world.name().into(),
+            mode: "scoring".into(),
+        });
+    }
+    let dataset_policies = service.policies.current();
+    let mut versions = Vec::new();
+    for dataset in &policy.datasets {
+        let version = service.catalog.get(&dataset.id)?;
+        if !dataset_policies
+            .policy_for(&version.id)
+            .is_some_and(|p| p.allows(Mode::Scoring))
+        {
+            return Err(ServiceError::Scoring(format!(
+                "the policy of {} does not allow the scoring mode",
+                version.id
+            )));
+        }
+        versions.push(version);
+    }
+    let params = match request.params {
+        serde_json::Value::Null => "{}".to_string(),
+        value => value.to_string(),
+    };
+
+    // Authorisations first; data is read only for authorised subjects.
+    let at = now();
+    let covered = policy.dataset_ids();
+    let mut authorised = Vec::with_capacity(request.subjects.len());
+    for subject in &request.subjects {
+        authorised.push(
+            authorisations::is_authorised(
+                &service.store,
+                subject,
+                &submitter.tenant,
+                &policy.purpose,
+                &covered,
+                at,
+            )
+            .await?,
+        );
+    }
+    let wanted: Vec<&str> = request
+        .subjects
+        .iter()
+        .zip(&authorised)
+        .filter(|(_, ok)| **ok)
+        .map(|(s, _)| s.as_str())
+        .collect();
+    let mut tables = Vec::new();
+    for (version, dataset) in versions.iter().zip(&policy.datasets) {
+        tables.push(load_rows(version, &dataset.columns, &wanted).await?);
+    }
+
+    let job = jobs::NewJob {
+        id: jobs::new_job_id(),
+        principal: submitter.tenant.clone(),
+        module_sha256: module.hash.clone(),
+        world: module.world.to_string(),
+        mode: "scoring".into(),
+        datasets: versions
+            .iter()
+            .map(|v| DatasetRef {
+                id: v.id.clone(),
+                version: v.hash.clone(),
+            })
+            .collect(),
+        policy_sha256: Some(policy.hash.clone()),
+        params: params.clone(),
+        limits: Limits::default(),
+    };
+    jobs::submit(&service.store, &job, &submitter.actor).await?;
+    jobs::start(&service.store, &job.id).await?;
+
+    let cap_left = match policy.daily_cap {
+        Some(cap) => Some(cap.saturating_sub(used_today(service, &submitter.tenant).await?)),
+        None => None,
+    };
+    let mut results = Vec::with_capacity(request.subjects.len());
+    let mut outputs = Vec::new();
+    let mut scored = 0u64;
+    for (index, (subject, ok)) in request.subjects.iter().zip(&authorised).enumerate() {
+        if !ok {
+            results.push(SubjectScore {
+                subject: subject.clone(),
+                outcome: "not-authorised".into(),
+                score: None,
+            });
+            continue;
+        }
+        if let Some(cap) = cap_left
+            && scored >= cap
+        {
+            results.extend(
+                request.subjects[index..]
+                    .iter()
+                    .zip(&authorised[index..])
+                    .map(|(s, ok)| SubjectScore {
+                        subject: s.clone(),
+                        outcome: if *ok { "cap-reached" } else { "not-authorised" }.into(),
+                        score: None,
+                    }),
+            );
+            break;
+        }
+        let rows = tables
+            .iter()
+            .map(|t| {
+                (
+                    t.id.clone(),
+                    t.by_subject.get(subject).unwrap_or(&t.empty).clone(),
+                )
+            })
+            .collect();
+        // A fresh instance per subject: nothing carries over between them.
+        let mut env = JobEnv::new(format!("{}-{index}", job.id));
+        env.limits = Limits::default();
+        let execution = service
+            .sandbox
+            .run(
+                &module,
+                &env,
+                GuestCall::Score {
+                    rows,
+                    params: params.clone(),
+                },
+            )
+            .await;
+        let (outcome, value) = match (&execution.category, &execution.returned) {
+            (Category::Ok, Some(Returned::Number(n))) => match policy.bucket(*n) {
+                Some(bucketed) => ("scored".to_string(), Some(bucketed)),
+                None => ("invalid-score".to_string(), None),
+            },
+            (Category::Ok, _) => ("invalid-score".to_string(), None),
+            (category, _) => (category.code().to_string(), None),
+        };
+        if let Some(value) = value {
+            scored += 1;
+            outputs.push(Output::Value {
+                name: subject.clone(),
+                value,
+            });
+        }
+        results.push(SubjectScore {
+            subject: subject.clone(),
+            outcome,
+            score: value,
+        });
+    }
+    if scored > 0 {
+        add_usage(service, &submitter.tenant, scored).await?;
+    }
+    let category = if outputs.is_empty() {
+        Category::PolicyRejected("no-score: no subject was scored".into())
+    } else {
+        Category::Ok
+    };
+    let receipt = jobs::finish(
+        &service.store,
+        &job.id,
+        &category,
+        &outputs,
+        PrivacyCost::default(),
+        &service.keys.signer()?,
+    )
+    .await?;
+    service.announce_end(&job.id);
+    Ok(ScoreBatch {
+        job_id: job.id,
+        results,
+        receipt,
+    })
+}

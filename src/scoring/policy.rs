@@ -1,0 +1,222 @@
+//! Scoring policies (`policies/scoring/*.toml`): which institutions may
+//! score for which purpose, which datasets and columns a scorer reads, the
+//! output range and bucketing, and the per-institution caps. Errors name
+//! `file:line`.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use toml::Spanned;
+
+use crate::policy::{PolicyDiagnostic, PolicyError, line_of};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct File {
+    name: Spanned<String>,
+    institutions: Vec<String>,
+    purpose: String,
+    range: Spanned<[f64; 2]>,
+    step: Spanned<f64>,
+    #[serde(default)]
+    per_minute: Option<u32>,
+    #[serde(default)]
+    daily_cap: Option<u64>,
+    datasets: Spanned<Vec<DatasetColumns>>,
+}
+
+/// The columns a scorer reads from one dataset.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatasetColumns {
+    pub id: String,
+    pub columns: Vec<String>,
+}
+
+/// A checked scoring policy.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ScoringPolicy {
+    pub name: String,
+    pub institutions: Vec<String>,
+    pub purpose: String,
+    pub min: f64,
+    pub max: f64,
+    /// Released scores are multiples of `step` from `min`.
+    pub step: f64,
+    /// Subjects per minute per institution (none: no limit).
+    pub per_minute: Option<u32>,
+    /// Subjects per day per institution (none: no cap).
+    pub daily_cap: Option<u64>,
+    pub datasets: Vec<DatasetColumns>,
+    pub hash: String,
+    pub source: PathBuf,
+}
+
+impl ScoringPolicy {
+    /// Clamp to the range and round to the nearest step. `None` for a
+    /// value that is not a number.
+    pub fn bucket(&self, score: f64) -> Option<f64> {
+        if !score.is_finite() {
+            return None;
+        }
+        let clamped = score.clamp(self.min, self.max);
+        let steps = ((clamped - self.min) / self.step).round();
+        Some((self.min + steps * self.step).min(self.max))
+    }
+
+    pub fn dataset_ids(&self) -> Vec<String> {
+        self.datasets.iter().map(|d| d.id.clone()).collect()
+    }
+}
+
+/// Load every `*.toml` in `dir` (a missing directory is no policies).
+pub fn load_dir(dir: &Path) -> Result<Vec<ScoringPolicy>, PolicyError> {
+    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+            .collect(),
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(error) => {
+            return Err(PolicyError(vec![PolicyDiagnostic {
+                file: dir.to_path_buf(),
+                line: 0,
+                message: format!("cannot read the scoring policy directory: {error}"),
+            }]));
+        }
+    };
+    files.sort();
+    let mut policies: Vec<ScoringPolicy> = Vec::new();
+    let mut problems = Vec::new();
+    for file in files {
+        match parse(&file) {
+            Ok(policy) if policies.iter().any(|p| p.name == policy.name) => {
+                problems.push(PolicyDiagnostic {
+                    file,
+                    line: 1,
+                    message: format!("a second scoring policy named {:?}", policy.name),
+                })
+            }
+            Ok(policy) => policies.push(policy),
+            Err(mut found) => problems.append(&mut found),
+        }
+    }
+    if problems.is_empty() {
+        Ok(policies)
+    } else {
+        Err(PolicyError(problems))
+    }
+}
+
+fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
+    let diagnostic = |line: usize, message: String| PolicyDiagnostic {
+        file: file.to_path_buf(),
+        line,
+        message,
+    };
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| vec![diagnostic(0, format!("cannot read: {e}"))])?;
+    let parsed: File = toml::from_str(&text).map_err(|e| {
+        let line = e.span().map_or(1, |s| line_of(&text, s.start));
+        vec![diagnostic(line, e.message().to_string())]
+    })?;
+    let at = |span: std::ops::Range<usize>| line_of(&text, span.start);
+    let mut problems = Vec::new();
+    let [min, max] = *parsed.range.get_ref();
+    if !(min.is_finite() && max.is_finite() && min < max) {
+        problems.push(diagnostic(
+            at(parsed.range.span()),
+            "range: two finite numbers, the lower first".into(),
+        ));
+    }
+    let step = *parsed.step.get_ref();
+    if !(step.is_finite() && step > 0.0 && step <= max - min) {
+        problems.push(diagnostic(
+            at(parsed.step.span()),
+            "step: a positive number no larger than the range".into(),
+        ));
+    }
+    if parsed.datasets.get_ref().is_empty()
+        || parsed
+            .datasets
+            .get_ref()
+            .iter()
+            .any(|d| d.columns.is_empty())
+    {
+        problems.push(diagnostic(
+            at(parsed.datasets.span()),
+            "datasets: at least one, each with at least one column".into(),
+        ));
+    }
+    if parsed.institutions.is_empty() {
+        problems.push(diagnostic(
+            at(parsed.name.span()),
+            "institutions: name at least one tenant".into(),
+        ));
+    }
+    if !problems.is_empty() {
+        return Err(problems);
+    }
+    Ok(ScoringPolicy {
+        name: parsed.name.into_inner(),
+        institutions: parsed.institutions,
+        purpose: parsed.purpose,
+        min,
+        max,
+        step,
+        per_minute: parsed.per_minute,
+        daily_cap: parsed.daily_cap,
+        datasets: parsed.datasets.into_inner(),
+        hash: hex::encode(Sha256::digest(text.as_bytes())),
+        source: file.to_path_buf(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(min: f64, max: f64, step: f64) -> ScoringPolicy {
+        ScoringPolicy {
+            name: "t".into(),
+            institutions: vec!["bank".into()],
+            purpose: "credit-assessment".into(),
+            min,
+            max,
+            step,
+            per_minute: None,
+            daily_cap: None,
+            datasets: vec![],
+            hash: String::new(),
+            source: PathBuf::new(),
+        }
+    }
+
+    #[test]
+    fn buckets_clamp_round_and_refuse_non_numbers() {
+        let p = policy(0.0, 1000.0, 10.0);
+        assert_eq!(p.bucket(123.4), Some(120.0));
+        assert_eq!(p.bucket(125.0), Some(130.0));
+        assert_eq!(p.bucket(-5.0), Some(0.0));
+        assert_eq!(p.bucket(1e300), Some(1000.0));
+        assert_eq!(p.bucket(f64::NAN), None);
+        assert_eq!(p.bucket(f64::INFINITY), None);
+        let odd = policy(0.0, 1000.0, 300.0);
+        assert_eq!(odd.bucket(990.0), Some(900.0));
+        assert_eq!(odd.bucket(1000.0), Some(900.0));
+    }
+
+    #[test]
+    fn bad_files_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "name = \"a\"\ninstitutions = [\"bank\"]\npurpose = \"credit-assessment\"\nrange = [10, 0]\nstep = 5\ndatasets = [{ id = \"tax_records\", columns = [\"tax_paid\"] }]\n",
+        )
+        .unwrap();
+        let error = load_dir(dir.path()).unwrap_err();
+        assert_eq!(error.0[0].line, 4, "{:?}", error.0);
+        assert!(error.0[0].message.contains("range"));
+    }
+}

@@ -1,0 +1,307 @@
+//! Scoring mode over real HTTP: authorisations decide who is scored, each
+//! subject gets a fresh instance over its own rows only, scores are clamped
+//! and bucketed, and refusals look the same for existing and absent
+//! subjects.
+
+mod common;
+
+use common::{TestServer, guest, samples};
+use datasandbox::accounts::Role;
+use datasandbox::client::Client;
+use datasandbox::receipt::Receipt;
+use datasandbox::scoring::ScoreBatch;
+use datasandbox::store::now;
+use reqwest::Method;
+
+const CONSENT: &str = "5f2b9a0c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f3a2b1c0d9e8f7a6b5c4d3e2f1a";
+
+fn authorisation(
+    subject: &str,
+    tenant: &str,
+    purpose: &str,
+    from: i64,
+    until: i64,
+) -> serde_json::Value {
+    serde_json::json!({
+        "subject": subject,
+        "tenant": tenant,
+        "purpose": purpose,
+        "datasets": ["tax_records", "enterprises"],
+        "valid_from": from,
+        "valid_until": until,
+        "consent_sha256": CONSENT,
+        "consent_uri": format!("consents/{subject}.pdf"),
+    })
+}
+
+/// The first `n` enterprise ids and their employee counts.
+fn enterprises(n: usize) -> Vec<(String, f64)> {
+    std::fs::read_to_string(samples().join("enterprises.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+        .take(n)
+        .map(|line| {
+            let fields: Vec<&str> = line.split(',').collect();
+            (fields[0].to_string(), fields[5].parse().unwrap())
+        })
+        .collect()
+}
+
+async fn score(
+    client: &Client,
+    module: &str,
+    subjects: &[&str],
+    params: serde_json::Value,
+) -> ScoreBatch {
+    let body = serde_json::json!({
+        "module": module, "policy": "credit-risk", "subjects": subjects, "params": params,
+    });
+    let (status, _, bytes) = client
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike() {
+    let mut server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let other_bank = server.client(Role::Institution, "demo-bank").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let ids = enterprises(6);
+    let t = now();
+    let terms = serde_json::json!([
+        authorisation(&ids[0].0, "bank-d", "credit-assessment", t - 10, t + 3600),
+        authorisation(&ids[1].0, "bank-d", "credit-assessment", t - 10, t + 3600),
+        authorisation(&ids[2].0, "bank-d", "credit-assessment", t - 10, t + 3600),
+        authorisation(&ids[3].0, "bank-d", "credit-assessment", t - 3600, t - 10),
+        authorisation(&ids[4].0, "bank-d", "marketing", t - 10, t + 3600),
+        authorisation(
+            &ids[5].0,
+            "demo-bank",
+            "credit-assessment",
+            t - 10,
+            t + 3600
+        ),
+        authorisation(
+            "913199999999999999",
+            "bank-d",
+            "marketing",
+            t - 10,
+            t + 3600
+        ),
+    ]);
+    let (status, _, bytes) = server
+        .admin
+        .raw(
+            Method::POST,
+            "/v1/authorisations",
+            Some(("application/json", terms.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
+    let added: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+    // Revoke the third at once.
+    let (status, _, _) = server
+        .admin
+        .raw(
+            Method::DELETE,
+            &format!("/v1/authorisations/{}", added[2]["id"].as_str().unwrap()),
+            None,
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 204);
+
+    let subjects: Vec<&str> = ids
+        .iter()
+        .map(|(id, _)| id.as_str())
+        .chain(["913199999999999999", "no-such-enterprise"])
+        .collect();
+    let batch = score(
+        &bank,
+        &scorer,
+        &subjects,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    // Scored: the employees of the subject, rounded to the policy's step.
+    for ((id, employees), result) in ids.iter().zip(&batch.results).take(2) {
+        let expected = (employees / 10.0).round() * 10.0;
+        assert_eq!(result.outcome, "scored");
+        assert_eq!(result.score, Some(expected.min(1000.0)), "{id}");
+    }
+    // Revoked, expired, wrong purpose, another institution's, a subject not
+    // in the data, a subject never authorised: one answer for all.
+    assert_eq!(batch.results.len(), 8);
+    for (subject, result) in subjects.iter().zip(&batch.results).skip(2) {
+        assert_eq!(result.subject, *subject);
+        assert_eq!(result.outcome, "not-authorised", "{subject}");
+        assert_eq!(result.score, None);
+    }
+    // The receipt covers exactly the released scores.
+    let receipt: Receipt = batch.receipt.clone().unwrap();
+    let keys = bank.keys().await.unwrap();
+    let released = serde_json::json!([
+        { "kind": "value", "name": ids[0].0, "value": batch.results[0].score },
+        { "kind": "value", "name": ids[1].0, "value": batch.results[1].score },
+    ]);
+    Receipt::verify(
+        &serde_json::to_vec(&receipt).unwrap(),
+        &keys,
+        Some(&released),
+    )
+    .unwrap();
+    assert_eq!(receipt.body.mode, "scoring");
+    // The other institution can score only its own authorised subject.
+    let other = other_bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let batch = score(
+        &other_bank,
+        &other,
+        &[&ids[0].0, &ids[5].0],
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    assert_eq!(batch.results[0].outcome, "not-authorised");
+    assert_eq!(batch.results[1].outcome, "scored");
+    // Analysts cannot score; a policy not naming the institution is a 404.
+    let analyst = server.client(Role::Analyst, "bank-d").await;
+    let (status, _, _) = analyst
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some((
+                "application/json",
+                serde_json::json!({"module": scorer, "policy": "credit-risk", "subjects": ["x"]})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let stranger = server.client(Role::Institution, "bank-x").await;
+    let (status, _, _) = stranger
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some((
+                "application/json",
+                serde_json::json!({"module": scorer, "policy": "credit-risk", "subjects": ["x"]})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    // Every authorisation change is audited.
+    let actions: Vec<String> = datasandbox::store::audit::entries(&server.service.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(
+        actions
+            .iter()
+            .filter(|a| *a == "authorisation.added")
+            .count(),
+        7
+    );
+    assert!(actions.contains(&"authorisation.revoked".to_string()));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let probe = bank
+        .upload_module(guest("scorer_probe"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let ids = enterprises(20);
+    let t = now();
+    let csv = std::iter::once("subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri".to_string())
+        .chain(ids.iter().map(|(id, _)| {
+            format!("{id},bank-d,credit-assessment,tax_records;enterprises,{},{},{CONSENT},consents/{id}.pdf", t - 10, t + 3600)
+        }))
+        .collect::<Vec<_>>()
+        .join("\n");
+    let (status, _, bytes) = server
+        .admin
+        .raw(
+            Method::POST,
+            "/v1/authorisations/import",
+            Some(("text/csv", csv.into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
+    let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    // A static counter never passes 1: no state survives between subjects.
+    let batch = score(
+        &bank,
+        &probe,
+        &subjects,
+        serde_json::json!({"return": "counter"}),
+    )
+    .await;
+    assert_eq!(batch.results.len(), 20);
+    for result in &batch.results {
+        assert_eq!(
+            (result.outcome.as_str(), result.score),
+            ("scored", Some(100.0))
+        );
+    }
+    // Each subject sees only its own rows: 8 quarters of tax records and
+    // its one register row, from both datasets (9 × 100 + 2 × 10).
+    let batch = score(
+        &bank,
+        &probe,
+        &subjects[..3],
+        serde_json::json!({"return": "rows"}),
+    )
+    .await;
+    for result in &batch.results {
+        assert_eq!(result.score, Some(920.0), "{result:?}");
+    }
+    // Values that are not numbers are refused; huge ones clamped; failures
+    // are a category and carry no guest text.
+    for (probe_kind, outcome, score_value) in [
+        ("nan", "invalid-score", None),
+        ("inf", "invalid-score", None),
+        ("huge", "scored", Some(1000.0)),
+        ("fail", "guest-error", None),
+    ] {
+        let batch = score(
+            &bank,
+            &probe,
+            &subjects[..1],
+            serde_json::json!({"return": probe_kind}),
+        )
+        .await;
+        assert_eq!(batch.results[0].outcome, outcome, "{probe_kind}");
+        assert_eq!(batch.results[0].score, score_value, "{probe_kind}");
+        let text = serde_json::to_string(&batch).unwrap();
+        assert!(!text.contains("7f3a9c"), "guest text leaked: {text}");
+    }
+}
