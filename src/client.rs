@@ -341,6 +341,50 @@ impl Client {
         Self::send(self.request(Method::POST, "/v1/audit/checkpoints")).await
     }
 
+    pub async fn import_authorisations(
+        &self,
+        csv: String,
+    ) -> Result<Vec<crate::scoring::authorisations::Authorisation>, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/authorisations/import")
+                .header(reqwest::header::CONTENT_TYPE, "text/csv")
+                .body(csv),
+        )
+        .await
+    }
+
+    pub async fn authorisations(
+        &self,
+        subject: Option<&str>,
+    ) -> Result<Vec<crate::scoring::authorisations::Authorisation>, ClientError> {
+        let mut builder = self.request(Method::GET, "/v1/authorisations");
+        if let Some(subject) = subject {
+            builder = builder.query(&[("subject", subject)]);
+        }
+        Self::send(builder).await
+    }
+
+    pub async fn revoke_authorisation(&self, id: &str) -> Result<(), ClientError> {
+        Self::checked(self.request(Method::DELETE, &format!("/v1/authorisations/{id}"))).await?;
+        Ok(())
+    }
+
+    pub async fn score(
+        &self,
+        module: &str,
+        policy: &str,
+        subjects: &[String],
+        params: serde_json::Value,
+    ) -> Result<crate::scoring::ScoreBatch, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/scoring")
+                .json(&serde_json::json!({
+                    "module": module, "policy": policy, "subjects": subjects, "params": params,
+                })),
+        )
+        .await
+    }
+
     /// A raw request, for tests of shapes and statuses.
     pub async fn raw(
         &self,

@@ -86,6 +86,16 @@ enum Command {
         #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
         data_dir: PathBuf,
     },
+    /// Subjects' authorisations for scoring (server, admin).
+    Auth {
+        #[command(subcommand)]
+        command: cli::AuthCommand,
+    },
+    /// Score authorised subjects (server, institutions).
+    Score {
+        #[command(subcommand)]
+        command: cli::ScoreCommand,
+    },
     /// Dataset grants for tenants (server, admin).
     Grant {
         #[command(subcommand)]
@@ -377,6 +387,14 @@ fn run() -> anyhow::Result<()> {
         Command::Module { command } => match &remote {
             Some(remote) => runtime.block_on(remote.module(command)),
             None => cli::needs_server("module"),
+        },
+        Command::Auth { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.auth(command)),
+            None => cli::needs_server("auth"),
+        },
+        Command::Score { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.score(command)),
+            None => cli::needs_server("score"),
         },
         Command::Grant { command } => match &remote {
             Some(remote) => runtime.block_on(remote.grant(command)),

@@ -305,3 +305,104 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
         assert!(!text.contains("7f3a9c"), "guest text leaked: {text}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly() {
+    // The repository's policies plus two tight scoring policies.
+    let policies = tempfile::tempdir().unwrap();
+    for file in ["enterprises.toml", "tax_records.toml"] {
+        std::fs::copy(
+            common::repo().join("policies").join(file),
+            policies.path().join(file),
+        )
+        .unwrap();
+    }
+    std::fs::create_dir(policies.path().join("scoring")).unwrap();
+    let tight = |name: &str, institution: &str, limit: &str| {
+        format!(
+            "name = \"{name}\"\ninstitutions = [\"{institution}\"]\npurpose = \"credit-assessment\"\nrange = [0, 1000]\nstep = 10\n{limit}\n\n[[datasets]]\nid = \"enterprises\"\ncolumns = [\"employees\"]\n"
+        )
+    };
+    std::fs::write(
+        policies.path().join("scoring/rated.toml"),
+        tight("rated", "bank-d", "per_minute = 5"),
+    )
+    .unwrap();
+    std::fs::write(
+        policies.path().join("scoring/capped.toml"),
+        tight("capped", "bank-e", "daily_cap = 3"),
+    )
+    .unwrap();
+    let server = TestServer::start_in(policies.path(), |_| {}).await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let ids: Vec<String> = enterprises(8).into_iter().map(|(id, _)| id).collect();
+    let t = now();
+    let terms: Vec<serde_json::Value> = ["bank-d", "bank-e"]
+        .iter()
+        .flat_map(|bank| {
+            ids.iter().map(move |id| {
+                let mut a = authorisation(id, bank, "credit-assessment", t - 10, t + 3600);
+                a["datasets"] = serde_json::json!(["enterprises"]);
+                a
+            })
+        })
+        .collect();
+    let (status, _, _) = server
+        .admin
+        .raw(
+            Method::POST,
+            "/v1/authorisations",
+            Some(("application/json", serde_json::to_vec(&terms).unwrap())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201);
+    let params = serde_json::json!({"column": "employees"});
+    // Two concurrent batches of four share a rate of five a minute.
+    let (a, b) = tokio::join!(
+        bank.score(&scorer, "rated", &ids[..4], params.clone()),
+        bank.score(&scorer, "rated", &ids[4..], params.clone()),
+    );
+    let results: Vec<_> = a
+        .unwrap()
+        .results
+        .into_iter()
+        .chain(b.unwrap().results)
+        .collect();
+    let scored = results.iter().filter(|r| r.outcome == "scored").count();
+    let limited = results
+        .iter()
+        .filter(|r| r.outcome == "rate-limited")
+        .count();
+    assert_eq!((scored, limited), (5, 3), "{results:?}");
+    // A daily cap of three (another institution, so the day's usage is its
+    // own): the first batch stops after three, released with a receipt; the
+    // next is refused whole.
+    let bank = server.client(Role::Institution, "bank-e").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let first = bank
+        .score(&scorer, "capped", &ids[..5], params.clone())
+        .await
+        .unwrap();
+    let outcomes: Vec<&str> = first.results.iter().map(|r| r.outcome.as_str()).collect();
+    assert_eq!(
+        outcomes,
+        ["scored", "scored", "scored", "cap-reached", "cap-reached"]
+    );
+    assert!(first.receipt.is_some());
+    let second = bank
+        .score(&scorer, "capped", &ids[5..], params)
+        .await
+        .unwrap();
+    assert!(second.results.iter().all(|r| r.outcome == "cap-reached"));
+    assert!(second.receipt.is_none());
+}

@@ -56,6 +56,41 @@ pub enum GrantCommand {
     List,
 }
 
+#[derive(Subcommand)]
+pub enum AuthCommand {
+    /// Import authorisations from a consents CSV (header: subject, tenant,
+    /// purpose, datasets (`;`-separated), valid_from, valid_until,
+    /// consent_sha256, consent_uri).
+    Import { file: PathBuf },
+    /// Authorisations, all or one subject's.
+    List {
+        #[arg(long)]
+        subject: Option<String>,
+    },
+    /// Revoke an authorisation at once.
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+pub enum ScoreCommand {
+    /// Score the subjects listed in a file (one id a line) with a scorer
+    /// module under a scoring policy; prints one line per subject.
+    Batch {
+        /// A sha256 or a .wasm file (uploaded first).
+        #[arg(long)]
+        module: String,
+        #[arg(long, default_value = "credit-risk")]
+        policy: String,
+        #[arg(long)]
+        subjects: PathBuf,
+        #[arg(long, default_value = "{}")]
+        params: String,
+        /// Subjects per request.
+        #[arg(long, default_value_t = 500)]
+        chunk: usize,
+    },
+}
+
 pub struct Remote {
     pub client: Client,
     pub json: bool,
@@ -356,6 +391,115 @@ impl Remote {
                     p.dataset.as_deref().unwrap_or("(default)"),
                     p.file,
                     &p.sha256[..16]
+                );
+            }
+        })
+    }
+}
+
+impl Remote {
+    pub async fn auth(&self, command: AuthCommand) -> anyhow::Result<()> {
+        match command {
+            AuthCommand::Import { file } => {
+                let text = std::fs::read_to_string(&file)
+                    .with_context(|| format!("reading {}", file.display()))?;
+                let added = self.client.import_authorisations(text).await?;
+                self.print(&added, |list| {
+                    println!("imported {} authorisations", list.len())
+                })
+            }
+            AuthCommand::List { subject } => {
+                let list = self.client.authorisations(subject.as_deref()).await?;
+                self.print(&list, |list| {
+                    for a in list {
+                        println!(
+                            "{}  {:<20} {:<12} {:<18} {} → {}{}",
+                            a.id,
+                            a.terms.subject,
+                            a.terms.tenant,
+                            a.terms.purpose,
+                            a.terms.valid_from,
+                            a.terms.valid_until,
+                            if a.revoked_at.is_some() {
+                                "  revoked"
+                            } else {
+                                ""
+                            }
+                        );
+                    }
+                })
+            }
+            AuthCommand::Revoke { id } => {
+                self.client.revoke_authorisation(&id).await?;
+                println!("revoked {id}");
+                Ok(())
+            }
+        }
+    }
+
+    pub async fn score(&self, command: ScoreCommand) -> anyhow::Result<()> {
+        let ScoreCommand::Batch {
+            module,
+            policy,
+            subjects,
+            params,
+            chunk,
+        } = command;
+        let sha256 = if std::path::Path::new(&module).is_file() {
+            self.client
+                .upload_module(std::fs::read(&module)?, None)
+                .await?
+                .sha256
+        } else {
+            module
+        };
+        let params: serde_json::Value =
+            serde_json::from_str(&params).context("--params must be JSON")?;
+        let list: Vec<String> = std::fs::read_to_string(&subjects)
+            .with_context(|| format!("reading {}", subjects.display()))?
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty())
+            .map(str::to_string)
+            .collect();
+        let progress = indicatif::ProgressBar::new(list.len() as u64);
+        if self.json {
+            progress.set_draw_target(indicatif::ProgressDrawTarget::hidden());
+        }
+        let mut batches = Vec::new();
+        for part in list.chunks(chunk.max(1)) {
+            let batch = self
+                .client
+                .score(&sha256, &policy, part, params.clone())
+                .await?;
+            progress.inc(part.len() as u64);
+            let stop = batch
+                .results
+                .iter()
+                .any(|r| r.outcome == "cap-reached" || r.outcome == "rate-limited");
+            batches.push(batch);
+            if stop {
+                break;
+            }
+        }
+        progress.finish_and_clear();
+        self.print(&batches, |batches| {
+            for batch in batches {
+                for r in &batch.results {
+                    match r.score {
+                        Some(score) => println!("{}  {}  {score}", r.subject, r.outcome),
+                        None => println!("{}  {}", r.subject, r.outcome),
+                    }
+                }
+                eprintln!(
+                    "job {}: {} scored, receipt {}",
+                    batch.job_id,
+                    batch.results.iter().filter(|r| r.score.is_some()).count(),
+                    if batch.receipt.is_some() {
+                        "signed"
+                    } else {
+                        "none"
+                    }
                 );
             }
         })

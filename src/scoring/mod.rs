@@ -9,8 +9,9 @@
 //! exists, and no data is read for it. The covered datasets are read once
 //! per batch (only the policy's columns and the subject key) and split by
 //! subject in memory; each authorised subject's rows go to a new instance.
-//! The daily cap stops a batch cleanly: what was scored is released, the
-//! rest is reported `cap-reached`.
+//! The policy's daily cap and per-minute rate (per institution, counted in
+//! subjects run) stop a batch cleanly: what was scored is released, the rest
+//! is reported `cap-reached` or `rate-limited`.
 
 pub mod authorisations;
 pub mod policy;
@@ -305,9 +306,14 @@ pub async fn score(
         Some(cap) => Some(cap.saturating_sub(used_today(service, &submitter.tenant).await?)),
         None => None,
     };
+    // The rate is taken for the whole batch at once, so concurrent batches
+    // of one institution share it.
+    let rate_left = policy.per_minute.map(|per_minute| {
+        service.take_scoring_rate(&submitter.tenant, per_minute, wanted.len() as u64)
+    });
     let mut results = Vec::with_capacity(request.subjects.len());
     let mut outputs = Vec::new();
-    let mut scored = 0u64;
+    let mut attempted = 0u64;
     for (index, (subject, ok)) in request.subjects.iter().zip(&authorised).enumerate() {
         if !ok {
             results.push(SubjectScore {
@@ -317,21 +323,27 @@ pub async fn score(
             });
             continue;
         }
-        if let Some(cap) = cap_left
-            && scored >= cap
-        {
+        let stop = if cap_left.is_some_and(|cap| attempted >= cap) {
+            Some("cap-reached")
+        } else if rate_left.is_some_and(|rate| attempted >= rate) {
+            Some("rate-limited")
+        } else {
+            None
+        };
+        if let Some(stop) = stop {
             results.extend(
                 request.subjects[index..]
                     .iter()
                     .zip(&authorised[index..])
                     .map(|(s, ok)| SubjectScore {
                         subject: s.clone(),
-                        outcome: if *ok { "cap-reached" } else { "not-authorised" }.into(),
+                        outcome: if *ok { stop } else { "not-authorised" }.into(),
                         score: None,
                     }),
             );
             break;
         }
+        attempted += 1;
         let rows = tables
             .iter()
             .map(|t| {
@@ -364,7 +376,6 @@ pub async fn score(
             (category, _) => (category.code().to_string(), None),
         };
         if let Some(value) = value {
-            scored += 1;
             outputs.push(Output::Value {
                 name: subject.clone(),
                 value,
@@ -376,8 +387,8 @@ pub async fn score(
             score: value,
         });
     }
-    if scored > 0 {
-        add_usage(service, &submitter.tenant, scored).await?;
+    if attempted > 0 {
+        add_usage(service, &submitter.tenant, attempted).await?;
     }
     let category = if outputs.is_empty() {
         Category::PolicyRejected("no-score: no subject was scored".into())

@@ -252,11 +252,19 @@ impl TestServer {
     pub async fn start_with(
         tweak: impl FnOnce(&mut datasandbox::server::ServerConfig),
     ) -> TestServer {
+        Self::start_in(&repo().join("policies"), tweak).await
+    }
+
+    /// Start with another policy directory.
+    pub async fn start_in(
+        policies: &Path,
+        tweak: impl FnOnce(&mut datasandbox::server::ServerConfig),
+    ) -> TestServer {
         use datasandbox::accounts::{self, Role};
         let dir = tempfile::tempdir().unwrap();
         let data_dir = dir.path().join("data");
         let service = std::sync::Arc::new(
-            datasandbox::service::Service::open(&data_dir, &repo().join("policies"))
+            datasandbox::service::Service::open(&data_dir, policies)
                 .await
                 .unwrap(),
         );
@@ -273,7 +281,7 @@ impl TestServer {
         let mut config = datasandbox::server::ServerConfig {
             listen: "127.0.0.1:0".parse().unwrap(),
             data_dir,
-            policies: repo().join("policies"),
+            policies: policies.to_path_buf(),
             ..Default::default()
         };
         tweak(&mut config);
