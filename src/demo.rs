@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
+use sha2::Digest;
 
 use crate::accounts::{self, Role};
 use crate::client::Client;
@@ -254,6 +255,7 @@ async fn walk_through(
         .map(|e| e.to_string())
         .unwrap_or_default();
     writeln!(out, "   the same receipt with one field changed: {refused}")?;
+    scoring_step(config, admin, out).await?;
     admin.audit_checkpoint().await?;
     let verdict = admin.audit_verify().await?;
     if !verdict.intact {
@@ -274,6 +276,81 @@ async fn walk_through(
             .collect::<Vec<_>>()
             .join(", "),
         verdict.checkpoints
+    )?;
+    Ok(())
+}
+
+/// Step 4b: a bank scores enterprises that authorised it.
+async fn scoring_step(
+    config: &DemoConfig,
+    admin: &Client,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let register = std::fs::read_to_string(config.samples_dir.join("enterprises.csv"))?;
+    let ids: Vec<String> = register
+        .lines()
+        .skip(1)
+        .take(4)
+        .filter_map(|l| l.split(',').next().map(str::to_string))
+        .collect();
+    let now = crate::store::now();
+    let consents = std::iter::once(
+        "subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri"
+            .to_string(),
+    )
+    .chain(ids.iter().take(3).map(|id| {
+        format!(
+            "{id},demo-bank,credit-assessment,tax_records;enterprises,{},{},{},consents/{id}.pdf",
+            now - 60,
+            now + 86_400,
+            hex::encode(sha2::Sha256::digest(format!("signed consent of {id}")))
+        )
+    }))
+    .collect::<Vec<_>>()
+    .join("\n");
+    let imported = admin.import_authorisations(consents).await?;
+    let bank_token = admin
+        .create_token(Role::Institution, "demo-bank", None)
+        .await?;
+    let bank = admin.with_token(bank_token.token);
+    let scorer = bank
+        .upload_module(
+            read_guest(&config.guests_dir, "scorer_simple")?,
+            Some("scorer"),
+        )
+        .await?;
+    let batch = bank
+        .score(
+            &scorer.sha256,
+            "credit-risk",
+            &ids,
+            serde_json::json!({ "column": "employees" }),
+        )
+        .await?;
+    writeln!(
+        out,
+        "   Scoring: {} authorisations imported (consent hashes recorded); demo-bank's scorer \
+         ran once per subject in a fresh instance over that subject's rows only, clamped to \
+         [0, 1000] in steps of 10:",
+        imported.len()
+    )?;
+    for result in &batch.results {
+        writeln!(
+            out,
+            "     {}  {:<15} {}",
+            result.subject,
+            result.outcome,
+            result.score.map(|s| s.to_string()).unwrap_or_default()
+        )?;
+    }
+    writeln!(
+        out,
+        "   the fourth never authorised demo-bank: refused as if it did not exist; receipt {}.",
+        if batch.receipt.is_some() {
+            "signed"
+        } else {
+            "missing"
+        }
     )?;
     Ok(())
 }

@@ -161,8 +161,11 @@ fn demo_runs_the_loop_end_to_end() {
         "with one field changed: bad signature",
         "audit chain intact",
         "dataset.added 2",
-        "module.uploaded 2",
-        "token.created 3",
+        "module.uploaded 3",
+        "token.created 4",
+        "authorisation.added 3",
+        "913100030001023757  not-authorised",
+        "913100000001000000  scored          110",
     ] {
         assert!(
             stdout.contains(expected),
@@ -426,6 +429,75 @@ fn the_cli_drives_a_served_data_directory() {
     let (code, stdout, _) = client(&admin, &["audit", "verify"]);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("audit chain intact"), "{stdout}");
+    // Scoring from the command line: register the tax records, import
+    // consents for two enterprises, score three as the bank.
+    let (code, _, stderr) = client(
+        &admin,
+        &[
+            "dataset",
+            "add",
+            "data/samples/tax_records.csv",
+            "--manifest",
+            "data/samples/tax_records.toml",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let now = datasandbox::store::now();
+    let consents = dir.path().join("consents.csv");
+    std::fs::write(
+        &consents,
+        format!(
+            "subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri\n\
+             913100000001000000,bank-d,credit-assessment,tax_records;enterprises,{},{},{},c/1.pdf\n\
+             913100010001007919,bank-d,credit-assessment,tax_records;enterprises,{},{},{},c/2.pdf\n",
+            now - 60, now + 3600, "a".repeat(64), now - 60, now + 3600, "b".repeat(64)
+        ),
+    )
+    .unwrap();
+    let (code, stdout, stderr) = client(&admin, &["auth", "import", consents.to_str().unwrap()]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("imported 2 authorisations"), "{stdout}");
+    let (_, bank, _) = client(
+        &admin,
+        &[
+            "token",
+            "create",
+            "--role",
+            "institution",
+            "--tenant",
+            "bank-d",
+        ],
+    );
+    let subjects = dir.path().join("subjects.txt");
+    std::fs::write(
+        &subjects,
+        "913100000001000000\n913100010001007919\n913100020001015838\n",
+    )
+    .unwrap();
+    let scorer = guests_dir().join("scorer_simple.wasm");
+    let (code, stdout, stderr) = client(
+        bank.trim(),
+        &[
+            "score",
+            "batch",
+            "--module",
+            scorer.to_str().unwrap(),
+            "--subjects",
+            subjects.to_str().unwrap(),
+            "--params",
+            r#"{"column":"employees"}"#,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert_eq!(
+        stdout.lines().collect::<Vec<_>>(),
+        [
+            "913100000001000000  scored  110",
+            "913100010001007919  scored  10",
+            "913100020001015838  not-authorised"
+        ],
+        "{stdout}"
+    );
     // SIGTERM: a graceful stop, exit status 0.
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])
