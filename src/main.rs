@@ -1038,19 +1038,7 @@ async fn local_token(command: cli::TokenCommand, data_dir: &std::path::Path) -> 
             );
         }
         cli::TokenCommand::List => {
-            for t in accounts::list_tokens(&store).await? {
-                println!(
-                    "{}  {:<12} {:<20} {}",
-                    t.id,
-                    t.role.name(),
-                    t.tenant,
-                    if t.revoked_at.is_some() {
-                        "revoked"
-                    } else {
-                        ""
-                    }
-                );
-            }
+            cli::print_tokens(&accounts::list_tokens(&store).await?);
         }
         cli::TokenCommand::Revoke { id } => {
             if !accounts::revoke_token(&store, "operator", &id).await? {

@@ -39,11 +39,12 @@ pub enum ServiceError {
     Module(#[from] IntakeError),
     #[error("unknown module {0}")]
     UnknownModule(String),
-    #[error("module {module} is a `{world}` component; mode {mode} runs `analysis` components")]
+    #[error("module {module} is a `{world}` component; mode {mode} runs `{expected}` components")]
     WrongWorld {
         module: String,
         world: String,
         mode: String,
+        expected: String,
     },
     #[error("unsupported mode {0:?} (this server runs: aggregate)")]
     UnsupportedMode(String),
@@ -185,6 +186,32 @@ impl Service {
         })
     }
 
+    /// A module `tenant` uploaded, loaded, and of the world `mode` runs.
+    pub async fn tenant_module(
+        &self,
+        tenant: &str,
+        sha256: &str,
+        world: crate::sandbox::World,
+        mode: &str,
+    ) -> Result<Arc<LoadedModule>, ServiceError> {
+        if modules::get(&self.store, tenant, sha256).await?.is_none() {
+            return Err(ServiceError::UnknownModule(sha256.into()));
+        }
+        let module = self
+            .sandbox
+            .module_by_hash(sha256)?
+            .ok_or_else(|| ServiceError::UnknownModule(sha256.into()))?;
+        if module.world != world {
+            return Err(ServiceError::WrongWorld {
+                module: sha256.into(),
+                world: module.world.name().into(),
+                mode: mode.into(),
+                expected: world.name().into(),
+            });
+        }
+        Ok(module)
+    }
+
     /// Check a request and commit it as a `queued` job (acknowledged from
     /// here on; a crash later marks it interrupted).
     pub async fn submit(
@@ -203,23 +230,14 @@ impl Service {
                 max: MAX_PARAMS_BYTES,
             });
         }
-        if modules::get(&self.store, &submitter.tenant, &request.module)
-            .await?
-            .is_none()
-        {
-            return Err(ServiceError::UnknownModule(request.module));
-        }
         let module = self
-            .sandbox
-            .module_by_hash(&request.module)?
-            .ok_or_else(|| ServiceError::UnknownModule(request.module.clone()))?;
-        if module.world != crate::sandbox::World::Analysis {
-            return Err(ServiceError::WrongWorld {
-                module: request.module,
-                world: module.world.name().into(),
-                mode: request.mode,
-            });
-        }
+            .tenant_module(
+                &submitter.tenant,
+                &request.module,
+                crate::sandbox::World::Analysis,
+                &request.mode,
+            )
+            .await?;
         let mut versions = Vec::new();
         for reference in &request.datasets {
             let version = match self.catalog.get(reference) {

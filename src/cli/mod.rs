@@ -311,21 +311,7 @@ impl Remote {
             }
             TokenCommand::List => {
                 let tokens = self.client.tokens().await?;
-                self.print(&tokens, |list| {
-                    for t in list {
-                        println!(
-                            "{}  {:<12} {:<20} {}",
-                            t.id,
-                            t.role.name(),
-                            t.tenant,
-                            if t.revoked_at.is_some() {
-                                "revoked"
-                            } else {
-                                ""
-                            }
-                        );
-                    }
-                })
+                self.print(&tokens, |list| print_tokens(list))
             }
             TokenCommand::Revoke { id } => {
                 self.client.revoke_token(&id).await?;
@@ -503,6 +489,23 @@ impl Remote {
                 );
             }
         })
+    }
+}
+
+/// Tokens as a table (no secrets: only ids, roles, tenants, state).
+pub fn print_tokens(tokens: &[datasandbox::accounts::TokenInfo]) {
+    for t in tokens {
+        println!(
+            "{}  {:<12} {:<20} {}",
+            t.id,
+            t.role.name(),
+            t.tenant,
+            if t.revoked_at.is_some() {
+                "revoked"
+            } else {
+                ""
+            }
+        );
     }
 }
 

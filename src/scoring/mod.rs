@@ -31,7 +31,7 @@ use crate::policy::Mode;
 use crate::receipt::{DatasetRef, PrivacyCost, Receipt};
 use crate::sandbox::{Category, GuestCall, JobEnv, Limits, Output, Returned, World};
 use crate::service::{Service, ServiceError, Submitter};
-use crate::store::{StoreError, jobs, modules, now};
+use crate::store::{StoreError, jobs, now};
 
 /// Most subjects one batch may carry.
 pub const MAX_SUBJECTS: usize = 100_000;
@@ -216,23 +216,9 @@ pub async fn score(
         .into_iter()
         .find(|p| p.name == request.policy && p.institutions.contains(&submitter.tenant))
         .ok_or_else(|| ServiceError::NoAccess(format!("scoring policy {}", request.policy)))?;
-    if modules::get(&service.store, &submitter.tenant, &request.module)
-        .await?
-        .is_none()
-    {
-        return Err(ServiceError::UnknownModule(request.module));
-    }
     let module = service
-        .sandbox
-        .module_by_hash(&request.module)?
-        .ok_or_else(|| ServiceError::UnknownModule(request.module.clone()))?;
-    if module.world != World::Scorer {
-        return Err(ServiceError::WrongWorld {
-            module: request.module,
-            world: module.world.name().into(),
-            mode: "scoring".into(),
-        });
-    }
+        .tenant_module(&submitter.tenant, &request.module, World::Scorer, "scoring")
+        .await?;
     let dataset_policies = service.policies.current();
     let mut versions = Vec::new();
     for dataset in &policy.datasets {
