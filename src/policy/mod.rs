@@ -116,6 +116,24 @@ struct PolicyFile {
     review: Review,
 }
 
+/// The `*.toml` files directly in `dir`, sorted; `what` names the
+/// directory in the error.
+pub fn toml_files(dir: &Path, what: &str) -> Result<Vec<PathBuf>, PolicyError> {
+    let entries = std::fs::read_dir(dir).map_err(|error| {
+        PolicyError(vec![PolicyDiagnostic {
+            file: dir.to_path_buf(),
+            line: 0,
+            message: format!("cannot read the {what} directory: {error}"),
+        }])
+    })?;
+    let mut files: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|e| e == "toml"))
+        .collect();
+    files.sort();
+    Ok(files)
+}
+
 /// A checked policy.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Policy {
@@ -177,20 +195,7 @@ impl PolicySet {
     /// are the catalog's ids: a policy naming another dataset is an error.
     pub fn load(dir: &Path, known_datasets: Option<&[String]>) -> Result<Self, PolicyError> {
         let mut diagnostics = Vec::new();
-        let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-            Ok(entries) => entries
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-                .collect(),
-            Err(error) => {
-                return Err(PolicyError(vec![PolicyDiagnostic {
-                    file: dir.to_path_buf(),
-                    line: 0,
-                    message: format!("cannot read the policy directory: {error}"),
-                }]));
-            }
-        };
-        files.sort();
+        let files = toml_files(dir, "policy")?;
         let mut set = PolicySet::default();
         let mut seen: BTreeMap<String, PathBuf> = BTreeMap::new();
         for file in files {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use toml::Spanned;
 
-use crate::policy::{PolicyDiagnostic, PolicyError, line_of};
+use crate::policy::{PolicyDiagnostic, PolicyError, line_of, toml_files};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -72,21 +72,10 @@ impl ScoringPolicy {
 
 /// Load every `*.toml` in `dir` (a missing directory is no policies).
 pub fn load_dir(dir: &Path) -> Result<Vec<ScoringPolicy>, PolicyError> {
-    let mut files: Vec<PathBuf> = match std::fs::read_dir(dir) {
-        Ok(entries) => entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|e| e == "toml"))
-            .collect(),
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(error) => {
-            return Err(PolicyError(vec![PolicyDiagnostic {
-                file: dir.to_path_buf(),
-                line: 0,
-                message: format!("cannot read the scoring policy directory: {error}"),
-            }]));
-        }
-    };
-    files.sort();
+    if !dir.exists() {
+        return Ok(Vec::new());
+    }
+    let files = toml_files(dir, "scoring policy")?;
     let mut policies: Vec<ScoringPolicy> = Vec::new();
     let mut problems = Vec::new();
     for file in files {
