@@ -94,6 +94,7 @@ async fn main() {
     let body = ReceiptBody {
         format: 1,
         job_id: "0".repeat(32),
+        subject: None,
         module_sha256: "a".repeat(64),
         world: "analysis".into(),
         mode: "aggregate".into(),
@@ -286,16 +287,19 @@ async fn main() {
         mib(before)
     );
 
-    // 5. Scoring: every enterprise authorised; one subject at a time, then
-    // a batch of 10,000 (the 2,000 enterprises five times over).
-    service
-        .add_dataset(
-            "bench",
-            &root.join("data/samples/tax_records.csv"),
-            &root.join("data/samples/tax_records.toml"),
-        )
-        .await
-        .unwrap();
+    // 5. Scoring with the example logistic model over four datasets: every
+    // enterprise authorised; one subject at a time, then a batch of 10,000
+    // (the 2,000 enterprises five times over).
+    for id in ["tax_records", "social_security", "utility_payments"] {
+        service
+            .add_dataset(
+                "bench",
+                &root.join(format!("data/samples/{id}.csv")),
+                &root.join(format!("data/samples/{id}.toml")),
+            )
+            .await
+            .unwrap();
+    }
     let register = std::fs::read_to_string(root.join("data/samples/enterprises.csv")).unwrap();
     let ids: Vec<String> = register
         .lines()
@@ -310,7 +314,9 @@ async fn main() {
                 subject: id.clone(),
                 tenant: "bank-d".into(),
                 purpose: "credit-assessment".into(),
-                datasets: vec!["tax_records".into(), "enterprises".into()],
+                datasets: datasandbox::sample_data::DATASETS
+                    .map(String::from)
+                    .to_vec(),
                 valid_from: t - 10,
                 valid_until: t + 86_400,
                 consent_sha256: "0".repeat(64),
@@ -327,14 +333,13 @@ async fn main() {
             .unwrap();
     let bank = Client::new(&format!("http://{}", server_addr), Some(token));
     let scorer = bank
-        .upload_module(guest("scorer_simple"), None)
+        .upload_module(guest("credit_risk"), None)
         .await
         .unwrap()
         .sha256;
     let request = |subjects: &[String]| {
         serde_json::json!({
             "module": scorer, "policy": "credit-risk", "subjects": subjects,
-            "params": { "column": "tax_paid" },
         })
         .to_string()
         .into_bytes()

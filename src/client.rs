@@ -353,6 +353,13 @@ impl Client {
         .await
     }
 
+    pub async fn add_authorisations(
+        &self,
+        terms: &[crate::scoring::authorisations::NewAuthorisation],
+    ) -> Result<Vec<crate::scoring::authorisations::Authorisation>, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/authorisations").json(terms)).await
+    }
+
     pub async fn authorisations(
         &self,
         subject: Option<&str>,

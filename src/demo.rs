@@ -100,7 +100,7 @@ async fn walk_through(
     district_stats: &[u8],
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
-    for id in ["enterprises", "tax_records"] {
+    for id in crate::sample_data::DATASETS {
         admin
             .add_dataset(
                 &config.samples_dir.join(format!("{id}.csv")),
@@ -123,8 +123,8 @@ async fn walk_through(
     let analyst = admin.with_token(analyst_token.token.clone());
     writeln!(
         out,
-        "1. Admin over HTTP: registered {} ({} rows, {}) and tax_records under their \
-         manifests; policies loaded ({} for enterprises: modes {:?}, min_group_size {}); \
+        "1. Admin over HTTP: registered {} ({} rows, {}), tax_records, social_security and \
+         utility_payments under their manifests; policies loaded ({} for enterprises: modes {:?}, min_group_size {}); \
          token for analyst tenant fudan-lab; grant fudan-lab -> enterprises.",
         enterprises.id,
         enterprises.rows,
@@ -300,7 +300,7 @@ async fn scoring_step(
     )
     .chain(ids.iter().take(3).map(|id| {
         format!(
-            "{id},demo-bank,credit-assessment,tax_records;enterprises,{},{},{},consents/{id}.pdf",
+            "{id},demo-bank,credit-assessment,tax_records;enterprises;social_security;utility_payments,{},{},{},consents/{id}.pdf",
             now - 60,
             now + 86_400,
             hex::encode(sha2::Sha256::digest(format!("signed consent of {id}")))
@@ -315,37 +315,52 @@ async fn scoring_step(
     let bank = admin.with_token(bank_token.token);
     let scorer = bank
         .upload_module(
-            read_guest(&config.guests_dir, "scorer_simple")?,
-            Some("scorer"),
+            read_guest(&config.guests_dir, "credit_risk")?,
+            Some("credit-risk"),
         )
         .await?;
     let batch = bank
-        .score(
-            &scorer.sha256,
-            "credit-risk",
-            &ids,
-            serde_json::json!({ "column": "employees" }),
-        )
+        .score(&scorer.sha256, "credit-risk", &ids, serde_json::json!({}))
+        .await?;
+    let graded = bank
+        .score(&scorer.sha256, "credit-grade", &ids, serde_json::json!({}))
         .await?;
     writeln!(
         out,
-        "   Scoring: {} authorisations imported (consent hashes recorded); demo-bank's scorer \
-         ran once per subject in a fresh instance over that subject's rows only, clamped to \
-         [0, 1000] in steps of 10:",
+        "   Scoring: {} authorisations imported (consent hashes recorded); demo-bank's logistic \
+         risk model ran once per subject in a fresh instance over that subject's tax, \
+         social-security, utility and register rows only; released clamped to [0, 1000] in \
+         steps of 10 (policy credit-risk) or as a grade A-E (policy credit-grade):",
         imported.len()
     )?;
-    for result in &batch.results {
-        writeln!(
-            out,
-            "     {}  {:<15} {}",
+    for (result, grade) in batch.results.iter().zip(&graded.results) {
+        let line = format!(
+            "     {}  {:<15} {:>5}  {}",
             result.subject,
             result.outcome,
-            result.score.map(|s| s.to_string()).unwrap_or_default()
-        )?;
+            result.score.map(|s| s.to_string()).unwrap_or_default(),
+            grade.grade.as_deref().unwrap_or_default()
+        );
+        writeln!(out, "{}", line.trim_end())?;
     }
+    let keys = bank.keys().await?;
+    let verified = batch
+        .results
+        .iter()
+        .filter_map(|r| r.receipt.as_ref())
+        .filter(|r| {
+            crate::receipt::Receipt::verify(
+                &serde_json::to_vec(r).expect("serialises"),
+                &keys,
+                None,
+            )
+            .is_ok()
+        })
+        .count();
     writeln!(
         out,
-        "   the fourth never authorised demo-bank: refused as if it did not exist; receipt {}.",
+        "   the fourth never authorised demo-bank: refused as if it did not exist; batch receipt \
+         {}; {verified} per-subject receipts verified against the platform key.",
         if batch.receipt.is_some() {
             "signed"
         } else {
@@ -500,6 +515,7 @@ pub fn print_outputs(outputs: &[Output], out: &mut impl Write) -> anyhow::Result
                 }
             }
             Output::Value { name, value } => writeln!(out, "   {name} = {value}")?,
+            Output::Grade { name, grade } => writeln!(out, "   {name} = grade {grade}")?,
         }
     }
     Ok(())

@@ -560,8 +560,16 @@ fn run() -> anyhow::Result<()> {
             match Receipt::verify(&json, &trusted, output.as_ref()) {
                 Ok(receipt) => {
                     println!(
-                        "valid: job {} released at audit entry {}, signed by key {}",
-                        receipt.body.job_id, receipt.body.audit_position, receipt.body.key_id
+                        "valid: job {}{} released at audit entry {}, signed by key {}",
+                        receipt.body.job_id,
+                        receipt
+                            .body
+                            .subject
+                            .as_ref()
+                            .map(|s| format!(" (subject {s})"))
+                            .unwrap_or_default(),
+                        receipt.body.audit_position,
+                        receipt.body.key_id
                     );
                     Ok(())
                 }

@@ -8,6 +8,15 @@
 //! - `tax_records.csv`: quarterly tax records keyed by `enterprise_id`, with
 //!   missing declarations and an `overdue` flag that depends on size, age and
 //!   industry (so a model has something to learn).
+//! - `social_security.csv`: quarterly social-security filings keyed by
+//!   `enterprise_id`: insured head count and quarters in arrears.
+//! - `utility_payments.csv`: monthly electricity bills keyed by
+//!   `enterprise_id`: consumption and whether the bill was paid late.
+//!
+//! The last two share the latent risk of the tax records (a firm that runs
+//! late on tax tends to shed insured staff and pay bills late), so a credit
+//! model over all three has signal. They are drawn from a second random
+//! stream, so adding them left the first two files unchanged.
 //!
 //! `dsb sample-data --out data/samples` rewrites them; a test checks the
 //! checked-in files equal the generator's output.
@@ -58,9 +67,24 @@ pub const ENTERPRISES: usize = 2_000;
 /// Quarters of tax records: 2023Q1 to 2024Q4.
 pub const QUARTERS: usize = 8;
 
+/// Months of utility bills: 2024-01 to 2024-12.
+pub const MONTHS: usize = 12;
+
+/// The sample datasets' ids, in the order they are registered.
+pub const DATASETS: [&str; 4] = [
+    "enterprises",
+    "tax_records",
+    "social_security",
+    "utility_payments",
+];
+
 /// The generated files as (file name, CSV text).
 pub fn generate() -> Vec<(&'static str, String)> {
     let mut rng = StdRng::seed_from_u64(20_261_127);
+    let mut rng2 = StdRng::seed_from_u64(20_261_128);
+    let mut social =
+        String::from("enterprise_id,quarter,insured_headcount,contributions_paid,arrears\n");
+    let mut utility = String::from("enterprise_id,month,electricity_kwh,amount_billed,paid_late\n");
     let mut register = String::from(
         "enterprise_id,name,district,industry,size_class,employees,registered_capital,founded\n",
     );
@@ -125,8 +149,47 @@ pub fn generate() -> Vec<(&'static str, String)> {
             let overdue = u8::from(!declared || rng.random::<f64>() < risk);
             writeln!(tax, "{id},{label},{tax_paid},{vat},{overdue}").expect("writing to a String");
         }
+
+        // A firm in trouble sheds insured staff and falls into arrears.
+        let troubled = rng2.random::<f64>() < risk * 2.0;
+        let coverage = 0.55 + rng2.random::<f64>() * 0.45;
+        let mut headcount = (employees as f64 * coverage).round().max(1.0);
+        for quarter in 0..QUARTERS {
+            let label = format!("{}Q{}", 2023 + quarter / 4, quarter % 4 + 1);
+            if troubled {
+                headcount = (headcount * (0.80 + rng2.random::<f64>() * 0.15))
+                    .round()
+                    .max(1.0);
+            } else {
+                headcount = (headcount * (0.97 + rng2.random::<f64>() * 0.06))
+                    .round()
+                    .max(1.0);
+            }
+            let arrears = u8::from(rng2.random::<f64>() < if troubled { 0.35 } else { risk / 3.0 });
+            let paid = headcount * (2_100.0 + rng2.random::<f64>() * 900.0) * 3.0;
+            let paid = if arrears == 1 { paid * 0.4 } else { paid };
+            writeln!(social, "{id},{label},{headcount},{paid:.2},{arrears}")
+                .expect("writing to a String");
+        }
+        let base_kwh = employees as f64 * (150.0 + rng2.random::<f64>() * 450.0);
+        for month in 0..MONTHS {
+            let kwh = (base_kwh * (0.8 + rng2.random::<f64>() * 0.4)).round();
+            let billed = kwh * 0.86;
+            let late = u8::from(rng2.random::<f64>() < if troubled { 0.30 } else { risk / 2.0 });
+            writeln!(
+                utility,
+                "{id},2024-{:02},{kwh},{billed:.2},{late}",
+                month + 1
+            )
+            .expect("writing to a String");
+        }
     }
-    vec![("enterprises.csv", register), ("tax_records.csv", tax)]
+    vec![
+        ("enterprises.csv", register),
+        ("tax_records.csv", tax),
+        ("social_security.csv", social),
+        ("utility_payments.csv", utility),
+    ]
 }
 
 fn pick<'a>(rng: &mut StdRng, weighted: &[(&'a str, u32)]) -> &'a str {

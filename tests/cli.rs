@@ -160,12 +160,13 @@ fn demo_runs_the_loop_end_to_end() {
         "Receipt fetched and verified offline against the published keys",
         "with one field changed: bad signature",
         "audit chain intact",
-        "dataset.added 2",
+        "dataset.added 4",
         "module.uploaded 3",
         "token.created 4",
         "authorisation.added 3",
         "913100030001023757  not-authorised",
-        "913100000001000000  scored          110",
+        "913100000001000000  scored            820  B",
+        "3 per-subject receipts verified",
     ] {
         assert!(
             stdout.contains(expected),
@@ -429,34 +430,68 @@ fn the_cli_drives_a_served_data_directory() {
     let (code, stdout, _) = client(&admin, &["audit", "verify"]);
     assert_eq!(code, Some(0));
     assert!(stdout.starts_with("audit chain intact"), "{stdout}");
-    // Scoring from the command line: register the tax records, import
-    // consents for two enterprises, score three as the bank.
-    let (code, _, stderr) = client(
-        &admin,
-        &[
-            "dataset",
-            "add",
-            "data/samples/tax_records.csv",
-            "--manifest",
-            "data/samples/tax_records.toml",
-        ],
-    );
-    assert_eq!(code, Some(0), "{stderr}");
+    // Scoring from the command line: register the scoring datasets, import
+    // a consent for one enterprise, add another's from its document, score
+    // three as the bank.
+    for id in ["tax_records", "social_security", "utility_payments"] {
+        let (code, _, stderr) = client(
+            &admin,
+            &[
+                "dataset",
+                "add",
+                &format!("data/samples/{id}.csv"),
+                "--manifest",
+                &format!("data/samples/{id}.toml"),
+            ],
+        );
+        assert_eq!(code, Some(0), "{stderr}");
+    }
     let now = datasandbox::store::now();
     let consents = dir.path().join("consents.csv");
     std::fs::write(
         &consents,
         format!(
             "subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri\n\
-             913100000001000000,bank-d,credit-assessment,tax_records;enterprises,{},{},{},c/1.pdf\n\
-             913100010001007919,bank-d,credit-assessment,tax_records;enterprises,{},{},{},c/2.pdf\n",
-            now - 60, now + 3600, "a".repeat(64), now - 60, now + 3600, "b".repeat(64)
+             913100000001000000,bank-d,credit-assessment,tax_records;enterprises;social_security;utility_payments,{},{},{},c/1.pdf\n",
+            now - 60, now + 3600, "a".repeat(64)
         ),
     )
     .unwrap();
     let (code, stdout, stderr) = client(&admin, &["auth", "import", consents.to_str().unwrap()]);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("imported 2 authorisations"), "{stdout}");
+    assert!(stdout.contains("imported 1 authorisations"), "{stdout}");
+    let consent = dir.path().join("consent-2.pdf");
+    std::fs::write(&consent, b"%PDF signed consent of enterprise 2").unwrap();
+    let (code, stdout, stderr) = client(
+        &admin,
+        &[
+            "auth",
+            "add",
+            "--subject",
+            "913100010001007919",
+            "--tenant",
+            "bank-d",
+            "--datasets",
+            "tax_records,enterprises,social_security,utility_payments",
+            "--consent",
+            consent.to_str().unwrap(),
+            "--valid-for",
+            "1h",
+            "--json",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let added: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(
+        added[0]["consent_sha256"],
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+            b"%PDF signed consent of enterprise 2"
+        ))
+    );
+    assert_eq!(
+        added[0]["valid_until"].as_i64().unwrap() - added[0]["valid_from"].as_i64().unwrap(),
+        3600
+    );
     let (_, bank, _) = client(
         &admin,
         &[
@@ -486,6 +521,8 @@ fn the_cli_drives_a_served_data_directory() {
             subjects.to_str().unwrap(),
             "--params",
             r#"{"column":"employees"}"#,
+            "--receipts",
+            dir.path().join("receipts").to_str().unwrap(),
         ],
     );
     assert_eq!(code, Some(0), "{stdout}{stderr}");
@@ -498,6 +535,19 @@ fn the_cli_drives_a_served_data_directory() {
         ],
         "{stdout}"
     );
+    // One receipt per scored subject, verifiable on its own.
+    let mut written: Vec<_> = std::fs::read_dir(dir.path().join("receipts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    written.sort();
+    assert_eq!(written.len(), 2, "{written:?}");
+    let (code, stdout, _) = client(
+        bank.trim(),
+        &["receipt", "verify", written[0].to_str().unwrap()],
+    );
+    assert_eq!(code, Some(0), "{stdout}");
+    assert!(stdout.contains("(subject 913100000001000000)"), "{stdout}");
     // SIGTERM: a graceful stop, exit status 0.
     let status = Command::new("kill")
         .args(["-TERM", &server.id().to_string()])

@@ -26,7 +26,7 @@ fn authorisation(
         "subject": subject,
         "tenant": tenant,
         "purpose": purpose,
-        "datasets": ["tax_records", "enterprises"],
+        "datasets": ["tax_records", "enterprises", "social_security", "utility_payments"],
         "valid_from": from,
         "valid_until": until,
         "consent_sha256": CONSENT,
@@ -242,7 +242,7 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     let t = now();
     let csv = std::iter::once("subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri".to_string())
         .chain(ids.iter().map(|(id, _)| {
-            format!("{id},bank-d,credit-assessment,tax_records;enterprises,{},{},{CONSENT},consents/{id}.pdf", t - 10, t + 3600)
+            format!("{id},bank-d,credit-assessment,tax_records;enterprises;social_security;utility_payments,{},{},{CONSENT},consents/{id}.pdf", t - 10, t + 3600)
         }))
         .collect::<Vec<_>>()
         .join("\n");
@@ -272,8 +272,9 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
             ("scored", Some(100.0))
         );
     }
-    // Each subject sees only its own rows: 8 quarters of tax records and
-    // its one register row, from both datasets (9 × 100 + 2 × 10).
+    // Each subject sees only its own rows: 8 quarters of tax records, its
+    // one register row, 8 quarters of social security and 12 utility bills,
+    // from four datasets (29 × 10 + 4 = 294, bucketed to 290).
     let batch = score(
         &bank,
         &probe,
@@ -282,7 +283,7 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     )
     .await;
     for result in &batch.results {
-        assert_eq!(result.score, Some(920.0), "{result:?}");
+        assert_eq!(result.score, Some(290.0), "{result:?}");
     }
     // Values that are not numbers are refused; huge ones clamped; failures
     // are a category and carry no guest text.
@@ -405,4 +406,180 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
         .unwrap();
     assert!(second.results.iter().all(|r| r.outcome == "cap-reached"));
     assert!(second.receipt.is_none());
+}
+
+/// Per enterprise: the share of quarters overdue in the tax records.
+fn overdue_rates() -> std::collections::HashMap<String, f64> {
+    let mut counts: std::collections::HashMap<String, (f64, f64)> = Default::default();
+    for line in std::fs::read_to_string(samples().join("tax_records.csv"))
+        .unwrap()
+        .lines()
+        .skip(1)
+    {
+        let fields: Vec<&str> = line.split(',').collect();
+        let entry = counts.entry(fields[0].to_string()).or_default();
+        entry.0 += fields[4].parse::<f64>().unwrap();
+        entry.1 += 1.0;
+    }
+    counts
+        .into_iter()
+        .map(|(id, (overdue, quarters))| (id, overdue / quarters))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
+    let mut server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "demo-bank").await;
+    let model = bank
+        .upload_module(guest("credit_risk"), Some("credit-risk"))
+        .await
+        .unwrap()
+        .sha256;
+    let ids = enterprises(300);
+    let t = now();
+    let terms: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(id, _)| authorisation(id, "demo-bank", "credit-assessment", t - 10, t + 3600))
+        .collect();
+    let (status, _, bytes) = server
+        .admin
+        .raw(
+            Method::POST,
+            "/v1/authorisations",
+            Some(("application/json", serde_json::to_vec(&terms).unwrap())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
+    let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let body = |policy: &str| {
+        serde_json::json!({"module": model, "policy": policy, "subjects": subjects})
+            .to_string()
+            .into_bytes()
+    };
+    let (status, _, bytes) = bank
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body("credit-risk"))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    let scored: ScoreBatch = serde_json::from_slice(&bytes).unwrap();
+
+    // Enterprises that never ran late on tax score higher on average than
+    // those overdue in at least a quarter of the quarters: the model has
+    // learned something from the data it never let leave.
+    let rates = overdue_rates();
+    let (mut clean, mut late) = (Vec::new(), Vec::new());
+    for result in &scored.results {
+        assert_eq!(result.outcome, "scored", "{result:?}");
+        let score = result.score.unwrap();
+        assert!(
+            (0.0..=1000.0).contains(&score) && score % 10.0 == 0.0,
+            "{score}"
+        );
+        assert_eq!(result.grade, None);
+        match rates[&result.subject] {
+            0.0 => clean.push(score),
+            r if r >= 0.25 => late.push(score),
+            _ => {}
+        }
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    assert!(
+        clean.len() >= 20 && late.len() >= 20,
+        "{} {}",
+        clean.len(),
+        late.len()
+    );
+    assert!(
+        mean(&clean) > mean(&late) + 100.0,
+        "clean {:.0} vs late {:.0}",
+        mean(&clean),
+        mean(&late)
+    );
+
+    // Each scored subject has its own receipt, over its score only, signed
+    // by the platform key; it shares the batch's job and audit entry.
+    let keys = bank.keys().await.unwrap();
+    let batch_receipt = scored.receipt.clone().unwrap();
+    for result in &scored.results {
+        let receipt = result.receipt.as_ref().unwrap();
+        let own =
+            serde_json::json!([{ "kind": "value", "name": result.subject, "value": result.score }]);
+        let verified =
+            Receipt::verify(&serde_json::to_vec(receipt).unwrap(), &keys, Some(&own)).unwrap();
+        assert_eq!(
+            verified.body.subject.as_deref(),
+            Some(result.subject.as_str())
+        );
+        assert_eq!(verified.body.job_id, batch_receipt.body.job_id);
+        assert_eq!(
+            verified.body.audit_position,
+            batch_receipt.body.audit_position
+        );
+    }
+    // Moving a receipt to another subject breaks its signature.
+    let mut forged = scored.results[0].receipt.clone().unwrap();
+    forged.body.subject = Some(scored.results[1].subject.clone());
+    assert!(Receipt::verify(&serde_json::to_vec(&forged).unwrap(), &keys, None).is_err());
+    // The batch receipt still verifies, without a subject.
+    assert_eq!(batch_receipt.body.subject, None);
+    Receipt::verify(&serde_json::to_vec(&batch_receipt).unwrap(), &keys, None).unwrap();
+
+    // Under the grade policy only the grade leaves, and it is the grade of
+    // the same bucketed score.
+    let (status, _, bytes) = bank
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body("credit-grade"))),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+    assert!(!String::from_utf8_lossy(&bytes).contains("\"value\""));
+    let graded: ScoreBatch = serde_json::from_slice(&bytes).unwrap();
+    let mut seen = std::collections::BTreeSet::new();
+    for (number, grade) in scored.results.iter().zip(&graded.results) {
+        assert_eq!(grade.score, None);
+        let expected = match number.score.unwrap() {
+            s if s >= 850.0 => "A",
+            s if s >= 700.0 => "B",
+            s if s >= 500.0 => "C",
+            s if s >= 300.0 => "D",
+            _ => "E",
+        };
+        assert_eq!(grade.grade.as_deref(), Some(expected), "{}", number.subject);
+        seen.insert(expected);
+    }
+    assert!(
+        seen.len() >= 3,
+        "a useful scale spreads the subjects: {seen:?}"
+    );
+    // bank-d is not named by the grade policy.
+    let other = server.client(Role::Institution, "bank-d").await;
+    let other_model = other
+        .upload_module(guest("credit_risk"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let (status, _, _) = other
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some((
+                "application/json",
+                serde_json::json!({"module": other_model, "policy": "credit-grade", "subjects": ["x"]})
+                    .to_string()
+                    .into_bytes(),
+            )),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+    server.stop().await.unwrap();
 }

@@ -594,7 +594,11 @@ async fn datasets_grants_and_restricted_visibility() {
     let server = TestServer::start().await;
     let analyst = server.client(Role::Analyst, "lab-a").await;
     let list = analyst.datasets().await.unwrap();
-    assert_eq!(list.len(), 2);
+    // The restricted social-security filings are not even listed.
+    assert_eq!(
+        list.iter().map(|d| d.id.as_str()).collect::<Vec<_>>(),
+        ["enterprises", "tax_records", "utility_payments"]
+    );
     assert!(list.iter().all(|d| !d.accessible), "{list:?}");
     // A synthetic sample has the declared columns and no real row.
     let sample = analyst.dataset_sample("enterprises", 20).await.unwrap();
@@ -657,7 +661,7 @@ async fn datasets_grants_and_restricted_visibility() {
         .into_iter()
         .map(|d| d.id)
         .collect();
-    assert_eq!(visible, ["enterprises"]);
+    assert_eq!(visible, ["enterprises", "utility_payments"]);
     assert_eq!(
         analyst.dataset("tax_records").await.unwrap_err().code(),
         Some("not-found")

@@ -62,6 +62,33 @@ pub enum AuthCommand {
     /// purpose, datasets (`;`-separated), valid_from, valid_until,
     /// consent_sha256, consent_uri).
     Import { file: PathBuf },
+    /// Record one authorisation; the consent document's SHA-256 is computed
+    /// from the file.
+    Add {
+        /// The subject's id in the data (e.g. a unified social credit code).
+        #[arg(long)]
+        subject: String,
+        /// The institution (tenant) allowed to score.
+        #[arg(long)]
+        tenant: String,
+        #[arg(long, default_value = "credit-assessment")]
+        purpose: String,
+        /// Datasets covered, comma-separated.
+        #[arg(long, value_delimiter = ',', required = true)]
+        datasets: Vec<String>,
+        /// The signed consent document.
+        #[arg(long)]
+        consent: PathBuf,
+        /// Where the consent is kept (default: the file's path).
+        #[arg(long)]
+        consent_uri: Option<String>,
+        /// Valid from (Unix seconds; default now).
+        #[arg(long)]
+        from: Option<i64>,
+        /// How long it is valid, e.g. 365d.
+        #[arg(long, default_value = "365d")]
+        valid_for: humantime::Duration,
+    },
     /// Authorisations, all or one subject's.
     List {
         #[arg(long)]
@@ -88,6 +115,10 @@ pub enum ScoreCommand {
         /// Subjects per request.
         #[arg(long, default_value_t = 500)]
         chunk: usize,
+        /// Write each scored subject's own signed receipt to
+        /// `<dir>/<subject>.json`.
+        #[arg(long)]
+        receipts: Option<PathBuf>,
     },
 }
 
@@ -394,6 +425,45 @@ impl Remote {
                     println!("imported {} authorisations", list.len())
                 })
             }
+            AuthCommand::Add {
+                subject,
+                tenant,
+                purpose,
+                datasets,
+                consent,
+                consent_uri,
+                from,
+                valid_for,
+            } => {
+                use sha2::Digest;
+                let document = std::fs::read(&consent)
+                    .with_context(|| format!("reading {}", consent.display()))?;
+                let valid_from = from.unwrap_or_else(datasandbox::store::now);
+                let terms = datasandbox::scoring::authorisations::NewAuthorisation {
+                    subject,
+                    tenant,
+                    purpose,
+                    datasets,
+                    valid_from,
+                    valid_until: valid_from
+                        .saturating_add(i64::try_from(valid_for.as_secs()).unwrap_or(i64::MAX)),
+                    consent_sha256: hex::encode(sha2::Sha256::digest(&document)),
+                    consent_uri: consent_uri.unwrap_or_else(|| consent.display().to_string()),
+                };
+                let added = self.client.add_authorisations(&[terms]).await?;
+                self.print(&added, |list| {
+                    for a in list {
+                        println!(
+                            "{}  {} may be scored by {} for {} until {}",
+                            a.id,
+                            a.terms.subject,
+                            a.terms.tenant,
+                            a.terms.purpose,
+                            a.terms.valid_until
+                        );
+                    }
+                })
+            }
             AuthCommand::List { subject } => {
                 let list = self.client.authorisations(subject.as_deref()).await?;
                 self.print(&list, |list| {
@@ -430,6 +500,7 @@ impl Remote {
             subjects,
             params,
             chunk,
+            receipts,
         } = command;
         let sha256 = if std::path::Path::new(&module).is_file() {
             self.client
@@ -469,18 +540,45 @@ impl Remote {
             }
         }
         progress.finish_and_clear();
+        if let Some(dir) = &receipts {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+            for r in batches.iter().flat_map(|b| &b.results) {
+                if let Some(receipt) = &r.receipt {
+                    // Subject ids name files: keep them to a safe alphabet.
+                    let name: String = r
+                        .subject
+                        .chars()
+                        .map(|c| {
+                            if c.is_ascii_alphanumeric() || c == '-' {
+                                c
+                            } else {
+                                '_'
+                            }
+                        })
+                        .collect();
+                    let path = dir.join(format!("{name}.json"));
+                    std::fs::write(&path, serde_json::to_vec_pretty(receipt)?)
+                        .with_context(|| format!("writing {}", path.display()))?;
+                }
+            }
+        }
         self.print(&batches, |batches| {
             for batch in batches {
                 for r in &batch.results {
-                    match r.score {
-                        Some(score) => println!("{}  {}  {score}", r.subject, r.outcome),
-                        None => println!("{}  {}", r.subject, r.outcome),
+                    match (r.score, &r.grade) {
+                        (Some(score), _) => println!("{}  {}  {score}", r.subject, r.outcome),
+                        (None, Some(grade)) => println!("{}  {}  {grade}", r.subject, r.outcome),
+                        (None, None) => println!("{}  {}", r.subject, r.outcome),
                     }
                 }
                 eprintln!(
                     "job {}: {} scored, receipt {}",
                     batch.job_id,
-                    batch.results.iter().filter(|r| r.score.is_some()).count(),
+                    batch
+                        .results
+                        .iter()
+                        .filter(|r| r.outcome == "scored")
+                        .count(),
                     if batch.receipt.is_some() {
                         "signed"
                     } else {

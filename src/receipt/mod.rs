@@ -34,6 +34,10 @@ pub struct ReceiptBody {
     /// Receipt format version.
     pub format: u32,
     pub job_id: String,
+    /// Set on a scoring subject's own receipt: the batch's receipt cut down
+    /// to that subject's output (same job, same audit entry).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subject: Option<String>,
     pub module_sha256: String,
     pub world: String,
     pub mode: String,

@@ -107,12 +107,16 @@ pub enum Output {
     },
     /// A number.
     Value { name: String, value: f64 },
+    /// A grade from a scoring policy's scale (released instead of a number).
+    Grade { name: String, grade: String },
 }
 
 impl Output {
     pub fn name(&self) -> &str {
         match self {
-            Output::Table { name, .. } | Output::Value { name, .. } => name,
+            Output::Table { name, .. }
+            | Output::Value { name, .. }
+            | Output::Grade { name, .. } => name,
         }
     }
 }

@@ -12,6 +12,12 @@
 //! The policy's daily cap and per-minute rate (per institution, counted in
 //! subjects run) stop a batch cleanly: what was scored is released, the rest
 //! is reported `cap-reached` or `rate-limited`.
+//!
+//! The batch's release is one job with one receipt over all released
+//! scores; each scored subject also gets its own receipt, the batch's body
+//! cut down to that subject's output (`subject` set), signed by the same
+//! key, so an institution can file one enterprise's score without showing
+//! the others'. A policy with a grade scale releases only grades.
 
 pub mod authorisations;
 pub mod policy;
@@ -24,11 +30,11 @@ use datafusion::arrow::compute::{cast, take_record_batch};
 use datafusion::arrow::datatypes::DataType;
 use serde::{Deserialize, Serialize};
 
-pub use policy::ScoringPolicy;
+pub use policy::{Released, ScoringPolicy};
 
 use crate::catalog::DatasetVersion;
 use crate::policy::Mode;
-use crate::receipt::{DatasetRef, PrivacyCost, Receipt};
+use crate::receipt::{DatasetRef, PrivacyCost, Receipt, canonical_hash};
 use crate::sandbox::{Category, GuestCall, JobEnv, Limits, Output, Returned, World};
 use crate::service::{Service, ServiceError, Submitter};
 use crate::store::{StoreError, jobs, now};
@@ -58,8 +64,28 @@ pub struct SubjectScore {
     /// `scored`, `not-authorised`, `cap-reached`, `invalid-score` or the
     /// guest's category (`out-of-fuel`, `guest-error`, …).
     pub outcome: String,
-    /// The clamped, bucketed score when `scored`.
+    /// The clamped, bucketed score when `scored` (absent under a grade
+    /// scale).
     pub score: Option<f64>,
+    /// The grade when `scored` under a policy with a grade scale.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grade: Option<String>,
+    /// This subject's own signed receipt when `scored`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<Object>)]
+    pub receipt: Option<Receipt>,
+}
+
+impl SubjectScore {
+    fn unscored(subject: &str, outcome: &str) -> SubjectScore {
+        SubjectScore {
+            subject: subject.to_string(),
+            outcome: outcome.to_string(),
+            score: None,
+            grade: None,
+            receipt: None,
+        }
+    }
 }
 
 /// A finished batch.
@@ -302,11 +328,7 @@ pub async fn score(
     let mut attempted = 0u64;
     for (index, (subject, ok)) in request.subjects.iter().zip(&authorised).enumerate() {
         if !ok {
-            results.push(SubjectScore {
-                subject: subject.clone(),
-                outcome: "not-authorised".into(),
-                score: None,
-            });
+            results.push(SubjectScore::unscored(subject, "not-authorised"));
             continue;
         }
         let stop = if cap_left.is_some_and(|cap| attempted >= cap) {
@@ -321,10 +343,8 @@ pub async fn score(
                 request.subjects[index..]
                     .iter()
                     .zip(&authorised[index..])
-                    .map(|(s, ok)| SubjectScore {
-                        subject: s.clone(),
-                        outcome: if *ok { stop } else { "not-authorised" }.into(),
-                        score: None,
+                    .map(|(s, ok)| {
+                        SubjectScore::unscored(s, if *ok { stop } else { "not-authorised" })
                     }),
             );
             break;
@@ -353,25 +373,30 @@ pub async fn score(
                 },
             )
             .await;
-        let (outcome, value) = match (&execution.category, &execution.returned) {
-            (Category::Ok, Some(Returned::Number(n))) => match policy.bucket(*n) {
-                Some(bucketed) => ("scored".to_string(), Some(bucketed)),
-                None => ("invalid-score".to_string(), None),
-            },
-            (Category::Ok, _) => ("invalid-score".to_string(), None),
-            (category, _) => (category.code().to_string(), None),
+        let released = match (&execution.category, &execution.returned) {
+            (Category::Ok, Some(Returned::Number(n))) => policy.release(*n).ok_or("invalid-score"),
+            (Category::Ok, _) => Err("invalid-score"),
+            (category, _) => Err(category.code()),
         };
-        if let Some(value) = value {
-            outputs.push(Output::Value {
-                name: subject.clone(),
-                value,
-            });
+        let mut result = SubjectScore::unscored(subject, "scored");
+        match released {
+            Ok(Released::Score(value)) => {
+                result.score = Some(value);
+                outputs.push(Output::Value {
+                    name: subject.clone(),
+                    value,
+                });
+            }
+            Ok(Released::Grade(grade)) => {
+                result.grade = Some(grade.clone());
+                outputs.push(Output::Grade {
+                    name: subject.clone(),
+                    grade,
+                });
+            }
+            Err(code) => result.outcome = code.to_string(),
         }
-        results.push(SubjectScore {
-            subject: subject.clone(),
-            outcome,
-            score: value,
-        });
+        results.push(result);
     }
     if attempted > 0 {
         add_usage(service, &submitter.tenant, attempted).await?;
@@ -381,19 +406,38 @@ pub async fn score(
     } else {
         Category::Ok
     };
+    let signer = service.keys.signer()?;
     let receipt = jobs::finish(
         &service.store,
         &job.id,
         &category,
         &outputs,
         PrivacyCost::default(),
-        &service.keys.signer()?,
+        &signer,
     )
     .await?;
     service.announce_end(&job.id);
+    if let Some(batch) = &receipt {
+        let mut released = outputs.iter();
+        for result in results.iter_mut().filter(|r| r.outcome == "scored") {
+            let output = released.next().expect("one output per scored subject");
+            result.receipt = Some(subject_receipt(batch, output, &signer));
+        }
+    }
     Ok(ScoreBatch {
         job_id: job.id,
         results,
         receipt,
     })
+}
+
+/// A subject's own receipt: the batch receipt's body with only this
+/// subject's output, re-signed by the same key.
+fn subject_receipt(batch: &Receipt, output: &Output, signer: &crate::receipt::Signer) -> Receipt {
+    let mut body = batch.body.clone();
+    let json = serde_json::to_value([output]).expect("outputs serialise");
+    body.subject = Some(output.name().to_string());
+    body.output_sha256 = canonical_hash(&json);
+    body.output = Some(json);
+    Receipt::sign(body, signer)
 }

@@ -24,6 +24,17 @@ struct File {
     #[serde(default)]
     daily_cap: Option<u64>,
     datasets: Spanned<Vec<DatasetColumns>>,
+    #[serde(default)]
+    grades: Option<Spanned<Vec<Grade>>>,
+}
+
+/// One step of a grade scale: scores at or above `min` (and below the next
+/// grade's `min`) release as `grade`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grade {
+    pub grade: String,
+    pub min: f64,
 }
 
 /// The columns a scorer reads from one dataset.
@@ -49,6 +60,9 @@ pub struct ScoringPolicy {
     /// Subjects per day per institution (none: no cap).
     pub daily_cap: Option<u64>,
     pub datasets: Vec<DatasetColumns>,
+    /// When set, only the grade is released, never the number; highest
+    /// `min` first, the last covering the bottom of the range.
+    pub grades: Option<Vec<Grade>>,
     pub hash: String,
     pub source: PathBuf,
 }
@@ -65,9 +79,35 @@ impl ScoringPolicy {
         Some((self.min + steps * self.step).min(self.max))
     }
 
+    /// What is released for a raw score: the bucketed number, or its grade
+    /// when the policy has a grade scale. `None` for a value that is not a
+    /// number.
+    pub fn release(&self, score: f64) -> Option<Released> {
+        let bucketed = self.bucket(score)?;
+        Some(match &self.grades {
+            None => Released::Score(bucketed),
+            Some(grades) => Released::Grade(
+                grades
+                    .iter()
+                    .find(|g| bucketed >= g.min)
+                    .or(grades.last())
+                    .expect("a checked scale has grades")
+                    .grade
+                    .clone(),
+            ),
+        })
+    }
+
     pub fn dataset_ids(&self) -> Vec<String> {
         self.datasets.iter().map(|d| d.id.clone()).collect()
     }
+}
+
+/// A released score: a number or a grade.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Released {
+    Score(f64),
+    Grade(String),
 }
 
 /// Load every `*.toml` in `dir` (a missing directory is no policies).
@@ -144,6 +184,22 @@ fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
             "institutions: name at least one tenant".into(),
         ));
     }
+    if let Some(grades) = &parsed.grades {
+        let scale = grades.get_ref();
+        let descending = scale.windows(2).all(|w| w[0].min > w[1].min);
+        let covers = scale.last().is_some_and(|g| g.min <= min);
+        let named = scale
+            .iter()
+            .all(|g| !g.grade.is_empty() && g.grade.len() <= 16 && g.min.is_finite());
+        if !(descending && covers && named) {
+            problems.push(diagnostic(
+                at(grades.span()),
+                "grades: highest `min` first, strictly falling, the last at or below the \
+                 range's lower end, each grade 1 to 16 characters"
+                    .into(),
+            ));
+        }
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -157,6 +213,7 @@ fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
         per_minute: parsed.per_minute,
         daily_cap: parsed.daily_cap,
         datasets: parsed.datasets.into_inner(),
+        grades: parsed.grades.map(Spanned::into_inner),
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         source: file.to_path_buf(),
     })
@@ -177,6 +234,7 @@ mod tests {
             per_minute: None,
             daily_cap: None,
             datasets: vec![],
+            grades: None,
             hash: String::new(),
             source: PathBuf::new(),
         }
@@ -194,6 +252,41 @@ mod tests {
         let odd = policy(0.0, 1000.0, 300.0);
         assert_eq!(odd.bucket(990.0), Some(900.0));
         assert_eq!(odd.bucket(1000.0), Some(900.0));
+    }
+
+    #[test]
+    fn grade_scales_release_only_the_grade() {
+        let mut p = policy(0.0, 1000.0, 10.0);
+        p.grades = Some(
+            [("A", 800.0), ("B", 600.0), ("C", 0.0)]
+                .map(|(grade, min)| Grade {
+                    grade: grade.into(),
+                    min,
+                })
+                .to_vec(),
+        );
+        assert_eq!(p.release(805.0), Some(Released::Grade("A".into())));
+        assert_eq!(
+            p.release(796.0),
+            Some(Released::Grade("A".into())),
+            "bucketed to 800 first"
+        );
+        assert_eq!(p.release(794.0), Some(Released::Grade("B".into())));
+        assert_eq!(p.release(-1e9), Some(Released::Grade("C".into())));
+        assert_eq!(p.release(f64::NAN), None);
+    }
+
+    #[test]
+    fn grade_scales_must_fall_and_cover_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("a.toml"),
+            "name = \"a\"\ninstitutions = [\"bank\"]\npurpose = \"credit-assessment\"\nrange = [0, 1000]\nstep = 10\ndatasets = [{ id = \"tax_records\", columns = [\"tax_paid\"] }]\ngrades = [{ grade = \"A\", min = 500 }, { grade = \"B\", min = 100 }]\n",
+        )
+        .unwrap();
+        let error = load_dir(dir.path()).unwrap_err();
+        assert_eq!(error.0[0].line, 7, "{:?}", error.0);
+        assert!(error.0[0].message.contains("grades"));
     }
 
     #[test]

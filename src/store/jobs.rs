@@ -177,6 +177,7 @@ pub async fn finish(
         let body = ReceiptBody {
             format: 1,
             job_id: id.into(),
+            subject: None,
             module_sha256: row.get(1),
             world: row.get(2),
             mode: row.get(3),

@@ -217,10 +217,10 @@ pub fn rows(batches: &[datafusion::arrow::array::RecordBatch]) -> Vec<Vec<String
     out
 }
 
-/// A catalog under `data_dir` holding both sample datasets.
+/// A catalog under `data_dir` holding every sample dataset.
 pub async fn catalog_with_samples(data_dir: &Path) -> datasandbox::catalog::Catalog {
     let catalog = datasandbox::catalog::Catalog::open(&data_dir.join("catalog")).unwrap();
-    for id in ["enterprises", "tax_records"] {
+    for id in datasandbox::sample_data::DATASETS {
         catalog
             .add(
                 &samples().join(format!("{id}.csv")),
@@ -268,7 +268,7 @@ impl TestServer {
                 .await
                 .unwrap(),
         );
-        for id in ["enterprises", "tax_records"] {
+        for id in datasandbox::sample_data::DATASETS {
             service
                 .add_dataset(
                     "operator",
