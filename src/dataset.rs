@@ -116,6 +116,10 @@ pub struct DatasetSource {
     /// that mode; without them a protected dataset answers no query.
     #[serde(skip)]
     pub rules: Option<std::sync::Arc<crate::policy::aggregate::TableRules>>,
+    /// The dp-mode rules, for a job in `dp` mode over a dataset whose
+    /// policy allows it (then `rules` is `None`).
+    #[serde(skip)]
+    pub dp: Option<std::sync::Arc<crate::dp::DpTable>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -166,6 +170,7 @@ impl DatasetSource {
             schema: None,
             dictionary: Vec::new(),
             rules: None,
+            dp: None,
         })
     }
 

@@ -14,6 +14,7 @@
 //! - [`catalog`]: manifests, dataset versions, quality profiles, synthetic samples.
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
+//! - [`dp`]: differential privacy: DP SQL, OpenDP noise, privacy budgets.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
 //! - [`scoring`]: scoring mode: subjects' authorisations, scoring policies, per-subject fresh instances.
 //! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
@@ -31,6 +32,7 @@ pub mod catalog;
 pub mod client;
 pub mod dataset;
 pub mod demo;
+pub mod dp;
 pub mod policy;
 pub mod query;
 pub mod receipt;

@@ -46,8 +46,10 @@ pub enum ServiceError {
         mode: String,
         expected: String,
     },
-    #[error("unsupported mode {0:?} (this server runs: aggregate)")]
+    #[error("unsupported mode {0:?} (jobs run in: aggregate, dp)")]
     UnsupportedMode(String),
+    #[error("dp: {0}")]
+    Dp(String),
     #[error("no access to dataset {0}")]
     NoAccess(String),
     #[error("a job needs at least one dataset")]
@@ -89,6 +91,8 @@ pub struct JobRequest {
     pub mode: String,
     pub datasets: Vec<String>,
     pub params: String,
+    /// `dp` mode: the ε each query spends.
+    pub epsilon: Option<f64>,
 }
 
 /// A committed (`queued`) job with everything needed to run it.
@@ -219,8 +223,18 @@ impl Service {
         submitter: &Submitter,
         request: JobRequest,
     ) -> Result<QueuedJob, ServiceError> {
-        if request.mode != "aggregate" {
-            return Err(ServiceError::UnsupportedMode(request.mode));
+        let mode = match request.mode.as_str() {
+            "aggregate" => Mode::Aggregate,
+            "dp" => Mode::Dp,
+            _ => return Err(ServiceError::UnsupportedMode(request.mode)),
+        };
+        if mode == Mode::Dp && request.epsilon.is_none() {
+            return Err(ServiceError::Dp(
+                "say how much ε each query spends (`epsilon`)".into(),
+            ));
+        }
+        if mode != Mode::Dp && request.epsilon.is_some() {
+            return Err(ServiceError::Dp("`epsilon` is for dp mode only".into()));
         }
         if request.datasets.is_empty() {
             return Err(ServiceError::NoDatasets);
@@ -256,8 +270,16 @@ impl Service {
             }
             versions.push(version);
         }
-        self.commit(submitter, module, &versions, request.params)
-            .await
+        match request.epsilon {
+            Some(epsilon) => {
+                self.commit_dp(submitter, module, &versions, request.params, epsilon)
+                    .await
+            }
+            None => {
+                self.commit(submitter, module, &versions, request.params)
+                    .await
+            }
+        }
     }
 
     async fn commit(
@@ -268,15 +290,95 @@ impl Service {
         params: String,
     ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
+        let tables = versions.iter().map(|v| v.job_table(&policies)).collect();
+        self.commit_with(
+            submitter,
+            module,
+            versions,
+            params,
+            Mode::Aggregate,
+            tables,
+            None,
+        )
+        .await
+    }
+
+    /// Commit a `dp` job: every protected dataset's policy must allow `dp`
+    /// and accept `epsilon` per query.
+    async fn commit_dp(
+        &self,
+        submitter: &Submitter,
+        module: Arc<LoadedModule>,
+        versions: &[DatasetVersion],
+        params: String,
+        epsilon: f64,
+    ) -> Result<QueuedJob, ServiceError> {
+        let policies = self.policies.current();
+        let tables: Vec<_> = versions.iter().map(|v| v.dp_job_table(&policies)).collect();
+        let mut dp_tables = std::collections::HashMap::new();
+        for (table, version) in tables.iter().zip(versions) {
+            match &table.dp {
+                Some(dp) => {
+                    let (low, high) = dp.rules.query_epsilon;
+                    if !(low..=high).contains(&epsilon) {
+                        return Err(ServiceError::Dp(format!(
+                            "{}: ε per query must be within [{low}, {high}]",
+                            version.id
+                        )));
+                    }
+                    dp_tables.insert(table.name.clone(), Arc::clone(dp));
+                }
+                None if version.manifest.classification == Classification::Open => {}
+                None => {
+                    return Err(ServiceError::Dp(format!(
+                        "the policy of {} does not allow the dp mode",
+                        version.id
+                    )));
+                }
+            }
+        }
+        let job_id = jobs::new_job_id();
+        let dp = Arc::new(crate::dp::DpSession {
+            tables: dp_tables,
+            epsilon,
+            ledger: crate::dp::Ledger {
+                store: self.store.clone(),
+                principal: submitter.tenant.clone(),
+                job_id: job_id.clone(),
+            },
+        });
+        let mut job = self
+            .commit_with(
+                submitter,
+                module,
+                versions,
+                params,
+                Mode::Dp,
+                tables,
+                Some(job_id),
+            )
+            .await?;
+        job.env.dp = Some(dp);
+        Ok(job)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn commit_with(
+        &self,
+        submitter: &Submitter,
+        module: Arc<LoadedModule>,
+        versions: &[DatasetVersion],
+        params: String,
+        mode: Mode,
+        tables: Vec<crate::dataset::DatasetSource>,
+        job_id: Option<String>,
+    ) -> Result<QueuedJob, ServiceError> {
+        let policies = self.policies.current();
         let mut limits = Limits::default();
         let mut policy_hash = None;
         let mut refs = Vec::new();
-        let mut tables = Vec::new();
         for version in versions {
-            if let Some(policy) = policies
-                .policy_for(&version.id)
-                .filter(|p| p.allows(Mode::Aggregate))
-            {
+            if let Some(policy) = policies.policy_for(&version.id).filter(|p| p.allows(mode)) {
                 limits = policy.job_limits(&limits);
                 policy_hash = Some(policy.hash.clone());
             }
@@ -284,14 +386,13 @@ impl Service {
                 id: version.id.clone(),
                 version: version.hash.clone(),
             });
-            tables.push(version.job_table(&policies));
         }
         let job = jobs::NewJob {
-            id: jobs::new_job_id(),
+            id: job_id.unwrap_or_else(jobs::new_job_id),
             principal: submitter.tenant.clone(),
             module_sha256: module.hash.clone(),
             world: module.world.to_string(),
-            mode: "aggregate".into(),
+            mode: mode_name(mode).into(),
             datasets: refs,
             policy_sha256: policy_hash,
             params: params.clone(),
@@ -327,17 +428,33 @@ impl Service {
             execution = self.sandbox.run(&job.module, &job.env, call) => execution,
             () = cancel => Execution::refused(&job.id, Category::Cancelled),
         };
-        self.finish(&job.id, execution).await
+        // What the job's answers were charged (committed before each answer
+        // reached the guest): the receipt states it.
+        let cost = if job.env.dp.is_some() {
+            let cost = crate::dp::budget::job_cost(&self.store, &job.id).await?;
+            PrivacyCost {
+                epsilon: cost.epsilon,
+                delta: cost.delta,
+            }
+        } else {
+            PrivacyCost::default()
+        };
+        self.finish(&job.id, execution, cost).await
     }
 
-    async fn finish(&self, id: &str, execution: Execution) -> Result<JobResult, ServiceError> {
+    async fn finish(
+        &self,
+        id: &str,
+        execution: Execution,
+        cost: PrivacyCost,
+    ) -> Result<JobResult, ServiceError> {
         let signer = self.keys.signer()?;
         let receipt = jobs::finish(
             &self.store,
             id,
             &execution.category,
             &execution.outputs,
-            PrivacyCost::default(),
+            cost,
             &signer,
         )
         .await?;
@@ -469,7 +586,8 @@ impl Service {
                 on_submitted(&job.id);
                 jobs::start(&self.store, &job.id).await?;
                 let execution = Execution::refused(&job.id, Category::from(&error as &IntakeError));
-                self.finish(&job.id, execution).await
+                self.finish(&job.id, execution, PrivacyCost::default())
+                    .await
             }
         }
     }
@@ -574,4 +692,14 @@ pub async fn record_dataset_added(
     .await?;
     tx.commit().await?;
     Ok(())
+}
+
+fn mode_name(mode: Mode) -> &'static str {
+    match mode {
+        Mode::Aggregate => "aggregate",
+        Mode::Dp => "dp",
+        Mode::SampleAggregate => "sample-aggregate",
+        Mode::Contest => "contest",
+        Mode::Scoring => "scoring",
+    }
 }

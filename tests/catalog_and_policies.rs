@@ -42,8 +42,8 @@ fn manifest_errors_name_file_line_and_field() {
     );
 
     let bad_role = MANIFEST.replace(
-        "role = \"quasi-identifier\"\n\n[[columns]]\nname = \"industry\"",
-        "role = \"secret\"\n\n[[columns]]\nname = \"industry\"",
+        "role = \"quasi-identifier\"\n# The published",
+        "role = \"secret\"\n# The published",
     );
     assert!(manifest_errors(&bad_role)[0].contains("unknown variant `secret`"));
 
@@ -53,7 +53,7 @@ fn manifest_errors_name_file_line_and_field() {
         errors[0].contains(": columns.bounds: bounds of employees must be finite with low < high"),
         "{errors:?}"
     );
-    assert!(errors[0].starts_with("m.toml:53:"), "{errors:?}");
+    assert!(errors[0].starts_with("m.toml:58:"), "{errors:?}");
 
     let no_bounds = MANIFEST.replace("bounds = [0, 100000]\n", "");
     assert!(manifest_errors(&no_bounds)[0].contains("numeric column employees needs bounds"));
@@ -81,7 +81,7 @@ async fn data_that_does_not_match_its_manifest_is_refused() {
         "{error}"
     );
     assert!(
-        error.contains("enterprises.toml:48: columns.type"),
+        error.contains("enterprises.toml:53: columns.type"),
         "{error}"
     );
 

@@ -71,6 +71,7 @@ struct ColumnFile {
     unit: String,
     role: Spanned<ColumnRole>,
     bounds: Option<Spanned<[f64; 2]>>,
+    categories: Option<Spanned<Vec<String>>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +103,11 @@ pub struct ColumnSpec {
     /// `[low, high]` for numeric columns: clamping bounds for differential
     /// privacy and the range quality checks hold the data to.
     pub bounds: Option<[f64; 2]>,
+    /// The column's complete, published list of values (e.g. the
+    /// districts): differentially private answers release these group keys
+    /// directly; other keys pass only a noisy threshold.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub categories: Option<Vec<String>>,
     /// Line in the manifest, for messages about this column.
     #[serde(skip)]
     pub line: usize,
@@ -196,6 +202,23 @@ impl Manifest {
                 )),
                 (None, _) => {}
             }
+            if let Some(categories) = &column.categories {
+                let list = categories.get_ref();
+                let unique: std::collections::HashSet<&String> = list.iter().collect();
+                if role == ColumnRole::Identifier
+                    || list.is_empty()
+                    || list.len() > 1000
+                    || unique.len() != list.len()
+                {
+                    problems.push(error(
+                        at(categories.span()),
+                        "columns.categories",
+                        format!(
+                            "categories of {name}: 1 to 1000 distinct published values, not on an identifier"
+                        ),
+                    ));
+                }
+            }
             columns.push(ColumnSpec {
                 name,
                 data_type,
@@ -203,6 +226,7 @@ impl Manifest {
                 unit: column.unit,
                 role,
                 bounds,
+                categories: column.categories.map(Spanned::into_inner),
                 line,
             });
         }

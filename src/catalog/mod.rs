@@ -73,6 +73,17 @@ impl DatasetVersion {
     /// This version as a table of a job, with its declared schema,
     /// dictionary and (for protected data whose policy allows the mode)
     /// its aggregate-mode rules.
+    /// This version as a table of a `dp`-mode job.
+    pub fn dp_job_table(&self, policies: &PolicySet) -> DatasetSource {
+        dp_job_table(
+            &self.manifest,
+            &self.path,
+            self.format,
+            policies,
+            self.profile.rows == self.profile.privacy_units,
+        )
+    }
+
     pub fn job_table(&self, policies: &PolicySet) -> DatasetSource {
         let unit_is_unique = self.profile.rows == self.profile.privacy_units;
         job_table(
@@ -123,7 +134,29 @@ pub fn job_table(
         } else {
             rules
         },
+        dp: None,
     }
+}
+
+/// A data file as a table of a `dp`-mode job: the same as [`job_table`]
+/// without aggregate rules, with the DP rules of a policy that allows `dp`.
+/// Protected data without a `dp` policy answers nothing; open data without
+/// one is answered exactly (it is public).
+pub fn dp_job_table(
+    manifest: &Manifest,
+    path: &Path,
+    format: DataFormat,
+    policies: &PolicySet,
+    unit_is_unique: bool,
+) -> DatasetSource {
+    let mut table = job_table(manifest, path, format, policies, unit_is_unique);
+    table.rules = None;
+    table.dp = policies
+        .policy_for(&manifest.id)
+        .filter(|p| p.allows(Mode::Dp))
+        .and_then(|p| p.dp)
+        .map(|rules| Arc::new(crate::dp::DpTable::new(manifest, rules, unit_is_unique)));
+    table
 }
 
 /// The catalog directory.

@@ -221,7 +221,7 @@ fn contains_aggregate(plan: &LogicalPlan) -> bool {
     found
 }
 
-fn unalias(expr: &Expr) -> &Expr {
+pub(crate) fn unalias(expr: &Expr) -> &Expr {
     match expr {
         Expr::Alias(alias) => unalias(&alias.expr),
         other => other,
@@ -230,7 +230,7 @@ fn unalias(expr: &Expr) -> &Expr {
 
 /// Type coercion wraps columns in casts (AVG of an integer column is
 /// `avg(CAST(x AS Float64))`); a cast of a column is still that column.
-fn strip_casts(expr: &Expr) -> &Expr {
+pub(crate) fn strip_casts(expr: &Expr) -> &Expr {
     match expr {
         Expr::Cast(cast) => strip_casts(&cast.expr),
         Expr::TryCast(cast) => strip_casts(&cast.expr),
@@ -817,7 +817,7 @@ fn round_to_5(array: &ArrayRef) -> Result<ArrayRef, EnforceError> {
 
 /// The aggregate's output schema with positional names `c0…cn`, all
 /// nullable (vetting may blank values).
-fn positional_schema(schema: &DFSchemaRef) -> SchemaRef {
+pub(crate) fn positional_schema(schema: &DFSchemaRef) -> SchemaRef {
     Arc::new(Schema::new(
         schema
             .fields()
@@ -830,7 +830,7 @@ fn positional_schema(schema: &DFSchemaRef) -> SchemaRef {
 
 /// A scan of the vetted rows, projected back to the original names and
 /// qualifiers so the plan above resolves unchanged.
-fn vetted_scan(
+pub(crate) fn vetted_scan(
     index: usize,
     original: &DFSchemaRef,
     batches: Vec<RecordBatch>,

@@ -114,6 +114,120 @@ struct PolicyFile {
     max_output_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     review: Review,
+    dp: Option<Spanned<DpSection>>,
+}
+
+/// The `[dp]` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DpSection {
+    epsilon_total: f64,
+    #[serde(default)]
+    delta_total: f64,
+    epsilon_dataset: Option<f64>,
+    #[serde(default = "default_query_epsilon")]
+    query_epsilon: [f64; 2],
+    #[serde(default = "default_delta_per_query")]
+    delta_per_query: f64,
+    #[serde(default = "default_max_groups")]
+    max_groups_per_unit: u32,
+    #[serde(default = "default_max_rows")]
+    max_rows_per_group: u32,
+    #[serde(default)]
+    bounds: BoundsSource,
+}
+
+fn default_query_epsilon() -> [f64; 2] {
+    [0.01, 2.0]
+}
+fn default_delta_per_query() -> f64 {
+    1e-7
+}
+fn default_max_groups() -> u32 {
+    1
+}
+fn default_max_rows() -> u32 {
+    1
+}
+
+/// Where clamping bounds come from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BoundsSource {
+    /// The manifest's declared `bounds` (public knowledge, never the data).
+    #[default]
+    Manifest,
+}
+
+/// Differential-privacy rules of a dataset (the `[dp]` section).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct DpRules {
+    /// ε (and δ) each principal may spend on the dataset, before any
+    /// administrator's grant.
+    pub epsilon_total: f64,
+    pub delta_total: f64,
+    /// ε all principals together may spend (against colluding accounts).
+    pub epsilon_dataset: Option<f64>,
+    /// Smallest and largest ε one query may ask for.
+    pub query_epsilon: (f64, f64),
+    /// δ of one query that selects group keys by a noisy threshold.
+    pub delta_per_query: f64,
+    /// Groups one privacy unit may contribute to (more are sampled).
+    pub max_groups_per_unit: u32,
+    /// Rows one privacy unit may contribute to one group (more are sampled).
+    pub max_rows_per_group: u32,
+    pub bounds: BoundsSource,
+}
+
+impl DpRules {
+    pub fn caps(&self) -> crate::dp::budget::Caps {
+        crate::dp::budget::Caps {
+            total: crate::dp::budget::Cost {
+                epsilon: self.epsilon_total,
+                delta: self.delta_total,
+            },
+            dataset_epsilon: self.epsilon_dataset,
+        }
+    }
+}
+
+fn check_dp(section: &DpSection) -> Result<DpRules, String> {
+    let [low, high] = section.query_epsilon;
+    if !(0.01..=20.0).contains(&low) || !(0.01..=20.0).contains(&high) || low > high {
+        return Err("dp.query_epsilon: [low, high] within 0.01 to 20, low first".into());
+    }
+    if !(section.epsilon_total.is_finite() && section.epsilon_total > 0.0) {
+        return Err("dp.epsilon_total: a positive number".into());
+    }
+    if section.epsilon_total < low {
+        return Err("dp.epsilon_total: smaller than the cheapest query".into());
+    }
+    if let Some(all) = section.epsilon_dataset
+        && !(all.is_finite() && all >= section.epsilon_total)
+    {
+        return Err("dp.epsilon_dataset: at least epsilon_total".into());
+    }
+    if !(section.delta_total.is_finite() && (0.0..1e-3).contains(&section.delta_total)) {
+        return Err("dp.delta_total: from 0 to below 1e-3".into());
+    }
+    if !(section.delta_per_query > 0.0 && section.delta_per_query <= 1e-5) {
+        return Err("dp.delta_per_query: above 0, at most 1e-5".into());
+    }
+    if !(1..=100).contains(&section.max_groups_per_unit)
+        || !(1..=1000).contains(&section.max_rows_per_group)
+    {
+        return Err("dp.max_groups_per_unit: 1 to 100; dp.max_rows_per_group: 1 to 1000".into());
+    }
+    Ok(DpRules {
+        epsilon_total: section.epsilon_total,
+        delta_total: section.delta_total,
+        epsilon_dataset: section.epsilon_dataset,
+        query_epsilon: (low, high),
+        delta_per_query: section.delta_per_query,
+        max_groups_per_unit: section.max_groups_per_unit,
+        max_rows_per_group: section.max_rows_per_group,
+        bounds: section.bounds,
+    })
 }
 
 /// The `*.toml` files directly in `dir`, sorted; `what` names the
@@ -148,6 +262,8 @@ pub struct Policy {
     pub max_output_rows: Option<u32>,
     pub max_output_bytes: Option<u64>,
     pub review: Review,
+    /// Required when `modes` has `dp`.
+    pub dp: Option<DpRules>,
     /// Hex SHA-256 of the file's bytes.
     pub hash: String,
     pub source: PathBuf,
@@ -341,6 +457,29 @@ fn parse_policy(
             problems.push(diagnostic(at(span), format!("`{name}` must be at least 1")));
         }
     }
+    let dp = match &parsed.dp {
+        Some(section) => match check_dp(section.get_ref()) {
+            Ok(rules) => Some(rules),
+            Err(message) => {
+                problems.push(diagnostic(at(section.span()), message));
+                None
+            }
+        },
+        None => None,
+    };
+    if dp.is_none()
+        && parsed.dp.is_none()
+        && parsed
+            .modes
+            .get_ref()
+            .iter()
+            .any(|m| *m.get_ref() == Mode::Dp)
+    {
+        problems.push(diagnostic(
+            at(parsed.modes.span()),
+            "mode `dp` needs a `[dp]` section (epsilon_total at least)".into(),
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -363,6 +502,7 @@ fn parse_policy(
         max_output_rows: parsed.max_output_rows.map(Spanned::into_inner),
         max_output_bytes: parsed.max_output_bytes.map(Spanned::into_inner),
         review: parsed.review,
+        dp,
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         source: file.to_path_buf(),
     })

@@ -108,6 +108,8 @@ pub struct QuerySession {
     classification: HashMap<String, Classification>,
     /// Aggregate-mode rules of the protected tables that have them.
     rules: RulesByTable,
+    /// A `dp`-mode job's context: its tables answer only DP SQL.
+    dp: Option<Arc<crate::dp::DpSession>>,
     parser_recursion_limit: usize,
 }
 
@@ -168,8 +170,15 @@ impl QuerySession {
             tables,
             classification,
             rules,
+            dp: None,
             parser_recursion_limit: config.parser_recursion_limit,
         })
+    }
+
+    /// Answer the DP session's tables in `dp` mode only.
+    pub fn with_dp(mut self, dp: Option<Arc<crate::dp::DpSession>>) -> Self {
+        self.dp = dp;
+        self
     }
 
     /// The job's tables.
@@ -188,22 +197,29 @@ impl QuerySession {
         let failed = |e: datafusion::error::DataFusionError| QueryError::Failed {
             detail: e.strip_backtrace(),
         };
-        let (plan, report) = if aggregate::reads_protected(&plan, &self.rules) {
-            match aggregate::enforce(&self.ctx, plan, &self.rules).await {
-                Ok((plan, report)) => (plan, Some(report)),
-                Err(EnforceError::Rejected(rejection)) => {
-                    return Err(QueryError::Rejected(rejection.to_string()));
-                }
-                Err(EnforceError::Failed(error)) => return Err(failed(error)),
+        let (plan, report) = match &self.dp {
+            Some(dp) if crate::dp::sql::reads_dp(&plan, dp) => {
+                let (plan, report) = crate::dp::sql::answer(&self.ctx, plan, dp).await?;
+                (plan, Some((crate::dp::DP_METADATA_KEY, report)))
             }
-        } else {
-            (plan, None)
+            _ if aggregate::reads_protected(&plan, &self.rules) => {
+                match aggregate::enforce(&self.ctx, plan, &self.rules).await {
+                    Ok((plan, report)) => {
+                        (plan, Some((SUPPRESSION_METADATA_KEY, report.describe())))
+                    }
+                    Err(EnforceError::Rejected(rejection)) => {
+                        return Err(QueryError::Rejected(rejection.to_string()));
+                    }
+                    Err(EnforceError::Failed(error)) => return Err(failed(error)),
+                }
+            }
+            _ => (plan, None),
         };
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
         let mut schema: SchemaRef = Arc::clone(frame.schema().inner());
-        if let Some(report) = report {
+        if let Some((key, report)) = report {
             let mut metadata = schema.metadata().clone();
-            metadata.insert(SUPPRESSION_METADATA_KEY.to_string(), report.describe());
+            metadata.insert(key.to_string(), report);
             schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
         }
         let mut stream = frame.execute_stream().await.map_err(failed)?;
@@ -270,6 +286,13 @@ impl QuerySession {
                 let table = scan.table_name.table();
                 match self.classification.get(table) {
                     None => Some(format!("table {table} is not part of this job")),
+                    _ if self
+                        .dp
+                        .as_ref()
+                        .is_some_and(|dp| dp.tables.contains_key(table)) =>
+                    {
+                        None
+                    }
                     Some(Classification::Open) => None,
                     Some(_) if self.rules.contains_key(table) => None,
                     // Fail closed: protected datasets answer only under an

@@ -28,6 +28,8 @@ pub struct JobEnv {
     pub limits: Limits,
     /// Tables the job may query (world `analysis` only).
     pub datasets: Vec<DatasetSource>,
+    /// A `dp`-mode job's tables, ε per query and budget ledger.
+    pub dp: Option<std::sync::Arc<crate::dp::DpSession>>,
 }
 
 impl JobEnv {
@@ -42,6 +44,7 @@ impl JobEnv {
             logical_time: Duration::from_secs(now.as_secs() / 86_400 * 86_400),
             limits: Limits::default(),
             datasets: Vec::new(),
+            dp: None,
         }
     }
 }

@@ -214,6 +214,7 @@ impl From<ServiceError> for ApiError {
             ),
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::UnsupportedMode(_)
+            | ServiceError::Dp(_)
             | ServiceError::NoDatasets
             | ServiceError::Params { .. }
             | ServiceError::Scoring(_)) => ApiError::bad_request("bad-job", error.to_string()),

@@ -150,7 +150,7 @@ pub async fn show_module(
 pub struct SubmitJob {
     /// SHA-256 of a module the caller uploaded.
     pub module: String,
-    /// The release mode: `aggregate`.
+    /// The release mode: `aggregate` or `dp`.
     pub mode: String,
     /// Dataset ids (`id` or `id@version`).
     pub datasets: Vec<String>,
@@ -158,6 +158,9 @@ pub struct SubmitJob {
     #[serde(default)]
     #[schema(value_type = Object)]
     pub params: serde_json::Value,
+    /// `dp` mode: the ε each query spends (within the policy's range).
+    #[serde(default)]
+    pub epsilon: Option<f64>,
 }
 
 /// A job as its owner sees it.
@@ -222,6 +225,7 @@ pub async fn submit_job(
         mode: body.mode,
         datasets: body.datasets,
         params,
+        epsilon: body.epsilon,
     };
     let id = state.queue.submit(&caller.submitter(), request).await?;
     let job = jobs::get(&state.service.store, &id).await?;

@@ -1,0 +1,80 @@
+//! Differential privacy: the `dp` release mode (DP SQL) and the budgets
+//! every noisy answer is charged to.
+//!
+//! - [`budget`]: per (principal, dataset) ledgers in the store; a charge is
+//!   committed with its audit entry before the answer is computed.
+//! - [`noise`]: the mechanisms, all from OpenDP's exact samplers (discrete
+//!   Laplace on integers and on a 2⁻ᵏ grid for floats, Laplace threshold
+//!   for key selection); this crate samples no noise of its own.
+//! - [`sql`]: the DP subset of SQL, planned by DataFusion: contribution
+//!   bounding, clamping, true aggregates, noise, key release.
+
+pub mod budget;
+pub mod noise;
+pub mod sql;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::catalog::Manifest;
+use crate::policy::DpRules;
+use crate::store::Store;
+
+/// Schema metadata key under which a DP answer tells the guest what it cost
+/// and how noisy each column is (JSON).
+pub const DP_METADATA_KEY: &str = "datasandbox.dp";
+
+/// What the manifest and the policy say about one table in `dp` mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DpTable {
+    pub dataset: String,
+    /// Always the manifest's; a query cannot change it.
+    pub privacy_unit: String,
+    pub identifiers: Vec<String>,
+    /// Declared clamping bounds of numeric columns.
+    pub bounds: HashMap<String, (f64, f64)>,
+    /// Published category lists (keys released without a threshold).
+    pub categories: HashMap<String, Vec<String>>,
+    /// One row per privacy unit (from the profile): no bounding needed.
+    pub unit_is_unique: bool,
+    pub rules: DpRules,
+}
+
+impl DpTable {
+    pub fn new(manifest: &Manifest, rules: DpRules, unit_is_unique: bool) -> DpTable {
+        DpTable {
+            dataset: manifest.id.clone(),
+            privacy_unit: manifest.privacy_unit.clone(),
+            identifiers: manifest.identifiers(),
+            bounds: manifest
+                .columns
+                .iter()
+                .filter_map(|c| c.bounds.map(|[lo, hi]| (c.name.clone(), (lo, hi))))
+                .collect(),
+            categories: manifest
+                .columns
+                .iter()
+                .filter_map(|c| c.categories.clone().map(|list| (c.name.clone(), list)))
+                .collect(),
+            unit_is_unique,
+            rules,
+        }
+    }
+}
+
+/// Where one job's charges go.
+#[derive(Debug, Clone)]
+pub struct Ledger {
+    pub store: Store,
+    pub principal: String,
+    pub job_id: String,
+}
+
+/// A job's DP context: its tables, the ε of each query, its ledger.
+#[derive(Debug)]
+pub struct DpSession {
+    pub tables: HashMap<String, Arc<DpTable>>,
+    /// ε of each query, declared at submission within the policy's range.
+    pub epsilon: f64,
+    pub ledger: Ledger,
+}

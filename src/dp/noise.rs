@@ -1,0 +1,174 @@
+//! The noise mechanisms of the `dp` mode, all OpenDP measurements: the
+//! samplers are exact (discrete Laplace over integers, and over a 2⁻ᵏ
+//! lattice for floats), so no floating-point Laplace is ever sampled here.
+//! Every measurement's own privacy map is asked what the release costs for
+//! the given sensitivity, and a mechanism that would cost more than it was
+//! given is an error, never a release.
+
+use std::collections::HashMap;
+
+use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
+use opendp::measurements::{make_laplace, make_laplace_threshold};
+use opendp::measures::{Approximate, MaxDivergence};
+use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
+
+/// A mechanism could not be built or run.
+#[derive(Debug, thiserror::Error)]
+#[error("noise mechanism: {0}")]
+pub struct NoiseError(String);
+
+fn opendp_error(error: opendp::error::Error) -> NoiseError {
+    NoiseError(error.to_string())
+}
+
+/// Slack for the privacy map's rounding (it rounds up, conservatively).
+const SLACK: f64 = 1e-9;
+
+fn within(used: f64, budget: f64) -> Result<(), NoiseError> {
+    if used <= budget * (1.0 + SLACK) {
+        Ok(())
+    } else {
+        Err(NoiseError(format!(
+            "the mechanism would spend ε={used}, more than the ε={budget} charged"
+        )))
+    }
+}
+
+/// Discrete Laplace noise on integer counts whose vector changes by at most
+/// `sensitivity` (L1) when one privacy unit is added or removed. Returns the
+/// noisy counts and the noise scale.
+pub fn laplace_counts(
+    values: &[i64],
+    sensitivity: i64,
+    epsilon: f64,
+) -> Result<(Vec<i64>, f64), NoiseError> {
+    let scale = sensitivity as f64 / epsilon;
+    let measurement = make_laplace::<_, _, MaxDivergence>(
+        VectorDomain::new(AtomDomain::<i64>::default()),
+        L1Distance::<i64>::default(),
+        scale,
+        None,
+    )
+    .map_err(opendp_error)?;
+    within(
+        measurement.map(&sensitivity).map_err(opendp_error)?,
+        epsilon,
+    )?;
+    let noisy = measurement.invoke(&values.to_vec()).map_err(opendp_error)?;
+    Ok((noisy, scale))
+}
+
+/// Laplace noise on float sums (sampled exactly on a fine lattice), for an
+/// L1 `sensitivity` per privacy unit. Returns the noisy sums and the scale.
+pub fn laplace_sums(
+    values: &[f64],
+    sensitivity: f64,
+    epsilon: f64,
+) -> Result<(Vec<f64>, f64), NoiseError> {
+    let scale = sensitivity / epsilon;
+    let measurement = make_laplace::<_, _, MaxDivergence>(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+        L1Distance::<f64>::default(),
+        scale,
+        None,
+    )
+    .map_err(opendp_error)?;
+    within(
+        measurement.map(&sensitivity).map_err(opendp_error)?,
+        epsilon,
+    )?;
+    let noisy = measurement.invoke(&values.to_vec()).map_err(opendp_error)?;
+    Ok((noisy, scale))
+}
+
+/// Keys released through a noisy threshold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Thresholded {
+    /// Released keys with their noisy privacy-unit counts.
+    pub counts: HashMap<String, i64>,
+    pub scale: f64,
+    pub threshold: i64,
+    /// δ the release costs (at most the δ asked for).
+    pub delta: f64,
+}
+
+/// Release the keys of `units` (privacy units per group key) whose noisy
+/// count passes a threshold, when each unit touches at most `max_groups`
+/// keys once each. The threshold is the smallest that keeps δ at most
+/// `delta` according to the mechanism's own privacy map.
+pub fn threshold_keys(
+    units: HashMap<String, i64>,
+    max_groups: u32,
+    epsilon: f64,
+    delta: f64,
+) -> Result<Thresholded, NoiseError> {
+    let l0 = max_groups;
+    let l1 = i64::from(max_groups);
+    let scale = l1 as f64 / epsilon;
+    let d_in = (l0, l1, 1i64);
+    // Start near the analytic answer (δ ≈ L·e^{-(T-1)/b}/2) and step up
+    // until the mechanism's own map agrees.
+    let mut threshold = 1
+        + (scale * (f64::from(l0) / (2.0 * delta)).ln())
+            .ceil()
+            .max(0.0) as i64;
+    for _ in 0..200 {
+        let measurement = make_laplace_threshold::<_, _, Approximate<MaxDivergence>>(
+            MapDomain::new(
+                AtomDomain::<String>::default(),
+                AtomDomain::<i64>::default(),
+            ),
+            L0PInfDistance(AbsoluteDistance::<i64>::default()),
+            scale,
+            threshold,
+            None,
+        )
+        .map_err(opendp_error)?;
+        let (used_epsilon, used_delta) = measurement.map(&d_in).map_err(opendp_error)?;
+        if used_delta <= delta {
+            within(used_epsilon, epsilon)?;
+            let counts = measurement.invoke(&units).map_err(opendp_error)?;
+            return Ok(Thresholded {
+                counts,
+                scale,
+                threshold,
+                delta: used_delta,
+            });
+        }
+        threshold += (threshold / 20).max(1);
+    }
+    Err(NoiseError(format!("no threshold reaches δ={delta}")))
+}
+
+/// Half-width of a 95% interval of Laplace noise of scale `scale`
+/// (P(|Z| > b·ln 20) = 0.05 for the continuous law; the discrete one has
+/// lighter tails at the same scale).
+pub fn ci95(scale: f64) -> f64 {
+    scale * 20f64.ln()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counts_get_noise_of_the_stated_scale() {
+        let (noisy, scale) = laplace_counts(&vec![1000; 4000], 2, 0.5).unwrap();
+        assert_eq!(scale, 4.0);
+        let mean_abs =
+            noisy.iter().map(|v| (v - 1000).abs() as f64).sum::<f64>() / noisy.len() as f64;
+        // E|Z| = b for Laplace(b); the discrete law is close at b = 4.
+        assert!((mean_abs - 4.0).abs() < 0.4, "{mean_abs}");
+        assert!(noisy.iter().any(|v| *v != 1000));
+    }
+
+    #[test]
+    fn thresholds_keep_rare_keys_back() {
+        let units = HashMap::from([("big".to_string(), 500), ("one".to_string(), 1)]);
+        let released = threshold_keys(units, 1, 1.0, 1e-7).unwrap();
+        assert!(released.delta <= 1e-7);
+        assert!(released.threshold > 10, "{}", released.threshold);
+        assert!(released.counts.contains_key("big"));
+        assert!(!released.counts.contains_key("one"));
+    }
+}

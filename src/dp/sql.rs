@@ -1,0 +1,750 @@
+//! DP SQL: the subset of SQL the `dp` mode answers, and how.
+//!
+//! Accepted: one aggregation directly over one DP table, with optional
+//! `WHERE` on non-identifier columns, `GROUP BY` non-identifier columns, and
+//! `COUNT(*)`, `COUNT(col)`, `COUNT(DISTINCT <privacy unit>)`, `SUM(col)`,
+//! `AVG(col)` of numeric columns with declared bounds. Anything above the
+//! aggregation (`HAVING`, `ORDER BY`, `LIMIT`, outer queries) runs on the
+//! noisy answer only: post-processing cannot weaken the guarantee.
+//!
+//! The host, not the guest, decides everything that matters for privacy:
+//!
+//! 1. Contribution bounding. A privacy unit keeps at most
+//!    `max_rows_per_group` rows per group (chosen uniformly at random with
+//!    DataFusion's `row_number() OVER (PARTITION BY unit, keys ORDER BY
+//!    random())`) and at most `max_groups_per_unit` groups (a uniform random
+//!    subset). Rows without a privacy unit are dropped. Values are clamped
+//!    to the manifest's bounds.
+//! 2. True aggregates by DataFusion, per (unit, group), then per group.
+//! 3. The ε of the query is split evenly over the noisy quantities (AVG is
+//!    a noisy sum over a noisy count: two) and charged, with δ when keys
+//!    are thresholded, **before** any noise is drawn; a refused charge
+//!    refuses the query.
+//! 4. Keys: when every grouping column has a published category list, the
+//!    full cross product of categories is released (empty groups included,
+//!    so absence tells nothing); otherwise keys pass only OpenDP's Laplace
+//!    threshold on their noisy unit counts.
+//! 5. Noise from OpenDP (see [`super::noise`]); the answer's schema
+//!    metadata ([`super::DP_METADATA_KEY`]) gives ε, δ and per column the
+//!    noise scale and a 95% interval half-width.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use datafusion::arrow::array::{
+    Array, ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray,
+};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::DataType;
+use datafusion::common::Column;
+use datafusion::common::tree_node::{Transformed, TreeNode, TreeNodeRecursion};
+use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::logical_expr::expr::AggregateFunction;
+use datafusion::logical_expr::{
+    Aggregate, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, col, lit, when,
+};
+use datafusion::prelude::SessionContext;
+use rand::seq::index::sample;
+use serde::Serialize;
+
+use super::budget::{self, ChargeError, Cost};
+use super::noise::{self, ci95};
+use super::{DpSession, DpTable};
+use crate::policy::aggregate::{positional_schema, strip_casts, unalias, vetted_scan};
+use crate::query::QueryError;
+
+/// Most group keys a query with published categories may release.
+const MAX_PUBLIC_KEYS: usize = 10_000;
+
+fn reject(code: &str, detail: impl std::fmt::Display) -> QueryError {
+    QueryError::Rejected(format!("{code}: {detail}"))
+}
+
+fn failed(error: impl std::fmt::Display) -> QueryError {
+    QueryError::Failed {
+        detail: error.to_string(),
+    }
+}
+
+/// A group key: each grouping column's value as text (`None` for NULL).
+type Key = Vec<Option<String>>;
+
+/// An accepted aggregation: its table, grouping columns and measures.
+struct Shape {
+    table: Arc<DpTable>,
+    groups: Vec<Column>,
+    measures: Vec<Measure>,
+}
+
+/// One released aggregate.
+#[derive(Debug, Clone, PartialEq)]
+enum Measure {
+    /// `COUNT(*)` (no column) or `COUNT(col)` (its non-NULL values).
+    Count(Option<Column>),
+    /// `COUNT(DISTINCT <privacy unit>)`.
+    Units,
+    Sum {
+        column: Column,
+        lo: f64,
+        hi: f64,
+    },
+    Avg {
+        column: Column,
+        lo: f64,
+        hi: f64,
+    },
+}
+
+/// What the guest learns about the noise in one column.
+#[derive(Debug, Clone, Serialize)]
+struct ColumnNoise {
+    column: String,
+    mechanism: &'static str,
+    /// Laplace scale of the noise (for AVG: of the sum and of the count).
+    scale: Vec<f64>,
+    /// Half-width of a 95% interval (absent for AVG, a ratio).
+    ci95: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+struct Report {
+    dataset: String,
+    epsilon: f64,
+    delta: f64,
+    /// `public` (published categories) or `threshold`.
+    keys: &'static str,
+    threshold: Option<i64>,
+    max_groups_per_unit: u32,
+    max_rows_per_group: u32,
+    columns: Vec<ColumnNoise>,
+}
+
+/// Whether `plan` reads a DP table.
+pub fn reads_dp(plan: &LogicalPlan, session: &DpSession) -> bool {
+    !dp_scans(plan, session).is_empty()
+}
+
+fn dp_scans(plan: &LogicalPlan, session: &DpSession) -> Vec<Arc<DpTable>> {
+    let mut found = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::TableScan(scan) = node
+            && let Some(table) = session.tables.get(scan.table_name.table())
+        {
+            found.push(Arc::clone(table));
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    found
+}
+
+/// Answer a DP query: the plan to execute, with the noisy aggregation in
+/// place of the real one, and the report for the schema metadata.
+pub async fn answer(
+    ctx: &SessionContext,
+    plan: LogicalPlan,
+    session: &DpSession,
+) -> Result<(LogicalPlan, String), QueryError> {
+    let mut aggregates = Vec::new();
+    let _ = plan.apply_with_subqueries(|node| {
+        if let LogicalPlan::Aggregate(aggregate) = node
+            && !dp_scans(&aggregate.input, session).is_empty()
+            && !aggregate
+                .input
+                .exists(|n| Ok(matches!(n, LogicalPlan::Aggregate(_))))
+                .unwrap_or(true)
+            && !aggregates.contains(node)
+        {
+            aggregates.push(node.clone());
+        }
+        Ok(TreeNodeRecursion::Continue)
+    });
+    let [original] = aggregates.as_slice() else {
+        return Err(if aggregates.is_empty() {
+            reject(
+                "row-level-output",
+                "dp mode answers aggregates only (COUNT, SUM, AVG)",
+            )
+        } else {
+            reject("dp-shape", "one aggregation over the DP table per query")
+        });
+    };
+    let LogicalPlan::Aggregate(aggregate) = original else {
+        unreachable!("collected aggregates")
+    };
+    let Shape {
+        table,
+        groups,
+        measures,
+    } = shape(aggregate, session)?;
+    let (batch, report) =
+        noisy_aggregate(ctx, aggregate, &table, &groups, &measures, session).await?;
+    let replacement = vetted_scan(0, &aggregate.schema, vec![batch]).map_err(failed)?;
+    let rewritten = plan
+        .transform_up_with_subqueries(|node| {
+            if node == *original {
+                return Ok(Transformed::yes(replacement.clone()));
+            }
+            Ok(Transformed::yes(node.recompute_schema()?))
+        })
+        .map_err(failed)?
+        .data;
+    if reads_dp(&rewritten, session) {
+        return Err(reject(
+            "dp-shape",
+            "the DP table may be read only inside the one aggregation",
+        ));
+    }
+    let report = serde_json::to_string(&report).expect("report serialises");
+    Ok((rewritten, report))
+}
+
+/// Check the aggregation's shape: its table, grouping columns, measures.
+fn shape(aggregate: &Aggregate, session: &DpSession) -> Result<Shape, QueryError> {
+    let scans = dp_scans(&aggregate.input, session);
+    let [table] = scans.as_slice() else {
+        return Err(reject(
+            "dp-shape",
+            "aggregate exactly one DP table, without joins",
+        ));
+    };
+    let table = Arc::clone(table);
+    let mut problem = None;
+    let _ = aggregate.input.apply(|node| {
+        problem = match node {
+            LogicalPlan::TableScan(_) | LogicalPlan::SubqueryAlias(_) => None,
+            LogicalPlan::Filter(filter) => {
+                if filter
+                    .predicate
+                    .exists(|e| {
+                        Ok(matches!(
+                            e,
+                            Expr::ScalarSubquery(_) | Expr::InSubquery(_) | Expr::Exists(_)
+                        ))
+                    })
+                    .unwrap_or(true)
+                {
+                    Some(reject("dp-shape", "no subqueries in WHERE"))
+                } else {
+                    filter
+                        .predicate
+                        .column_refs()
+                        .into_iter()
+                        .find(|c| table.identifiers.contains(&c.name))
+                        .map(|c| {
+                            reject(
+                                "identifier-used",
+                                format!("{} cannot be filtered on in dp mode", c.name),
+                            )
+                        })
+                }
+            }
+            LogicalPlan::Projection(projection)
+                if projection.expr.iter().all(|e| matches!(e, Expr::Column(_))) =>
+            {
+                None
+            }
+            other => Some(reject(
+                "dp-shape",
+                format!(
+                    "only WHERE may stand between the table and the aggregation, not {}",
+                    other.display()
+                ),
+            )),
+        };
+        Ok(if problem.is_some() {
+            TreeNodeRecursion::Stop
+        } else {
+            TreeNodeRecursion::Continue
+        })
+    });
+    if let Some(problem) = problem {
+        return Err(problem);
+    }
+    let mut groups = Vec::new();
+    for expr in &aggregate.group_expr {
+        match strip_casts(unalias(expr)) {
+            Expr::Column(column) if table.identifiers.contains(&column.name) => {
+                return Err(reject(
+                    "identifier-used",
+                    format!("{} cannot be grouped on", column.name),
+                ));
+            }
+            Expr::Column(column) => groups.push(column.clone()),
+            Expr::GroupingSet(_) => {
+                return Err(reject(
+                    "grouping-sets",
+                    "GROUPING SETS, CUBE and ROLLUP are refused",
+                ));
+            }
+            other => {
+                return Err(reject(
+                    "dp-shape",
+                    format!("group by plain columns, not {other}"),
+                ));
+            }
+        }
+    }
+    let mut measures = Vec::new();
+    for expr in &aggregate.aggr_expr {
+        measures.push(measure(unalias(expr), &table)?);
+    }
+    Ok(Shape {
+        table,
+        groups,
+        measures,
+    })
+}
+
+fn measure(expr: &Expr, table: &DpTable) -> Result<Measure, QueryError> {
+    let Expr::AggregateFunction(AggregateFunction { func, params }) = expr else {
+        return Err(reject("dp-shape", format!("{expr} is not an aggregate")));
+    };
+    let name = func.name().to_lowercase();
+    if params.filter.is_some() || !params.order_by.is_empty() {
+        return Err(reject(
+            "aggregate-argument",
+            "FILTER and ORDER BY inside aggregates are refused",
+        ));
+    }
+    let column = match params.args.as_slice() {
+        [argument] => match strip_casts(argument) {
+            Expr::Column(column) => Some(column.clone()),
+            Expr::Literal(value, _) if name == "count" && !value.is_null() => None,
+            other => {
+                return Err(reject(
+                    "aggregate-argument",
+                    format!("{name} must aggregate a plain column, not {other}"),
+                ));
+            }
+        },
+        _ => {
+            return Err(reject(
+                "aggregate-argument",
+                format!("{name} takes one column"),
+            ));
+        }
+    };
+    let bounded = |column: Column| {
+        table
+            .bounds
+            .get(&column.name)
+            .copied()
+            .map(|(lo, hi)| (column.clone(), lo, hi))
+            .ok_or_else(|| {
+                reject(
+                    "aggregate-argument",
+                    format!("{} has no declared bounds to clamp to", column.name),
+                )
+            })
+    };
+    match (name.as_str(), params.distinct, column) {
+        ("count", false, column) => {
+            if let Some(c) = &column
+                && table.identifiers.contains(&c.name)
+            {
+                return Err(reject(
+                    "identifier-used",
+                    format!(
+                        "count privacy units as COUNT(DISTINCT {})",
+                        table.privacy_unit
+                    ),
+                ));
+            }
+            Ok(Measure::Count(column))
+        }
+        ("count", true, Some(column)) if column.name == table.privacy_unit => Ok(Measure::Units),
+        ("count", true, _) => Err(reject(
+            "aggregate-argument",
+            format!(
+                "COUNT(DISTINCT …) only of the privacy unit {}",
+                table.privacy_unit
+            ),
+        )),
+        ("sum", false, Some(column)) if !table.identifiers.contains(&column.name) => {
+            let (column, lo, hi) = bounded(column)?;
+            Ok(Measure::Sum { column, lo, hi })
+        }
+        ("avg", false, Some(column)) if !table.identifiers.contains(&column.name) => {
+            let (column, lo, hi) = bounded(column)?;
+            Ok(Measure::Avg { column, lo, hi })
+        }
+        (other, _, _) => Err(reject(
+            "aggregate-not-allowed",
+            format!("dp mode answers COUNT, COUNT(DISTINCT unit), SUM and AVG, not {other}"),
+        )),
+    }
+}
+
+fn clamp(column: &Column, lo: f64, hi: f64) -> Result<Expr, QueryError> {
+    let value = datafusion::prelude::cast(Expr::Column(column.clone()), DataType::Float64);
+    when(value.clone().lt(lit(lo)), lit(lo))
+        .when(value.clone().gt(lit(hi)), lit(hi))
+        .otherwise(value)
+        .map_err(failed)
+}
+
+/// Per group: privacy units and the partial sums of each measure.
+#[derive(Debug, Clone, Default)]
+struct Totals {
+    units: i64,
+    partials: Vec<f64>,
+}
+
+async fn noisy_aggregate(
+    ctx: &SessionContext,
+    aggregate: &Aggregate,
+    table: &DpTable,
+    groups: &[Column],
+    measures: &[Measure],
+    session: &DpSession,
+) -> Result<(RecordBatch, Report), QueryError> {
+    let rules = table.rules;
+    // With one row per unit, every unit is in one group with one row.
+    let (max_groups, max_rows) = if table.unit_is_unique {
+        (1u32, 1u32)
+    } else {
+        (rules.max_groups_per_unit, rules.max_rows_per_group)
+    };
+    let input = aggregate.input.as_ref().clone();
+    let unit = input
+        .schema()
+        .columns()
+        .into_iter()
+        .find(|c| c.name == table.privacy_unit)
+        .ok_or_else(|| {
+            reject(
+                "privacy-unit-missing",
+                format!("keep {} below the aggregation", table.privacy_unit),
+            )
+        })?;
+
+    // Key release decided from the schema alone, before any data is read.
+    let public = groups
+        .iter()
+        .map(|g| table.categories.get(&g.name))
+        .collect::<Option<Vec<_>>>();
+    if let Some(lists) = &public {
+        let keys = lists.iter().map(|l| l.len()).product::<usize>();
+        if keys > MAX_PUBLIC_KEYS {
+            return Err(reject(
+                "dp-too-many-keys",
+                format!("{keys} category combinations; at most {MAX_PUBLIC_KEYS}"),
+            ));
+        }
+    }
+    let thresholded = public.is_none();
+    let noisy_quantities: usize = measures
+        .iter()
+        .map(|m| match m {
+            Measure::Units if thresholded => 0,
+            Measure::Avg { .. } => 2,
+            _ => 1,
+        })
+        .sum::<usize>()
+        + usize::from(thresholded);
+    let epsilon_each = session.epsilon / noisy_quantities.max(1) as f64;
+    let cost = Cost {
+        epsilon: session.epsilon,
+        delta: if thresholded {
+            rules.delta_per_query
+        } else {
+            0.0
+        },
+    };
+
+    // The charge is committed before anything is computed or drawn.
+    budget::charge(
+        &session.ledger.store,
+        &session.ledger.principal,
+        &table.dataset,
+        &session.ledger.job_id,
+        cost,
+        rules.caps(),
+    )
+    .await
+    .map_err(|e| match e {
+        ChargeError::Exhausted(message) => {
+            QueryError::Rejected(format!("budget-exhausted: {message}"))
+        }
+        ChargeError::Store(e) => failed(e),
+    })?;
+
+    // True aggregates per (unit, group) after bounding rows per group.
+    let mut keys: Vec<Expr> = vec![Expr::Column(unit.clone())];
+    keys.extend(groups.iter().map(|g| Expr::Column(g.clone())));
+    let mut builder = LogicalPlanBuilder::from(input);
+    if !table.unit_is_unique {
+        let rank = datafusion::functions_window::expr_fn::row_number()
+            .partition_by(keys.clone())
+            .order_by(vec![
+                datafusion::functions::expr_fn::random().sort(true, false),
+            ])
+            .build()
+            .map_err(failed)?
+            .alias("__dsb_rn");
+        builder = builder
+            .window(vec![rank])
+            .and_then(|b| b.filter(col("__dsb_rn").lt_eq(lit(i64::from(max_rows)))))
+            .map_err(failed)?;
+    }
+    let mut partials = Vec::new();
+    for (i, m) in measures.iter().enumerate() {
+        match m {
+            Measure::Count(None) => partials.push(count(lit(1i64)).alias(format!("__dsb_p{i}"))),
+            Measure::Count(Some(c)) => {
+                partials.push(count(Expr::Column(c.clone())).alias(format!("__dsb_p{i}")))
+            }
+            Measure::Units => {}
+            Measure::Sum { column, lo, hi } => {
+                partials.push(sum(clamp(column, *lo, *hi)?).alias(format!("__dsb_p{i}")))
+            }
+            Measure::Avg { column, lo, hi } => {
+                partials.push(sum(clamp(column, *lo, *hi)?).alias(format!("__dsb_p{i}")));
+                partials.push(count(Expr::Column(column.clone())).alias(format!("__dsb_q{i}")));
+            }
+        }
+    }
+    let plan = builder
+        .aggregate(keys, partials)
+        .and_then(|b| b.build())
+        .map_err(failed)?;
+    let batches = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(failed)?
+        .collect()
+        .await
+        .map_err(failed)?;
+
+    // Per unit, its groups; at most `max_groups` of them, chosen at random.
+    let width = measures
+        .iter()
+        .map(|m| match m {
+            Measure::Units => 0,
+            Measure::Avg { .. } => 2,
+            _ => 1,
+        })
+        .sum::<usize>();
+    let mut per_unit: HashMap<String, Vec<(Key, Vec<f64>)>> = HashMap::new();
+    for batch in &batches {
+        let text = |i: usize| -> Result<StringArray, QueryError> {
+            let array = cast(batch.column(i), &DataType::Utf8).map_err(failed)?;
+            Ok(array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .expect("cast to Utf8")
+                .clone())
+        };
+        let number = |i: usize| -> Result<Float64Array, QueryError> {
+            let array = cast(batch.column(i), &DataType::Float64).map_err(failed)?;
+            Ok(array
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .expect("cast to Float64")
+                .clone())
+        };
+        let units = text(0)?;
+        let key_columns = (1..=groups.len())
+            .map(text)
+            .collect::<Result<Vec<_>, _>>()?;
+        let value_columns = (groups.len() + 1..groups.len() + 1 + width)
+            .map(number)
+            .collect::<Result<Vec<_>, _>>()?;
+        for row in 0..batch.num_rows() {
+            if units.is_null(row) {
+                continue;
+            }
+            let key = key_columns
+                .iter()
+                .map(|c| c.is_valid(row).then(|| c.value(row).to_string()))
+                .collect();
+            let values = value_columns
+                .iter()
+                .map(|c| if c.is_valid(row) { c.value(row) } else { 0.0 })
+                .collect();
+            per_unit
+                .entry(units.value(row).to_string())
+                .or_default()
+                .push((key, values));
+        }
+    }
+    let mut totals: HashMap<Key, Totals> = HashMap::new();
+    let mut rng = rand::rng();
+    for (_, mut unit_groups) in per_unit {
+        if unit_groups.len() > max_groups as usize {
+            let keep = sample(&mut rng, unit_groups.len(), max_groups as usize).into_vec();
+            unit_groups = keep.into_iter().map(|i| unit_groups[i].clone()).collect();
+        }
+        for (key, values) in unit_groups {
+            let entry = totals.entry(key).or_insert_with(|| Totals {
+                units: 0,
+                partials: vec![0.0; width],
+            });
+            entry.units += 1;
+            for (total, value) in entry.partials.iter_mut().zip(values) {
+                *total += value;
+            }
+        }
+    }
+
+    // Which keys are released, and (thresholded) their noisy unit counts.
+    let (released, noisy_units, threshold) = match &public {
+        Some(lists) => {
+            let mut keys: Vec<Vec<Option<String>>> = vec![Vec::new()];
+            for list in lists {
+                keys = keys
+                    .into_iter()
+                    .flat_map(|prefix| {
+                        list.iter().map(move |value| {
+                            let mut key = prefix.clone();
+                            key.push(Some(value.clone()));
+                            key
+                        })
+                    })
+                    .collect();
+            }
+            (keys, None, None)
+        }
+        None => {
+            let units: HashMap<String, i64> = totals
+                .iter()
+                .map(|(key, t)| (serde_json::to_string(key).expect("keys serialise"), t.units))
+                .collect();
+            let released =
+                noise::threshold_keys(units, max_groups, epsilon_each, rules.delta_per_query)
+                    .map_err(failed)?;
+            let mut keys: Vec<(Vec<Option<String>>, i64)> = released
+                .counts
+                .iter()
+                .map(|(k, n)| (serde_json::from_str(k).expect("our own keys"), *n))
+                .collect();
+            keys.sort();
+            let counts = keys.iter().map(|(_, n)| *n).collect::<Vec<_>>();
+            (
+                keys.into_iter().map(|(k, _)| k).collect(),
+                Some((counts, released.scale)),
+                Some(released.threshold),
+            )
+        }
+    };
+    let empty = Totals {
+        units: 0,
+        partials: vec![0.0; width],
+    };
+    let totals_of = |key: &Vec<Option<String>>| totals.get(key).unwrap_or(&empty);
+
+    // Noise per measure over the released keys.
+    let group_factor = i64::from(max_groups) * i64::from(max_rows);
+    let mut columns: Vec<ArrayRef> = Vec::new();
+    for (index, field) in aggregate
+        .schema
+        .fields()
+        .iter()
+        .take(groups.len())
+        .enumerate()
+    {
+        let values: StringArray = released.iter().map(|key| key[index].clone()).collect();
+        columns.push(cast(&(Arc::new(values) as ArrayRef), field.data_type()).map_err(failed)?);
+    }
+    let mut noise_report = Vec::new();
+    let mut slot = 0usize;
+    let fields = aggregate.schema.fields();
+    for (i, m) in measures.iter().enumerate() {
+        let field = &fields[groups.len() + i];
+        let (array, scales, interval): (ArrayRef, Vec<f64>, Option<f64>) = match m {
+            Measure::Count(_) => {
+                let values: Vec<i64> = released
+                    .iter()
+                    .map(|k| totals_of(k).partials[slot].round() as i64)
+                    .collect();
+                slot += 1;
+                let (noisy, scale) =
+                    noise::laplace_counts(&values, group_factor, epsilon_each).map_err(failed)?;
+                (
+                    Arc::new(Int64Array::from_iter_values(
+                        noisy.into_iter().map(|v| v.max(0)),
+                    )),
+                    vec![scale],
+                    Some(ci95(scale)),
+                )
+            }
+            Measure::Units => {
+                let (noisy, scale) = match &noisy_units {
+                    Some((counts, scale)) => (counts.clone(), *scale),
+                    None => {
+                        let values: Vec<i64> =
+                            released.iter().map(|k| totals_of(k).units).collect();
+                        noise::laplace_counts(&values, i64::from(max_groups), epsilon_each)
+                            .map_err(failed)?
+                    }
+                };
+                (
+                    Arc::new(Int64Array::from_iter_values(
+                        noisy.into_iter().map(|v| v.max(0)),
+                    )),
+                    vec![scale],
+                    Some(ci95(scale)),
+                )
+            }
+            Measure::Sum { lo, hi, .. } => {
+                let values: Vec<f64> = released
+                    .iter()
+                    .map(|k| totals_of(k).partials[slot])
+                    .collect();
+                slot += 1;
+                let sensitivity = group_factor as f64 * lo.abs().max(hi.abs());
+                let (noisy, scale) =
+                    noise::laplace_sums(&values, sensitivity, epsilon_each).map_err(failed)?;
+                (
+                    Arc::new(Float64Array::from(noisy)),
+                    vec![scale],
+                    Some(ci95(scale)),
+                )
+            }
+            Measure::Avg { lo, hi, .. } => {
+                let sums: Vec<f64> = released
+                    .iter()
+                    .map(|k| totals_of(k).partials[slot])
+                    .collect();
+                let counts: Vec<i64> = released
+                    .iter()
+                    .map(|k| totals_of(k).partials[slot + 1].round() as i64)
+                    .collect();
+                slot += 2;
+                let sensitivity = group_factor as f64 * lo.abs().max(hi.abs());
+                let (noisy_sums, sum_scale) =
+                    noise::laplace_sums(&sums, sensitivity, epsilon_each).map_err(failed)?;
+                let (noisy_counts, count_scale) =
+                    noise::laplace_counts(&counts, group_factor, epsilon_each).map_err(failed)?;
+                let averages: Float64Array = noisy_sums
+                    .iter()
+                    .zip(&noisy_counts)
+                    .map(|(s, n)| (*n >= 1).then(|| (s / *n as f64).clamp(*lo, *hi)))
+                    .collect();
+                (Arc::new(averages), vec![sum_scale, count_scale], None)
+            }
+        };
+        noise_report.push(ColumnNoise {
+            column: field.name().clone(),
+            mechanism: "discrete laplace (opendp)",
+            scale: scales,
+            ci95: interval,
+        });
+        columns.push(cast(&array, field.data_type()).map_err(failed)?);
+    }
+    let batch =
+        RecordBatch::try_new(positional_schema(&aggregate.schema), columns).map_err(failed)?;
+    Ok((
+        batch,
+        Report {
+            dataset: table.dataset.clone(),
+            epsilon: cost.epsilon,
+            delta: cost.delta,
+            keys: if thresholded { "threshold" } else { "public" },
+            threshold,
+            max_groups_per_unit: max_groups,
+            max_rows_per_group: max_rows,
+            columns: noise_report,
+        },
+    ))
+}

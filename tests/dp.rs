@@ -1,0 +1,653 @@
+//! The `dp` release mode with real DataFusion, real OpenDP noise, a real
+//! SQLite ledger and real guests: answers carry noise of the stated scale,
+//! keys are released only when published or past a noisy threshold, one
+//! unit's contribution is bounded, budgets are charged before answers and
+//! never overspent, and an empirical audit finds no more privacy loss than
+//! configured.
+
+mod common;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+
+use common::*;
+use datafusion::arrow::array::{Array, Float64Array, RecordBatch, StringArray};
+use datafusion::arrow::compute::cast;
+use datafusion::arrow::datatypes::{DataType, SchemaRef};
+use datasandbox::catalog::{Manifest, dp_job_table};
+use datasandbox::dataset::{Classification, DataFormat, DatasetSource};
+use datasandbox::dp::budget::{self, Cost};
+use datasandbox::dp::{DP_METADATA_KEY, DpSession, Ledger};
+use datasandbox::policy::PolicySet;
+use datasandbox::query::{QueryError, QuerySession};
+use datasandbox::sandbox::{Category, GuestCall};
+use datasandbox::store::Store;
+
+fn repo_policies() -> PolicySet {
+    PolicySet::load(&repo().join("policies"), None).unwrap()
+}
+
+/// A sample dataset as a `dp` job's table under `policies`.
+fn dp_sample(id: &str, policies: &PolicySet) -> DatasetSource {
+    let manifest = Manifest::load(&samples().join(format!("{id}.toml"))).unwrap();
+    dp_job_table(
+        &manifest,
+        &samples().join(format!("{id}.csv")),
+        DataFormat::Csv,
+        policies,
+        id == "enterprises",
+    )
+}
+
+fn session(
+    store: &Store,
+    tenant: &str,
+    job: &str,
+    epsilon: f64,
+    tables: &[DatasetSource],
+) -> Arc<DpSession> {
+    Arc::new(DpSession {
+        tables: tables
+            .iter()
+            .filter_map(|t| t.dp.clone().map(|dp| (t.name.clone(), dp)))
+            .collect(),
+        epsilon,
+        ledger: Ledger {
+            store: store.clone(),
+            principal: tenant.into(),
+            job_id: job.into(),
+        },
+    })
+}
+
+async fn store(dir: &Path) -> Store {
+    Store::open(&dir.join("dsb.sqlite")).await.unwrap()
+}
+
+/// One DP query straight through the query session (no guest).
+async fn dp_query(
+    store: &Store,
+    tenant: &str,
+    epsilon: f64,
+    sql: &str,
+    tables: &[DatasetSource],
+) -> Result<(SchemaRef, Vec<RecordBatch>), QueryError> {
+    let query = QuerySession::open(tables, &Default::default())
+        .await
+        .unwrap()
+        .with_dp(Some(session(store, tenant, "job-1", epsilon, tables)));
+    query.run(sql, 64 << 20).await
+}
+
+fn report(schema: &SchemaRef) -> serde_json::Value {
+    serde_json::from_str(&schema.metadata()[DP_METADATA_KEY]).unwrap()
+}
+
+fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let array = cast(b.column(column), &DataType::Utf8).unwrap();
+            let array = array
+                .as_any()
+                .downcast_ref::<StringArray>()
+                .unwrap()
+                .clone();
+            (0..array.len()).map(move |i| array.value(i).to_string())
+        })
+        .collect()
+}
+
+fn numbers(batches: &[RecordBatch], column: usize) -> Vec<f64> {
+    batches
+        .iter()
+        .flat_map(|b| {
+            let array = cast(b.column(column), &DataType::Float64).unwrap();
+            let array = array
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .clone();
+            (0..array.len()).map(move |i| array.value(i))
+        })
+        .collect()
+}
+
+/// The exact answer, by plain DataFusion over the file.
+async fn truth(sql: &str, id: &str) -> HashMap<String, f64> {
+    let source =
+        DatasetSource::from_file(&samples().join(format!("{id}.csv")), Classification::Open)
+            .unwrap();
+    let batches = native(sql, &[source]).await;
+    strings(&batches, 0)
+        .into_iter()
+        .zip(numbers(&batches, 1))
+        .collect()
+}
+
+const BY_DISTRICT: &str = "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn published_keys_are_all_released_with_noise_of_the_stated_scale() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let policies = repo_policies();
+    let tables = [dp_sample("enterprises", &policies)];
+    let (schema, batches) = dp_query(&store, "lab", 1.0, BY_DISTRICT, &tables)
+        .await
+        .unwrap();
+    let report = report(&schema);
+    assert_eq!(report["epsilon"], 1.0);
+    assert_eq!(report["delta"], 0.0);
+    assert_eq!(report["keys"], "public");
+    // One row per enterprise: sensitivity 1, so scale 1/ε.
+    assert_eq!(report["columns"][0]["scale"][0], 1.0);
+    let districts = strings(&batches, 0);
+    // All sixteen published districts, Chongming (2 firms) included: an
+    // absent group would itself say something.
+    assert_eq!(districts.len(), 16);
+    assert!(districts.contains(&"Chongming".to_string()));
+    let exact = truth(BY_DISTRICT, "enterprises").await;
+    let noisy = numbers(&batches, 1);
+    assert!(
+        districts.iter().zip(&noisy).any(|(d, n)| *n != exact[d]),
+        "no noise at all"
+    );
+    for (district, n) in districts.iter().zip(&noisy) {
+        assert!(
+            (n - exact[district]).abs() < 25.0,
+            "{district}: {n} vs {}",
+            exact[district]
+        );
+    }
+    // The charge is on the ledger, with its audit entry.
+    let spent = budget::budget(
+        &store,
+        "lab",
+        "enterprises",
+        policies
+            .policy_for("enterprises")
+            .unwrap()
+            .dp
+            .unwrap()
+            .caps(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        spent.spent,
+        Cost {
+            epsilon: 1.0,
+            delta: 0.0
+        }
+    );
+    assert_eq!(spent.remaining.epsilon, 9.0);
+    let actions: Vec<String> = datasandbox::store::audit::entries(&store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert_eq!(actions, ["budget.charged"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unpublished_keys_pass_only_a_noisy_threshold() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let policies = repo_policies();
+    let tables = [dp_sample("enterprises", &policies)];
+    // Head counts are not a published list: most values belong to a few
+    // firms and must not appear; the common small ones may.
+    let sql = "SELECT employees, COUNT(*) AS n FROM enterprises GROUP BY employees";
+    let (schema, batches) = dp_query(&store, "lab", 1.0, sql, &tables).await.unwrap();
+    let report = report(&schema);
+    assert_eq!(report["keys"], "threshold");
+    assert!(report["delta"].as_f64().unwrap() > 0.0);
+    let threshold = report["threshold"].as_f64().unwrap();
+    let exact = truth(sql, "enterprises").await;
+    let released = strings(&batches, 0);
+    assert!(
+        released.len() < exact.len() / 2,
+        "{} of {}",
+        released.len(),
+        exact.len()
+    );
+    for key in &released {
+        assert!(
+            exact[key] >= threshold / 3.0,
+            "{key} has {} firms and passed a threshold of {threshold}",
+            exact[key]
+        );
+    }
+    // Keys backed by a single firm never pass.
+    let singles = exact.iter().filter(|(_, n)| **n == 1.0).count();
+    assert!(singles > 50);
+    assert!(released.iter().all(|k| exact[k] > 1.0));
+    // The threshold's δ is charged too.
+    let spent = budget::budget(
+        &store,
+        "lab",
+        "enterprises",
+        policies
+            .policy_for("enterprises")
+            .unwrap()
+            .dp
+            .unwrap()
+            .caps(),
+    )
+    .await
+    .unwrap();
+    assert!(spent.spent.delta > 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queries_outside_the_dp_subset_are_refused_before_any_charge() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let policies = repo_policies();
+    let tables = [
+        dp_sample("enterprises", &policies),
+        dp_sample("tax_records", &policies),
+    ];
+    for (sql, code) in [
+        ("SELECT * FROM enterprises", "row-level-output"),
+        (
+            "SELECT district FROM enterprises WHERE employees > 10",
+            "row-level-output",
+        ),
+        (
+            "SELECT enterprise_id, COUNT(*) FROM enterprises GROUP BY enterprise_id",
+            "identifier-used",
+        ),
+        (
+            "SELECT COUNT(*) FROM enterprises WHERE enterprise_id = '913100000001000000'",
+            "identifier-used",
+        ),
+        (
+            "SELECT MAX(employees) FROM enterprises",
+            "aggregate-not-allowed",
+        ),
+        (
+            "SELECT COUNT(DISTINCT district) FROM enterprises",
+            "aggregate-argument",
+        ),
+        (
+            "SELECT SUM(employees * 2) FROM enterprises",
+            "aggregate-argument",
+        ),
+        (
+            "SELECT COUNT(*) FROM enterprises e JOIN tax_records t ON e.enterprise_id = t.enterprise_id",
+            "dp-shape",
+        ),
+        (
+            "SELECT n FROM (SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district) a JOIN (SELECT district, AVG(employees) AS m FROM enterprises GROUP BY district) b ON a.district = b.district",
+            "dp-shape",
+        ),
+        (
+            "SELECT district, COUNT(*) FROM enterprises GROUP BY ROLLUP(district)",
+            "grouping-sets",
+        ),
+    ] {
+        match dp_query(&store, "lab", 1.0, sql, &tables).await {
+            Err(QueryError::Rejected(reason)) => {
+                assert!(reason.starts_with(code), "{sql}: {reason}")
+            }
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    let charges: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM dp_charges")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(charges, 0);
+    // Post-processing the noisy answer is fine: ORDER BY, LIMIT, HAVING.
+    let (_, batches) = dp_query(
+        &store,
+        "lab",
+        1.0,
+        "SELECT district, COUNT(*) AS n, AVG(employees) AS mean FROM enterprises GROUP BY district HAVING COUNT(*) > 100 ORDER BY n DESC LIMIT 3",
+        &tables,
+    )
+    .await
+    .unwrap();
+    assert_eq!(strings(&batches, 0)[0], "Pudong");
+    assert!(strings(&batches, 0).len() <= 3);
+}
+
+/// A dataset where one enterprise has 10,000 rows and 100 others one each.
+fn heavy_dataset(dir: &Path) -> DatasetSource {
+    let mut csv = String::from("enterprise_id,category,amount\n");
+    for i in 0..100 {
+        csv.push_str(&format!("E{i:04},a,50\n"));
+    }
+    for _ in 0..10_000 {
+        csv.push_str("HEAVY,a,100\n");
+    }
+    std::fs::write(dir.join("heavy.csv"), csv).unwrap();
+    std::fs::write(
+        dir.join("heavy.toml"),
+        "id = \"heavy\"\ntitle = \"t\"\ndomain = \"d\"\nsummary = \"s\"\nowner = \"o\"\nupdate_frequency = \"never\"\nclassification = \"restricted\"\nprivacy_unit = \"enterprise_id\"\njoin_keys = []\n\n[[columns]]\nname = \"enterprise_id\"\ntype = \"string\"\ndescription = \"id\"\nrole = \"identifier\"\n\n[[columns]]\nname = \"category\"\ntype = \"string\"\ndescription = \"c\"\nrole = \"attribute\"\ncategories = [\"a\", \"b\"]\n\n[[columns]]\nname = \"amount\"\ntype = \"int64\"\ndescription = \"a\"\nrole = \"sensitive\"\nbounds = [0, 100]\n",
+    )
+    .unwrap();
+    let policies = dir.join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    std::fs::write(
+        policies.join("heavy.toml"),
+        "dataset = \"heavy\"\nmodes = [\"dp\"]\n[dp]\nepsilon_total = 1000.0\nquery_epsilon = [0.01, 20.0]\nmax_groups_per_unit = 1\nmax_rows_per_group = 2\n",
+    )
+    .unwrap();
+    let manifest = Manifest::load(&dir.join("heavy.toml")).unwrap();
+    dp_job_table(
+        &manifest,
+        &dir.join("heavy.csv"),
+        DataFormat::Csv,
+        &PolicySet::load(&policies, None).unwrap(),
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_unit_with_ten_thousand_rows_moves_a_sum_only_by_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let tables = [heavy_dataset(dir.path())];
+    let (schema, batches) = dp_query(
+        &store,
+        "lab",
+        20.0,
+        "SELECT category, SUM(amount) AS total, COUNT(*) AS n FROM heavy GROUP BY category",
+        &tables,
+    )
+    .await
+    .unwrap();
+    let report = report(&schema);
+    // Sensitivity: 1 group × 2 rows × 100 per row; ε split over 2 measures.
+    assert_eq!(report["columns"][0]["scale"][0], 200.0 / 10.0);
+    let ci = report["columns"][0]["ci95"].as_f64().unwrap();
+    let categories = strings(&batches, 0);
+    assert_eq!(categories, ["a", "b"]);
+    let total = numbers(&batches, 1)[0];
+    let rows = numbers(&batches, 2)[0];
+    // 100 units × 50, plus at most 2 × 100 from the heavy one: never the
+    // 1,000,000 its rows hold.
+    assert!(total < 5_000.0 + 200.0 + 3.0 * ci, "{total}");
+    assert!(total > 5_000.0 - 3.0 * ci, "{total}");
+    assert!(rows < 102.0 + 30.0, "{rows}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_exhausted_budget_refuses_the_query_and_the_job_releases_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let policies = repo_policies();
+    let tables = vec![dp_sample("enterprises", &policies)];
+    let run = |job: &str| {
+        let mut env = env(job, quick_limits(), tables.clone());
+        env.dp = Some(session(&store, "lab", job, 2.0, &tables));
+        let params = serde_json::json!({ "attack": "query", "sql": BY_DISTRICT }).to_string();
+        async move {
+            sandbox()
+                .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
+                .await
+        }
+    };
+    // ε = 10 per tenant, 2 per query: five answers, then refusals.
+    for i in 0..5 {
+        let execution = run(&format!("job-{i}")).await;
+        assert_eq!(execution.category, Category::Ok, "{i}");
+        let result = table(&execution, "result");
+        assert_eq!(result.iter().map(|b| b.num_rows()).sum::<usize>(), 16);
+        assert!(result[0].schema().metadata().contains_key(DP_METADATA_KEY));
+    }
+    let execution = run("job-5").await;
+    match &execution.category {
+        Category::PolicyRejected(reason) => {
+            assert!(reason.starts_with("budget-exhausted"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
+    assert!(execution.submitter_report().outputs.is_empty());
+    // Another tenant has its own budget.
+    let other = QuerySession::open(&tables, &Default::default())
+        .await
+        .unwrap()
+        .with_dp(Some(session(&store, "other-lab", "job-x", 2.0, &tables)));
+    assert!(other.run(BY_DISTRICT, 1 << 20).await.is_ok());
+    // An administrator's grant adds budget, audited; spent stays spent.
+    let caps = policies
+        .policy_for("enterprises")
+        .unwrap()
+        .dp
+        .unwrap()
+        .caps();
+    budget::grant(
+        &store,
+        "admin",
+        "lab",
+        "enterprises",
+        Cost {
+            epsilon: 2.0,
+            delta: 0.0,
+        },
+        "second study",
+    )
+    .await
+    .unwrap();
+    let now = budget::budget(&store, "lab", "enterprises", caps)
+        .await
+        .unwrap();
+    assert_eq!(now.spent.epsilon, 10.0);
+    assert_eq!(now.remaining.epsilon, 2.0);
+    assert_eq!(run("job-6").await.category, Category::Ok);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_concurrent_jobs_never_overspend_one_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let policies = repo_policies();
+    let tables = vec![dp_sample("enterprises", &policies)];
+    // All 64 are in flight at once; like the server's queue, at most 12
+    // guests run at a time (the test sandbox's instance pool holds 16).
+    let slots = Arc::new(tokio::sync::Semaphore::new(12));
+    let mut handles = Vec::new();
+    for i in 0..64 {
+        let tables = tables.clone();
+        let store = store.clone();
+        let slots = Arc::clone(&slots);
+        handles.push(tokio::spawn(async move {
+            let _slot = slots.acquire().await.unwrap();
+            let job = format!("job-{i}");
+            let mut env = env(&job, quick_limits(), tables.clone());
+            env.dp = Some(session(&store, "lab", &job, 0.5, &tables));
+            let params = serde_json::json!({ "attack": "query", "sql": BY_DISTRICT }).to_string();
+            sandbox()
+                .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
+                .await
+        }));
+    }
+    let mut released = 0;
+    for handle in handles {
+        let execution = handle.await.unwrap();
+        match &execution.category {
+            Category::Ok => released += 1,
+            Category::PolicyRejected(reason) => assert!(reason.starts_with("budget-exhausted")),
+            other => panic!("{other:?} {:?}", execution.diagnostics),
+        }
+    }
+    // ε = 10 at 0.5 a query: exactly twenty answers, and exactly what was
+    // released was charged.
+    assert_eq!(released, 20);
+    let (charges, spent): (i64, i64) =
+        sqlx::query_as("SELECT COUNT(*), SUM(epsilon_micro) FROM dp_charges")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(charges, 20);
+    assert_eq!(spent, 10_000_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn answers_fall_inside_their_reported_95_percent_intervals() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let mut policies_dir = repo().join("policies");
+    // A roomy budget for repeated trials, same rules otherwise.
+    let roomy = tempfile::tempdir().unwrap();
+    for id in ["enterprises", "tax_records"] {
+        let text = std::fs::read_to_string(policies_dir.join(format!("{id}.toml")))
+            .unwrap()
+            .replace("epsilon_total = 10.0", "epsilon_total = 100000.0")
+            .replace("epsilon_dataset = 100.0", "epsilon_dataset = 100000.0");
+        std::fs::write(roomy.path().join(format!("{id}.toml")), text).unwrap();
+    }
+    policies_dir = roomy.path().to_path_buf();
+    let policies = PolicySet::load(&policies_dir, None).unwrap();
+    let tables = [
+        dp_sample("enterprises", &policies),
+        dp_sample("tax_records", &policies),
+    ];
+    let counts = truth(BY_DISTRICT, "enterprises").await;
+    let paid_sql = "SELECT quarter, SUM(tax_paid) AS paid FROM tax_records GROUP BY quarter";
+    let paid = truth(paid_sql, "tax_records").await;
+    let (mut inside, mut total) = (0, 0);
+    for _ in 0..20 {
+        for (sql, exact) in [(BY_DISTRICT, &counts), (paid_sql, &paid)] {
+            let (schema, batches) = dp_query(&store, "lab", 1.0, sql, &tables).await.unwrap();
+            let ci = report(&schema)["columns"][0]["ci95"].as_f64().unwrap();
+            for (key, value) in strings(&batches, 0).iter().zip(numbers(&batches, 1)) {
+                // Counts are reported clamped at zero; sums as drawn.
+                let distance = (value - exact[key]).abs();
+                total += 1;
+                if distance <= ci || (value == 0.0 && exact[key] <= ci) {
+                    inside += 1;
+                }
+            }
+        }
+    }
+    let share = inside as f64 / total as f64;
+    assert!(total == 20 * (16 + 8));
+    assert!(
+        (0.92..=0.995).contains(&share),
+        "{inside} of {total} inside"
+    );
+}
+
+/// ln of the binomial probability mass, via ln Γ.
+fn ln_choose(n: u64, k: u64) -> f64 {
+    fn ln_factorial(n: u64) -> f64 {
+        (1..=n).map(|i| (i as f64).ln()).sum()
+    }
+    ln_factorial(n) - ln_factorial(k) - ln_factorial(n - k)
+}
+
+/// P(X ≥ k) for X ~ Binomial(n, p).
+fn upper_tail(n: u64, k: u64, p: f64) -> f64 {
+    (k..=n)
+        .map(|i| (ln_choose(n, i) + i as f64 * p.ln() + (n - i) as f64 * (1.0 - p).ln()).exp())
+        .sum()
+}
+
+/// One-sided Clopper–Pearson bounds at confidence 1 − α for k of n.
+fn clopper_pearson(k: u64, n: u64, alpha: f64) -> (f64, f64) {
+    let solve = |f: &dyn Fn(f64) -> bool| {
+        let (mut lo, mut hi) = (0.0f64, 1.0f64);
+        for _ in 0..60 {
+            let mid = (lo + hi) / 2.0;
+            if f(mid) { hi = mid } else { lo = mid }
+        }
+        (lo + hi) / 2.0
+    };
+    // Lower: smallest p with P(X ≥ k) ≥ α; upper: largest p with P(X ≤ k) ≥ α.
+    let lower = if k == 0 {
+        0.0
+    } else {
+        solve(&|p| upper_tail(n, k, p) >= alpha)
+    };
+    let upper = if k == n {
+        1.0
+    } else {
+        solve(&|p| 1.0 - upper_tail(n, k + 1, p) < alpha)
+    };
+    (lower, upper)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empirical_audit_finds_no_more_privacy_loss_than_configured() {
+    // Neighbouring datasets: the same 50 enterprises, and one more.
+    let dir = tempfile::tempdir().unwrap();
+    let store = store(dir.path()).await;
+    let build = |name: &str, units: usize| {
+        let sub = dir.path().join(name);
+        std::fs::create_dir_all(sub.join("policies")).unwrap();
+        let mut csv = String::from("enterprise_id,kind\n");
+        for i in 0..units {
+            csv.push_str(&format!("E{i:04},k\n"));
+        }
+        std::fs::write(sub.join("audit.csv"), csv).unwrap();
+        std::fs::write(
+            sub.join("audit.toml"),
+            "id = \"audit\"\ntitle = \"t\"\ndomain = \"d\"\nsummary = \"s\"\nowner = \"o\"\nupdate_frequency = \"never\"\nclassification = \"restricted\"\nprivacy_unit = \"enterprise_id\"\njoin_keys = []\n\n[[columns]]\nname = \"enterprise_id\"\ntype = \"string\"\ndescription = \"id\"\nrole = \"identifier\"\n\n[[columns]]\nname = \"kind\"\ntype = \"string\"\ndescription = \"k\"\nrole = \"attribute\"\ncategories = [\"k\"]\n",
+        )
+        .unwrap();
+        std::fs::write(
+            sub.join("policies/audit.toml"),
+            "dataset = \"audit\"\nmodes = [\"dp\"]\n[dp]\nepsilon_total = 1000000.0\nquery_epsilon = [0.01, 2.0]\n",
+        )
+        .unwrap();
+        let manifest = Manifest::load(&sub.join("audit.toml")).unwrap();
+        dp_job_table(
+            &manifest,
+            &sub.join("audit.csv"),
+            DataFormat::Csv,
+            &PolicySet::load(&sub.join("policies"), None).unwrap(),
+            true,
+        )
+    };
+    let small = [build("d", 50)];
+    let large = [build("d-prime", 51)];
+    let epsilon = 1.0;
+    let trials = 600u64;
+    let sql = "SELECT kind, COUNT(*) AS n FROM audit GROUP BY kind";
+    let draws = |tables: [DatasetSource; 1], tenant: &'static str| {
+        let store = store.clone();
+        async move {
+            let query = QuerySession::open(&tables, &Default::default())
+                .await
+                .unwrap()
+                .with_dp(Some(session(&store, tenant, "audit-job", epsilon, &tables)));
+            let mut values = Vec::new();
+            for _ in 0..trials {
+                let (_, batches) = query.run(sql, 1 << 20).await.unwrap();
+                values.push(numbers(&batches, 1)[0]);
+            }
+            values
+        }
+    };
+    let on_small = draws(small, "auditor-a").await;
+    let on_large = draws(large, "auditor-b").await;
+    // Noise is present and of the theoretical size: E|Z| ≈ scale (= 1).
+    let mean_abs = on_small.iter().map(|v| (v - 50.0).abs()).sum::<f64>() / trials as f64;
+    assert!(
+        (0.6..=1.4).contains(&mean_abs),
+        "mean |noise| {mean_abs} vs scale 1"
+    );
+    // Threshold test: S = {output ≥ 51}. ε ≥ ln(P[S|D'] / P[S|D]); with
+    // 95% Clopper–Pearson bounds the lower bound on ε must stay ≤ ε.
+    let hits = |values: &[f64]| values.iter().filter(|v| **v >= 51.0).count() as u64;
+    let (k_large, k_small) = (hits(&on_large), hits(&on_small));
+    let (p_large_low, _) = clopper_pearson(k_large, trials, 0.025);
+    let (_, p_small_high) = clopper_pearson(k_small, trials, 0.025);
+    let epsilon_lower_bound = (p_large_low / p_small_high).ln();
+    assert!(
+        epsilon_lower_bound <= epsilon,
+        "empirical ε ≥ {epsilon_lower_bound} > configured {epsilon} ({k_large} vs {k_small} of {trials})"
+    );
+    // And the test has power: without noise the two would be told apart
+    // with certainty (k_large = trials, k_small = 0) and the bound explode.
+    let (no_noise_low, _) = clopper_pearson(trials, trials, 0.025);
+    let (_, no_noise_high) = clopper_pearson(0, trials, 0.025);
+    assert!((no_noise_low / no_noise_high).ln() > 4.0 * epsilon);
+}
