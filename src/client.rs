@@ -174,6 +174,54 @@ impl Client {
         .await
     }
 
+    /// Submit a `dp`-mode job whose queries each spend `epsilon`.
+    pub async fn submit_dp_job(
+        &self,
+        module: &str,
+        datasets: &[String],
+        params: serde_json::Value,
+        epsilon: f64,
+    ) -> Result<JobView, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/jobs")
+                .json(&serde_json::json!({
+                    "module": module,
+                    "mode": "dp",
+                    "datasets": datasets,
+                    "params": params,
+                    "epsilon": epsilon,
+                })),
+        )
+        .await
+    }
+
+    /// Privacy budgets: the caller's, or (administrators) a tenant's.
+    pub async fn budgets(
+        &self,
+        tenant: Option<&str>,
+    ) -> Result<Vec<crate::dp::budget::Budget>, ClientError> {
+        let mut builder = self.request(Method::GET, "/v1/budgets");
+        if let Some(tenant) = tenant {
+            builder = builder.query(&[("tenant", tenant)]);
+        }
+        Self::send(builder).await
+    }
+
+    /// Raise a tenant's budget cap on a dataset (administrators).
+    pub async fn grant_budget(
+        &self,
+        tenant: &str,
+        dataset: &str,
+        epsilon: f64,
+        delta: f64,
+        reason: &str,
+    ) -> Result<crate::dp::budget::Budget, ClientError> {
+        Self::send(self.request(Method::POST, "/v1/budgets/grants").json(&serde_json::json!({
+            "tenant": tenant, "dataset": dataset, "epsilon": epsilon, "delta": delta, "reason": reason,
+        })))
+        .await
+    }
+
     /// A job; with `wait_seconds`, long-polls for its end.
     pub async fn job(&self, id: &str, wait_seconds: u64) -> Result<JobView, ClientError> {
         Self::send(

@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::AuthCommand,
     },
+    /// Differential-privacy budgets (server): yours, or grant more (admin).
+    Budget {
+        #[command(subcommand)]
+        command: cli::BudgetCommand,
+    },
     /// Score authorised subjects (server, institutions).
     Score {
         #[command(subcommand)]
@@ -212,6 +217,9 @@ enum JobCommand {
         mode: String,
         #[arg(long, default_value = "{}")]
         params: String,
+        /// `--mode dp`: the ε each query spends.
+        #[arg(long)]
+        epsilon: Option<f64>,
         /// Wait for the job to end and print its output.
         #[arg(long)]
         wait: bool,
@@ -392,6 +400,10 @@ fn run() -> anyhow::Result<()> {
             Some(remote) => runtime.block_on(remote.auth(command)),
             None => cli::needs_server("auth"),
         },
+        Command::Budget { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.budget(command)),
+            None => cli::needs_server("budget"),
+        },
         Command::Score { command } => match &remote {
             Some(remote) => runtime.block_on(remote.score(command)),
             None => cli::needs_server("score"),
@@ -435,8 +447,13 @@ fn run() -> anyhow::Result<()> {
                         datasets,
                         mode,
                         params,
+                        epsilon,
                         wait,
-                    } => remote.submit(&module, &mode, &datasets, &params, wait).await,
+                    } => {
+                        remote
+                            .submit(&module, &mode, &datasets, &params, epsilon, wait)
+                            .await
+                    }
                     JobCommand::Show { id } => remote.show(&id).await,
                     JobCommand::Output { id } => remote.output(&id).await,
                     JobCommand::Cancel { id } => remote.cancel(&id).await,

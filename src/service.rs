@@ -472,6 +472,46 @@ impl Service {
         })
     }
 
+    /// The budget caps of a dataset whose policy allows `dp`.
+    fn dp_caps(&self, dataset: &str) -> Option<crate::dp::budget::Caps> {
+        self.policies
+            .current()
+            .policy_for(dataset)
+            .filter(|p| p.allows(Mode::Dp))
+            .and_then(|p| p.dp)
+            .map(|rules| rules.caps())
+    }
+
+    /// A tenant's budgets on every registered dataset with a `dp` policy.
+    pub async fn budgets(
+        &self,
+        tenant: &str,
+    ) -> Result<Vec<crate::dp::budget::Budget>, ServiceError> {
+        let mut list = Vec::new();
+        for dataset in self.catalog.ids()? {
+            if let Some(caps) = self.dp_caps(&dataset) {
+                list.push(crate::dp::budget::budget(&self.store, tenant, &dataset, caps).await?);
+            }
+        }
+        Ok(list)
+    }
+
+    /// Raise a tenant's cap on a dataset (audited); returns the new budget.
+    pub async fn grant_budget(
+        &self,
+        actor: &str,
+        tenant: &str,
+        dataset: &str,
+        amount: crate::dp::budget::Cost,
+        reason: &str,
+    ) -> Result<crate::dp::budget::Budget, ServiceError> {
+        let caps = self
+            .dp_caps(dataset)
+            .ok_or_else(|| ServiceError::NoAccess(dataset.to_string()))?;
+        crate::dp::budget::grant(&self.store, actor, tenant, dataset, amount, reason).await?;
+        Ok(crate::dp::budget::budget(&self.store, tenant, dataset, caps).await?)
+    }
+
     /// Cancel a job that has not started. False if it already has.
     pub async fn cancel_queued(&self, id: &str, actor: &str) -> Result<bool, ServiceError> {
         let cancelled = jobs::cancel_queued(&self.store, id, actor).await?;

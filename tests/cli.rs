@@ -167,6 +167,8 @@ fn demo_runs_the_loop_end_to_end() {
         "913100030001023757  not-authorised",
         "913100000001000000  scored            820  B",
         "3 per-subject receipts verified",
+        "In dp mode (ε = 1 per query) the same module gets all 16 published districts",
+        "the receipt states ε = 1; fudan-lab has ε = 9 of 10 left on enterprises",
     ] {
         assert!(
             stdout.contains(expected),
@@ -418,6 +420,34 @@ fn the_cli_drives_a_served_data_directory() {
     let (_, listed, _) = client(&analyst, &["job", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["id"], job.as_str());
+    // The same guest in dp mode: noisy answers, charged to the budget.
+    let (code, stdout, stderr) = client(
+        &analyst,
+        &[
+            "job",
+            "submit",
+            "--module",
+            module.to_str().unwrap(),
+            "--dataset",
+            "enterprises",
+            "--mode",
+            "dp",
+            "--epsilon",
+            "0.5",
+            "--wait",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.contains("released: ok") && stdout.contains("Chongming"),
+        "{stdout}"
+    );
+    let (code, stdout, stderr) = client(&analyst, &["budget", "show"]);
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        stdout.contains("enterprises") && stdout.contains("ε spent 0.500 of 10.000, 9.500 left"),
+        "{stdout}"
+    );
     let receipt = dir.path().join("receipt.json");
     let (code, _, stderr) = client(
         &analyst,

@@ -651,3 +651,91 @@ async fn an_empirical_audit_finds_no_more_privacy_loss_than_configured() {
     let (_, no_noise_high) = clopper_pearson(0, trials, 0.025);
     assert!((no_noise_low / no_noise_high).ln() > 4.0 * epsilon);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dp_jobs_over_http_state_their_cost_in_the_receipt_and_the_budget() {
+    use datasandbox::accounts::Role;
+    let mut server = TestServer::start().await;
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    server
+        .admin
+        .grant("lab-a", "utility_payments")
+        .await
+        .unwrap();
+    let module = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = analyst
+        .submit_dp_job(&module, &["enterprises".into()], serde_json::json!({}), 1.0)
+        .await
+        .unwrap();
+    assert_eq!(job.mode, "dp");
+    let job = analyst.job(&job.id, 30).await.unwrap();
+    assert_eq!(job.state, "released", "{job:?}");
+    let output = analyst.job_output(&job.id).await.unwrap();
+    let Some(datasandbox::sandbox::Output::Table { arrow_ipc, .. }) = output.outputs.first() else {
+        panic!("{output:?}")
+    };
+    let (schema, batches) = datasandbox::arrow_ipc::decode(arrow_ipc).unwrap();
+    assert_eq!(batches.iter().map(|b| b.num_rows()).sum::<usize>(), 16);
+    assert_eq!(report(&schema)["epsilon"], 1.0);
+    // The receipt states what was charged.
+    let receipt = analyst.receipt(&job.id).await.unwrap();
+    assert_eq!(receipt.body.mode, "dp");
+    assert_eq!(receipt.body.privacy_cost.epsilon, 1.0);
+    let budgets = analyst.budgets(None).await.unwrap();
+    let enterprises = budgets.iter().find(|b| b.dataset == "enterprises").unwrap();
+    assert_eq!(
+        (enterprises.spent.epsilon, enterprises.remaining.epsilon),
+        (1.0, 9.0)
+    );
+    // ε outside the policy's range, a dataset whose policy has no dp mode,
+    // epsilon missing: refused at submission.
+    for (datasets, epsilon) in [
+        (vec!["enterprises".to_string()], Some(5.0)),
+        (vec!["utility_payments".to_string()], Some(1.0)),
+    ] {
+        let error = analyst
+            .submit_dp_job(&module, &datasets, serde_json::json!({}), epsilon.unwrap())
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("bad-job"), "{datasets:?}");
+    }
+    let error = analyst
+        .submit_job(
+            &module,
+            "dp",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("bad-job"));
+    // Only administrators raise a budget, and it is audited.
+    assert_eq!(
+        analyst
+            .grant_budget("lab-a", "enterprises", 5.0, 0.0, "more")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("forbidden")
+    );
+    let raised = server
+        .admin
+        .grant_budget("lab-a", "enterprises", 5.0, 0.0, "second study")
+        .await
+        .unwrap();
+    assert_eq!((raised.cap.epsilon, raised.remaining.epsilon), (15.0, 14.0));
+    let actions: Vec<String> = datasandbox::store::audit::entries(&server.service.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(actions.contains(&"budget.charged".to_string()));
+    assert!(actions.contains(&"budget.granted".to_string()));
+    server.stop().await.unwrap();
+}

@@ -281,6 +281,18 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
             [401, 401, 403, 403, 403, 403, 404],
         ),
         (
+            Method::GET,
+            "/v1/budgets".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/budgets/grants".into(),
+            json(serde_json::json!({ "tenant": "lab-a", "dataset": "enterprises", "epsilon": 1.0, "reason": "study" })),
+            [401, 401, 201, 403, 403, 403, 403],
+        ),
+        (
             Method::DELETE,
             format!("/v1/tokens/{revocable}"),
             None,
@@ -727,8 +739,7 @@ async fn metrics_count_jobs_rejections_and_instantiation() {
         analyst.receipt(&refused.id).await.unwrap_err().code(),
         Some("not-released")
     );
-    let text = server.admin.metrics().await.unwrap();
-    for expected in [
+    let expected = [
         "dsb_jobs_total{outcome=\"ok\",mode=\"aggregate\"} 1",
         "dsb_jobs_total{outcome=\"policy-rejected\",mode=\"aggregate\"} 1",
         "dsb_policy_rejections_total{code=\"row-level-output\"} 1",
@@ -736,7 +747,16 @@ async fn metrics_count_jobs_rejections_and_instantiation() {
         "dsb_instantiation_seconds_count 2",
         "dsb_queue_depth 0",
         "dsb_jobs_running 0",
-    ] {
+    ];
+    // A job's state is durable before its worker records the metrics; a
+    // scrape right after the end may lag by that much, not more.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut text = server.admin.metrics().await.unwrap();
+    while expected.iter().any(|e| !text.contains(e)) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        text = server.admin.metrics().await.unwrap();
+    }
+    for expected in expected {
         assert!(text.contains(expected), "{expected} missing from\n{text}");
     }
 }

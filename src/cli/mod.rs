@@ -99,6 +99,29 @@ pub enum AuthCommand {
 }
 
 #[derive(Subcommand)]
+pub enum BudgetCommand {
+    /// Budgets on every dataset with a dp policy: cap, spent, left.
+    Show {
+        /// Another tenant's (administrators).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Add budget on top of a policy's cap (administrators; audited).
+    Grant {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        dataset: String,
+        #[arg(long)]
+        epsilon: f64,
+        #[arg(long, default_value_t = 0.0)]
+        delta: f64,
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ScoreCommand {
     /// Score the subjects listed in a file (one id a line) with a scorer
     /// module under a scoring policy; prints one line per subject.
@@ -171,6 +194,7 @@ impl Remote {
         mode: &str,
         datasets: &[String],
         params: &str,
+        epsilon: Option<f64>,
         wait: bool,
     ) -> anyhow::Result<()> {
         let sha256 = if std::path::Path::new(module).is_file() {
@@ -181,10 +205,18 @@ impl Remote {
         };
         let params: serde_json::Value =
             serde_json::from_str(params).context("--params must be JSON")?;
-        let job = self
-            .client
-            .submit_job(&sha256, mode, datasets, params)
-            .await?;
+        let job = match epsilon {
+            Some(epsilon) => {
+                self.client
+                    .submit_dp_job(&sha256, datasets, params, epsilon)
+                    .await?
+            }
+            None => {
+                self.client
+                    .submit_job(&sha256, mode, datasets, params)
+                    .await?
+            }
+        };
         if !wait {
             return self.print(&job, |j| println!("job {} {}", j.id, j.state));
         }
@@ -415,6 +447,42 @@ impl Remote {
 }
 
 impl Remote {
+    pub async fn budget(&self, command: BudgetCommand) -> anyhow::Result<()> {
+        let print = |list: &Vec<datasandbox::dp::budget::Budget>| {
+            for b in list {
+                println!(
+                    "{:<18} {:<12} ε spent {:.3} of {:.3}, {:.3} left   δ spent {:e} of {:e}",
+                    b.dataset,
+                    b.principal,
+                    b.spent.epsilon,
+                    b.cap.epsilon,
+                    b.remaining.epsilon,
+                    b.spent.delta,
+                    b.cap.delta
+                );
+            }
+        };
+        match command {
+            BudgetCommand::Show { tenant } => {
+                let list = self.client.budgets(tenant.as_deref()).await?;
+                self.print(&list, print)
+            }
+            BudgetCommand::Grant {
+                tenant,
+                dataset,
+                epsilon,
+                delta,
+                reason,
+            } => {
+                let budget = self
+                    .client
+                    .grant_budget(&tenant, &dataset, epsilon, delta, &reason)
+                    .await?;
+                self.print(&vec![budget], print)
+            }
+        }
+    }
+
     pub async fn auth(&self, command: AuthCommand) -> anyhow::Result<()> {
         match command {
             AuthCommand::Import { file } => {

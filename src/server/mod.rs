@@ -89,7 +89,9 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         ))
         .routes(routes!(routes::import_authorisations))
         .routes(routes!(routes::revoke_authorisation))
-        .routes(routes!(routes::score));
+        .routes(routes!(routes::score))
+        .routes(routes!(routes::list_budgets))
+        .routes(routes!(routes::grant_budget));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router

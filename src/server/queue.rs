@@ -221,8 +221,8 @@ impl JobQueue {
                 )) => {} // cancelled or interrupted meanwhile
                 Err(error) => tracing::error!(job = %id, %error, "job failed in the host"),
             }
-            queue.service.announce_end(&id);
             queue.metrics.running.dec();
+            queue.service.announce_end(&id);
             queue.forget(&id);
             queue.release(&tenant, false);
         });
