@@ -195,6 +195,27 @@ impl Client {
         .await
     }
 
+    /// Submit a `sample-aggregate` job (a `block-analysis` module).
+    pub async fn submit_sample_aggregate_job(
+        &self,
+        module: &str,
+        datasets: &[String],
+        params: serde_json::Value,
+        spec: &crate::dp::sample_aggregate::Spec,
+    ) -> Result<JobView, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/jobs")
+                .json(&serde_json::json!({
+                    "module": module,
+                    "mode": "sample-aggregate",
+                    "datasets": datasets,
+                    "params": params,
+                    "sample_aggregate": spec,
+                })),
+        )
+        .await
+    }
+
     /// Privacy budgets: the caller's, or (administrators) a tenant's.
     pub async fn budgets(
         &self,

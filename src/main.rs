@@ -217,9 +217,17 @@ enum JobCommand {
         mode: String,
         #[arg(long, default_value = "{}")]
         params: String,
-        /// `--mode dp`: the ε each query spends.
+        /// `--mode dp`: the ε each query spends; `--mode sample-aggregate`:
+        /// the ε of the release.
         #[arg(long)]
         epsilon: Option<f64>,
+        /// `--mode sample-aggregate`: an output dimension as
+        /// `name=lo:hi:default` (repeat for each, in the guest's order).
+        #[arg(long = "dimension")]
+        dimensions: Vec<String>,
+        /// `--mode sample-aggregate`: number of blocks (default n^0.4).
+        #[arg(long)]
+        blocks: Option<usize>,
         /// Wait for the job to end and print its output.
         #[arg(long)]
         wait: bool,
@@ -448,11 +456,24 @@ fn run() -> anyhow::Result<()> {
                         mode,
                         params,
                         epsilon,
+                        dimensions,
+                        blocks,
                         wait,
                     } => {
-                        remote
-                            .submit(&module, &mode, &datasets, &params, epsilon, wait)
-                            .await
+                        let spec = if mode == "sample-aggregate" {
+                            Some(cli::sample_spec(&dimensions, epsilon, blocks)?)
+                        } else {
+                            None
+                        };
+                        let submission = cli::Submission {
+                            module: &module,
+                            mode: &mode,
+                            datasets: &datasets,
+                            params: &params,
+                            epsilon,
+                            sample: spec,
+                        };
+                        remote.submit(submission, wait).await
                     }
                     JobCommand::Show { id } => remote.show(&id).await,
                     JobCommand::Output { id } => remote.output(&id).await,

@@ -93,6 +93,23 @@ pub struct JobRequest {
     pub params: String,
     /// `dp` mode: the ε each query spends.
     pub epsilon: Option<f64>,
+    /// `sample-aggregate` mode: dimensions, ranges, defaults, ε, blocks.
+    pub sample_aggregate: Option<crate::dp::sample_aggregate::Spec>,
+}
+
+/// How a queued job runs.
+enum Plan {
+    /// One instance, `analysis.run` (modes `aggregate`, `dp`).
+    Run,
+    /// Sample-and-aggregate over one dataset.
+    SampleAggregate(Box<SamplePlan>),
+}
+
+struct SamplePlan {
+    spec: crate::dp::sample_aggregate::Spec,
+    table: crate::dataset::DatasetSource,
+    privacy_unit: String,
+    rules: crate::policy::DpRules,
 }
 
 /// A committed (`queued`) job with everything needed to run it.
@@ -103,6 +120,7 @@ pub struct QueuedJob {
     module: Arc<LoadedModule>,
     env: JobEnv,
     params: String,
+    plan: Plan,
 }
 
 pub struct Service {
@@ -226,8 +244,16 @@ impl Service {
         let mode = match request.mode.as_str() {
             "aggregate" => Mode::Aggregate,
             "dp" => Mode::Dp,
+            "sample-aggregate" => Mode::SampleAggregate,
             _ => return Err(ServiceError::UnsupportedMode(request.mode)),
         };
+        if (mode == Mode::SampleAggregate) != request.sample_aggregate.is_some() {
+            return Err(ServiceError::Dp(
+                "`sample_aggregate` (dimensions, epsilon) goes with mode sample-aggregate, and \
+                 only with it"
+                    .into(),
+            ));
+        }
         if mode == Mode::Dp && request.epsilon.is_none() {
             return Err(ServiceError::Dp(
                 "say how much ε each query spends (`epsilon`)".into(),
@@ -248,7 +274,11 @@ impl Service {
             .tenant_module(
                 &submitter.tenant,
                 &request.module,
-                crate::sandbox::World::Analysis,
+                if mode == Mode::SampleAggregate {
+                    crate::sandbox::World::BlockAnalysis
+                } else {
+                    crate::sandbox::World::Analysis
+                },
                 &request.mode,
             )
             .await?;
@@ -270,6 +300,11 @@ impl Service {
             }
             versions.push(version);
         }
+        if let Some(spec) = request.sample_aggregate {
+            return self
+                .commit_sample_aggregate(submitter, module, &versions, request.params, spec)
+                .await;
+        }
         match request.epsilon {
             Some(epsilon) => {
                 self.commit_dp(submitter, module, &versions, request.params, epsilon)
@@ -280,6 +315,55 @@ impl Service {
                     .await
             }
         }
+    }
+
+    /// Commit a `sample-aggregate` job over exactly one dataset whose
+    /// policy allows the mode.
+    async fn commit_sample_aggregate(
+        &self,
+        submitter: &Submitter,
+        module: Arc<LoadedModule>,
+        versions: &[DatasetVersion],
+        params: String,
+        spec: crate::dp::sample_aggregate::Spec,
+    ) -> Result<QueuedJob, ServiceError> {
+        let [version] = versions else {
+            return Err(ServiceError::Dp(
+                "sample-aggregate runs over exactly one dataset".into(),
+            ));
+        };
+        let policies = self.policies.current();
+        let rules = policies
+            .policy_for(&version.id)
+            .filter(|p| p.allows(Mode::SampleAggregate))
+            .and_then(|p| p.dp)
+            .ok_or_else(|| {
+                ServiceError::Dp(format!(
+                    "the policy of {} does not allow the sample-aggregate mode",
+                    version.id
+                ))
+            })?;
+        spec.check(&rules).map_err(ServiceError::Dp)?;
+        // The blocks get the rows; no query session is opened.
+        let table = version.job_table(&policies);
+        let mut job = self
+            .commit_with(
+                submitter,
+                module,
+                versions,
+                params,
+                Mode::SampleAggregate,
+                Vec::new(),
+                None,
+            )
+            .await?;
+        job.plan = Plan::SampleAggregate(Box::new(SamplePlan {
+            spec,
+            table,
+            privacy_unit: version.manifest.privacy_unit.clone(),
+            rules,
+        }));
+        Ok(job)
     }
 
     async fn commit(
@@ -409,6 +493,7 @@ impl Service {
             module,
             env,
             params,
+            plan: Plan::Run,
         })
     }
 
@@ -423,14 +508,52 @@ impl Service {
         cancel: impl std::future::Future<Output = ()>,
     ) -> Result<JobResult, ServiceError> {
         jobs::start(&self.store, &job.id).await?;
-        let call = GuestCall::Run { params: job.params };
-        let execution = tokio::select! {
-            execution = self.sandbox.run(&job.module, &job.env, call) => execution,
-            () = cancel => Execution::refused(&job.id, Category::Cancelled),
+        let execution = match &job.plan {
+            Plan::Run => {
+                let call = GuestCall::Run {
+                    params: job.params.clone(),
+                };
+                tokio::select! {
+                    execution = self.sandbox.run(&job.module, &job.env, call) => execution,
+                    () = cancel => Execution::refused(&job.id, Category::Cancelled),
+                }
+            }
+            Plan::SampleAggregate(plan) => {
+                let run = crate::dp::sample_aggregate::run(crate::dp::sample_aggregate::Run {
+                    sandbox: &self.sandbox,
+                    module: &job.module,
+                    env: &job.env,
+                    table: &plan.table,
+                    privacy_unit: &plan.privacy_unit,
+                    rules: plan.rules,
+                    spec: &plan.spec,
+                    params: &job.params,
+                    store: &self.store,
+                    principal: &job.tenant,
+                    report_defaulted: plan.rules.report_defaulted,
+                });
+                match tokio::select! {
+                    release = run => Some(release),
+                    () = cancel => None,
+                } {
+                    Some(release) => {
+                        tracing::info!(
+                            job = %job.id,
+                            blocks = release.blocks,
+                            defaulted = release.defaulted,
+                            "sample-and-aggregate"
+                        );
+                        let mut execution = Execution::refused(&job.id, release.category);
+                        execution.outputs = release.outputs;
+                        execution
+                    }
+                    None => Execution::refused(&job.id, Category::Cancelled),
+                }
+            }
         };
         // What the job's answers were charged (committed before each answer
         // reached the guest): the receipt states it.
-        let cost = if job.env.dp.is_some() {
+        let cost = if job.mode != "aggregate" {
             let cost = crate::dp::budget::job_cost(&self.store, &job.id).await?;
             PrivacyCost {
                 epsilon: cost.epsilon,

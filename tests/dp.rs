@@ -739,3 +739,120 @@ async fn dp_jobs_over_http_state_their_cost_in_the_receipt_and_the_budget() {
     assert!(actions.contains(&"budget.granted".to_string()));
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_vector() {
+    use datasandbox::accounts::Role;
+    use datasandbox::dp::sample_aggregate::{Dimension, Spec};
+    let mut server = TestServer::start().await;
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let module = analyst
+        .upload_module(guest("block_mean"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let spec = Spec {
+        dimensions: vec![
+            Dimension {
+                name: "mean_employees".into(),
+                lo: 0.0,
+                hi: 200.0,
+                default: 0.0,
+            },
+            Dimension {
+                name: "rows".into(),
+                lo: 0.0,
+                hi: 200.0,
+                default: 0.0,
+            },
+        ],
+        epsilon: 1.0,
+        blocks: None,
+    };
+    let run = |params: serde_json::Value| {
+        let analyst = analyst.clone();
+        let module = module.clone();
+        let spec = spec.clone();
+        async move {
+            let job = analyst
+                .submit_sample_aggregate_job(&module, &["enterprises".into()], params, &spec)
+                .await
+                .unwrap();
+            let job = analyst.job(&job.id, 60).await.unwrap();
+            assert_eq!(job.state, "released", "{job:?}");
+            let output = analyst.job_output(&job.id).await.unwrap();
+            let values: HashMap<String, f64> = output
+                .outputs
+                .iter()
+                .map(|o| match o {
+                    datasandbox::sandbox::Output::Value { name, value } => (name.clone(), *value),
+                    other => panic!("{other:?}"),
+                })
+                .collect();
+            (job, values)
+        }
+    };
+    let (job, values) = run(serde_json::json!({"column": "employees"})).await;
+    // 2,000 enterprises in ⌈2000^0.4⌉ = 21 blocks of about 95: each
+    // block's mean head count, clamped, averaged, plus noise of scale
+    // (200/21)/(ε/2) ≈ 19 per dimension.
+    assert_eq!(values.len(), 2, "only the declared dimensions: {values:?}");
+    let exact = truth(
+        "SELECT 'all', AVG(employees) FROM enterprises",
+        "enterprises",
+    )
+    .await["all"];
+    assert!(
+        (values["mean_employees"] - exact).abs() < 120.0,
+        "{values:?} vs {exact}"
+    );
+    assert!((values["rows"] - 2000.0 / 21.0).abs() < 120.0, "{values:?}");
+    let receipt = analyst.receipt(&job.id).await.unwrap();
+    assert_eq!(receipt.body.mode, "sample-aggregate");
+    assert_eq!(receipt.body.privacy_cost.epsilon, 1.0);
+    // A guest that fails on every block: each gets the default, nothing of
+    // the failure (or its text) reaches the submitter; the release is noise
+    // around the defaults.
+    let (_, values) = run(serde_json::json!({})).await;
+    assert_eq!(values.len(), 2);
+    assert!(values["rows"].abs() < 120.0, "{values:?}");
+    let job_text = serde_json::to_string(&values).unwrap();
+    assert!(!job_text.contains("column"));
+    // Wrong world, ε outside the policy's range, two datasets, a dataset
+    // whose policy has no sample-aggregate mode: refused at submission.
+    let analysis = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let mut too_much = spec.clone();
+    too_much.epsilon = 5.0;
+    server.admin.grant("lab-a", "tax_records").await.unwrap();
+    for (module, datasets, spec) in [
+        (&analysis, vec!["enterprises".to_string()], &spec),
+        (&module, vec!["enterprises".to_string()], &too_much),
+        (
+            &module,
+            vec!["enterprises".to_string(), "tax_records".to_string()],
+            &spec,
+        ),
+        (&module, vec!["tax_records".to_string()], &spec),
+    ] {
+        let error = analyst
+            .submit_sample_aggregate_job(module, &datasets, serde_json::json!({}), spec)
+            .await
+            .unwrap_err();
+        assert_eq!(error.code(), Some("bad-job"), "{datasets:?}");
+    }
+    // Both runs were charged: ε 2 of 10 spent.
+    let budgets = analyst.budgets(None).await.unwrap();
+    let spent = budgets
+        .iter()
+        .find(|b| b.dataset == "enterprises")
+        .unwrap()
+        .spent
+        .epsilon;
+    assert_eq!(spent, 2.0);
+    server.stop().await.unwrap();
+}

@@ -145,6 +145,20 @@ pub enum ScoreCommand {
     },
 }
 
+/// A job as `dsb job submit` describes it.
+pub struct Submission<'a> {
+    /// A sha256 or a .wasm file (uploaded first).
+    pub module: &'a str,
+    pub mode: &'a str,
+    pub datasets: &'a [String],
+    /// JSON text for the guest.
+    pub params: &'a str,
+    /// `dp`: ε per query.
+    pub epsilon: Option<f64>,
+    /// `sample-aggregate`: the declaration.
+    pub sample: Option<datasandbox::dp::sample_aggregate::Spec>,
+}
+
 pub struct Remote {
     pub client: Client,
     pub json: bool,
@@ -188,15 +202,15 @@ impl Remote {
     }
 
     /// Submit a job; `module` is a sha256 or a .wasm file (uploaded first).
-    pub async fn submit(
-        &self,
-        module: &str,
-        mode: &str,
-        datasets: &[String],
-        params: &str,
-        epsilon: Option<f64>,
-        wait: bool,
-    ) -> anyhow::Result<()> {
+    pub async fn submit(&self, submission: Submission<'_>, wait: bool) -> anyhow::Result<()> {
+        let Submission {
+            module,
+            mode,
+            datasets,
+            params,
+            epsilon,
+            sample,
+        } = submission;
         let sha256 = if std::path::Path::new(module).is_file() {
             let bytes = std::fs::read(module)?;
             self.client.upload_module(bytes, None).await?.sha256
@@ -205,13 +219,18 @@ impl Remote {
         };
         let params: serde_json::Value =
             serde_json::from_str(params).context("--params must be JSON")?;
-        let job = match epsilon {
-            Some(epsilon) => {
+        let job = match (sample, epsilon) {
+            (Some(spec), _) => {
+                self.client
+                    .submit_sample_aggregate_job(&sha256, datasets, params, &spec)
+                    .await?
+            }
+            (None, Some(epsilon)) => {
                 self.client
                     .submit_dp_job(&sha256, datasets, params, epsilon)
                     .await?
             }
-            None => {
+            (None, None) => {
                 self.client
                     .submit_job(&sha256, mode, datasets, params)
                     .await?
@@ -678,4 +697,44 @@ pub fn print_tokens(tokens: &[datasandbox::accounts::TokenInfo]) {
 /// Commands that exist only against a server.
 pub fn needs_server(what: &str) -> anyhow::Result<()> {
     bail!("`{what}` talks to a server: pass --server URL (or set DSB_SERVER) and a token")
+}
+
+/// A sample-and-aggregate declaration from `--dimension name=lo:hi:default`
+/// flags, `--epsilon` and `--blocks`.
+pub fn sample_spec(
+    dimensions: &[String],
+    epsilon: Option<f64>,
+    blocks: Option<usize>,
+) -> anyhow::Result<datasandbox::dp::sample_aggregate::Spec> {
+    let epsilon = epsilon.context("--mode sample-aggregate needs --epsilon")?;
+    if dimensions.is_empty() {
+        bail!("--mode sample-aggregate needs at least one --dimension name=lo:hi:default");
+    }
+    let dimensions = dimensions
+        .iter()
+        .map(|text| {
+            let parsed = text.split_once('=').and_then(|(name, range)| {
+                let numbers: Vec<f64> = range
+                    .split(':')
+                    .map(str::parse)
+                    .collect::<Result<_, _>>()
+                    .ok()?;
+                match numbers.as_slice() {
+                    [lo, hi, default] => Some(datasandbox::dp::sample_aggregate::Dimension {
+                        name: name.to_string(),
+                        lo: *lo,
+                        hi: *hi,
+                        default: *default,
+                    }),
+                    _ => None,
+                }
+            });
+            parsed.with_context(|| format!("--dimension {text}: expected name=lo:hi:default"))
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    Ok(datasandbox::dp::sample_aggregate::Spec {
+        dimensions,
+        epsilon,
+        blocks,
+    })
 }

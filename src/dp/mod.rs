@@ -8,9 +8,12 @@
 //!   for key selection); this crate samples no noise of its own.
 //! - [`sql`]: the DP subset of SQL, planned by DataFusion: contribution
 //!   bounding, clamping, true aggregates, noise, key release.
+//! - [`sample_aggregate`]: DP for arbitrary code: disjoint blocks by
+//!   privacy unit, a fresh instance per block, clamped average plus noise.
 
 pub mod budget;
 pub mod noise;
+pub mod sample_aggregate;
 pub mod sql;
 
 use std::collections::HashMap;

@@ -135,6 +135,8 @@ struct DpSection {
     max_rows_per_group: u32,
     #[serde(default)]
     bounds: BoundsSource,
+    #[serde(default)]
+    report_defaulted: bool,
 }
 
 fn default_query_epsilon() -> [f64; 2] {
@@ -177,6 +179,9 @@ pub struct DpRules {
     /// Rows one privacy unit may contribute to one group (more are sampled).
     pub max_rows_per_group: u32,
     pub bounds: BoundsSource,
+    /// Sample-and-aggregate releases how many blocks were defaulted (a
+    /// small residual channel about failures; off by default).
+    pub report_defaulted: bool,
 }
 
 impl DpRules {
@@ -227,6 +232,7 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
         max_groups_per_unit: section.max_groups_per_unit,
         max_rows_per_group: section.max_rows_per_group,
         bounds: section.bounds,
+        report_defaulted: section.report_defaulted,
     })
 }
 
@@ -473,11 +479,12 @@ fn parse_policy(
             .modes
             .get_ref()
             .iter()
-            .any(|m| *m.get_ref() == Mode::Dp)
+            .any(|m| matches!(m.get_ref(), Mode::Dp | Mode::SampleAggregate))
     {
         problems.push(diagnostic(
             at(parsed.modes.span()),
-            "mode `dp` needs a `[dp]` section (epsilon_total at least)".into(),
+            "modes `dp` and `sample-aggregate` need a `[dp]` section (epsilon_total at least)"
+                .into(),
         ));
     }
     if !problems.is_empty() {

@@ -150,7 +150,7 @@ pub async fn show_module(
 pub struct SubmitJob {
     /// SHA-256 of a module the caller uploaded.
     pub module: String,
-    /// The release mode: `aggregate` or `dp`.
+    /// The release mode: `aggregate`, `dp` or `sample-aggregate`.
     pub mode: String,
     /// Dataset ids (`id` or `id@version`).
     pub datasets: Vec<String>,
@@ -161,6 +161,10 @@ pub struct SubmitJob {
     /// `dp` mode: the ε each query spends (within the policy's range).
     #[serde(default)]
     pub epsilon: Option<f64>,
+    /// `sample-aggregate` mode: the output's dimensions (name, range,
+    /// default), the release's ε and optionally the number of blocks.
+    #[serde(default)]
+    pub sample_aggregate: Option<crate::dp::sample_aggregate::Spec>,
 }
 
 /// A job as its owner sees it.
@@ -226,6 +230,7 @@ pub async fn submit_job(
         datasets: body.datasets,
         params,
         epsilon: body.epsilon,
+        sample_aggregate: body.sample_aggregate,
     };
     let id = state.queue.submit(&caller.submitter(), request).await?;
     let job = jobs::get(&state.service.store, &id).await?;
