@@ -856,3 +856,33 @@ async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_
     assert_eq!(spent, 2.0);
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_charge_leaves_it_charged() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = repo_policies();
+    let tables = [dp_sample("enterprises", &policies)];
+    let caps = policies
+        .policy_for("enterprises")
+        .unwrap()
+        .dp
+        .unwrap()
+        .caps();
+    {
+        let store = store(dir.path()).await;
+        // The answer was computed and the process dies before the job ends:
+        // nothing was released, but the charge was committed first.
+        dp_query(&store, "lab", 2.0, BY_DISTRICT, &tables)
+            .await
+            .unwrap();
+        store.pool().close().await;
+    }
+    let reopened = store(dir.path()).await;
+    let budget = budget::budget(&reopened, "lab", "enterprises", caps)
+        .await
+        .unwrap();
+    assert_eq!(budget.spent.epsilon, 2.0);
+    // The audit chain holds the charge too.
+    let entries = datasandbox::store::audit::entries(&reopened).await.unwrap();
+    assert_eq!(entries.last().unwrap().action, "budget.charged");
+}
