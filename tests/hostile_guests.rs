@@ -144,3 +144,40 @@ async fn concurrent_hostile_jobs_do_not_disturb_each_other() {
         ]
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_instance_pool_is_the_hosts_failure_not_the_guests() {
+    use datasandbox::sandbox::{GuestCall, Sandbox, SandboxConfig};
+    // One instance slot: a looping guest holds it while another starts.
+    let sandbox = std::sync::Arc::new(
+        Sandbox::new(SandboxConfig {
+            concurrent_instances: 1,
+            ..test_config(None)
+        })
+        .unwrap(),
+    );
+    let limits = Limits {
+        fuel: u64::MAX / 2,
+        timeout: Duration::from_millis(800),
+        ..quick_limits()
+    };
+    let busy = {
+        let sandbox = std::sync::Arc::clone(&sandbox);
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let env = env("busy", limits, vec![]);
+            let params = r#"{"attack":"loop"}"#.to_string();
+            sandbox
+                .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let env = env("second", quick_limits(), vec![]);
+    let params = r#"{"attack":"ok"}"#.to_string();
+    let second = sandbox
+        .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
+        .await;
+    assert_eq!(second.category, Category::Internal, "{:?}", second.diagnostics);
+    assert_eq!(busy.await.unwrap().category, Category::Timeout);
+}

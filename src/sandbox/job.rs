@@ -313,7 +313,21 @@ fn classify_trap(trap: &wasmtime::Error, state: &JobState) -> Category {
 macro_rules! instantiate {
     ($pre:expr, $store:expr) => {{
         let started = Instant::now();
-        let guest = $pre.instantiate_async(&mut *$store).await?;
+        let guest = match $pre.instantiate_async(&mut *$store).await {
+            Ok(guest) => guest,
+            Err(error) => {
+                // The instance could not be created (the pool is full, say):
+                // the host's failure, not the guest's; never charged to it.
+                let state = $store.data();
+                if error.downcast_ref::<Trap>().is_none()
+                    && state.limiter.hit.is_none()
+                    && state.host_limit.is_none()
+                {
+                    $store.data_mut().internal = Some(format!("instantiation failed: {error}"));
+                }
+                return Err(error);
+            }
+        };
         $store.data_mut().instantiate = started.elapsed();
         guest
     }};
