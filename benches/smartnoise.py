@@ -34,8 +34,9 @@ sql = (
     "FROM bench.table GROUP BY region, sector"
 )
 exact = data.groupby(["region", "sector"]).agg(n=("amount", "size"), total=("amount", "sum"))
-privacy = snsql.Privacy(epsilon=summary["epsilon"], delta=1e-7)
+privacy = snsql.Privacy(epsilon=1.0, delta=1e-7)
 reader = snsql.from_df(data, privacy=privacy, metadata=metadata)
+spent_epsilon, spent_delta = reader.get_privacy_cost([sql])
 times, count_errors, sum_errors = [], [], []
 for _ in range(5):
     started = time.perf_counter()
@@ -49,12 +50,14 @@ times.sort()
 smartnoise = times[len(times) // 2]
 mae = lambda errors: sum(errors) / len(errors)
 print(
-    f"smartnoise-sql {snsql.__version__ if hasattr(snsql, '__version__') else ''}: median "
-    f"{smartnoise:.3f} s (data already in memory); MAE count {mae(count_errors):.2f}, "
-    f"MAE sum {mae(sum_errors):.1f}"
+    f"smartnoise-sql (epsilon=1.0, its own accounting: the query costs eps={spent_epsilon:g}): "
+    f"median {smartnoise:.3f} s (data already in memory); MAE count "
+    f"{mae(count_errors):.2f}, MAE sum {mae(sum_errors):.1f}"
 )
-print(
-    f"dsb: median {summary['dsb_seconds']:.3f} s (incl. reading the CSV); MAE count "
-    f"{summary['dsb_mae_count']:.2f}, MAE sum {summary['dsb_mae_sum']:.1f}"
-)
-print(f"dsb is {smartnoise / summary['dsb_seconds']:.1f}x faster (goal >= 20x)")
+for label in ["eps1", "eps2"]:
+    run = summary[label]
+    print(
+        f"dsb (query eps={run['epsilon']:g}): median {run['seconds']:.3f} s (incl. reading "
+        f"the CSV); MAE count {run['mae_count']:.2f}, MAE sum {run['mae_sum']:.1f}; "
+        f"{smartnoise / run['seconds']:.1f}x faster than smartnoise-sql (goal >= 20x)"
+    )

@@ -16,6 +16,7 @@
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`dp`]: differential privacy: DP SQL, OpenDP noise, privacy budgets.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
+//! - [`contest`]: contests on hidden data: specs, secret splits, metrics, leaderboards.
 //! - [`scoring`]: scoring mode: subjects' authorisations, scoring policies, per-subject fresh instances.
 //! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
 //! - [`store`]: the SQLite store: durable jobs, modules and the hash-chained audit log.
@@ -30,6 +31,7 @@ pub mod accounts;
 pub mod arrow_ipc;
 pub mod catalog;
 pub mod client;
+pub mod contest;
 pub mod dataset;
 pub mod demo;
 pub mod dp;

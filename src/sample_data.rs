@@ -13,7 +13,12 @@
 //! - `utility_payments.csv`: monthly electricity bills keyed by
 //!   `enterprise_id`: consumption and whether the bill was paid late.
 //!
-//! The last two share the latent risk of the tax records (a firm that runs
+//! - `tax_overdue.csv`: the contest dataset, one row per enterprise: its
+//!   register entry and 2023 tax history as features, and as the label
+//!   whether it was overdue in any quarter of 2024 (derived from the rows
+//!   above, no random draws of its own).
+//!
+//! The social-security and utility files share the latent risk of the tax records (a firm that runs
 //! late on tax tends to shed insured staff and pay bills late), so a credit
 //! model over all three has signal. They are drawn from a second random
 //! stream, so adding them left the first two files unchanged.
@@ -71,11 +76,12 @@ pub const QUARTERS: usize = 8;
 pub const MONTHS: usize = 12;
 
 /// The sample datasets' ids, in the order they are registered.
-pub const DATASETS: [&str; 4] = [
+pub const DATASETS: [&str; 5] = [
     "enterprises",
     "tax_records",
     "social_security",
     "utility_payments",
+    "tax_overdue",
 ];
 
 /// The generated files as (file name, CSV text).
@@ -85,6 +91,9 @@ pub fn generate() -> Vec<(&'static str, String)> {
     let mut social =
         String::from("enterprise_id,quarter,insured_headcount,contributions_paid,arrears\n");
     let mut utility = String::from("enterprise_id,month,electricity_kwh,amount_billed,paid_late\n");
+    let mut contest = String::from(
+        "enterprise_id,district,industry,size_class,employees,registered_capital,founded_year,tax_paid_2023,overdue_quarters_2023,undeclared_quarters_2023,overdue_2024\n",
+    );
     let mut register = String::from(
         "enterprise_id,name,district,industry,size_class,employees,registered_capital,founded\n",
     );
@@ -134,6 +143,8 @@ pub fn generate() -> Vec<(&'static str, String)> {
             } else {
                 0.0
             };
+        let (mut paid_2023, mut overdue_2023, mut undeclared_2023, mut overdue_2024) =
+            (0.0, 0u32, 0u32, 0u8);
         for quarter in 0..QUARTERS {
             let label = format!("{}Q{}", 2023 + quarter / 4, quarter % 4 + 1);
             let declared = !rng.random_ratio(1, 40);
@@ -148,7 +159,19 @@ pub fn generate() -> Vec<(&'static str, String)> {
             let vat = if declared { "true" } else { "false" };
             let overdue = u8::from(!declared || rng.random::<f64>() < risk);
             writeln!(tax, "{id},{label},{tax_paid},{vat},{overdue}").expect("writing to a String");
+            if quarter < 4 {
+                paid_2023 += tax_paid.parse::<f64>().unwrap_or(0.0);
+                overdue_2023 += u32::from(overdue);
+                undeclared_2023 += u32::from(!declared);
+            } else {
+                overdue_2024 = overdue_2024.max(overdue);
+            }
         }
+        writeln!(
+            contest,
+            "{id},{district},{industry},{size_class},{employees},{capital},{year},{paid_2023:.2},{overdue_2023},{undeclared_2023},{overdue_2024}"
+        )
+        .expect("writing to a String");
 
         // A firm in trouble sheds insured staff and falls into arrears.
         let troubled = rng2.random::<f64>() < risk * 2.0;
@@ -189,6 +212,7 @@ pub fn generate() -> Vec<(&'static str, String)> {
         ("tax_records.csv", tax),
         ("social_security.csv", social),
         ("utility_payments.csv", utility),
+        ("tax_overdue.csv", contest),
     ]
 }
 

@@ -50,6 +50,8 @@ pub enum ServiceError {
     UnsupportedMode(String),
     #[error("dp: {0}")]
     Dp(String),
+    #[error(transparent)]
+    Contest(#[from] crate::contest::ContestError),
     #[error("no access to dataset {0}")]
     NoAccess(String),
     #[error("a job needs at least one dataset")]
@@ -95,6 +97,8 @@ pub struct JobRequest {
     pub epsilon: Option<f64>,
     /// `sample-aggregate` mode: dimensions, ranges, defaults, ε, blocks.
     pub sample_aggregate: Option<crate::dp::sample_aggregate::Spec>,
+    /// `contest` mode: the contest (the team is the submitter's tenant).
+    pub contest: Option<String>,
 }
 
 /// How a queued job runs.
@@ -103,6 +107,15 @@ enum Plan {
     Run,
     /// Sample-and-aggregate over one dataset.
     SampleAggregate(Box<SamplePlan>),
+    /// A contest submission: train, predict, score.
+    Contest(Box<ContestPlan>),
+}
+
+struct ContestPlan {
+    spec: crate::contest::Spec,
+    seed: String,
+    table: crate::dataset::DatasetSource,
+    privacy_unit: String,
 }
 
 struct SamplePlan {
@@ -154,6 +167,7 @@ impl Service {
             ..SandboxConfig::default()
         })?);
         let interrupted = jobs::recover_interrupted(&store).await?;
+        crate::contest::settle_interrupted(&store).await?;
         if interrupted > 0 {
             tracing::warn!(
                 interrupted,
@@ -245,6 +259,7 @@ impl Service {
             "aggregate" => Mode::Aggregate,
             "dp" => Mode::Dp,
             "sample-aggregate" => Mode::SampleAggregate,
+            "contest" if request.contest.is_some() => Mode::Contest,
             _ => return Err(ServiceError::UnsupportedMode(request.mode)),
         };
         if (mode == Mode::SampleAggregate) != request.sample_aggregate.is_some() {
@@ -261,6 +276,11 @@ impl Service {
         }
         if mode != Mode::Dp && request.epsilon.is_some() {
             return Err(ServiceError::Dp("`epsilon` is for dp mode only".into()));
+        }
+        if let Some(contest) = &request.contest {
+            return self
+                .commit_contest(submitter, &request.module, contest)
+                .await;
         }
         if request.datasets.is_empty() {
             return Err(ServiceError::NoDatasets);
@@ -315,6 +335,74 @@ impl Service {
                     .await
             }
         }
+    }
+
+    /// Commit a contest submission: the contest is open, the team has
+    /// quota, the module is the team's `model` component.
+    async fn commit_contest(
+        &self,
+        submitter: &Submitter,
+        module: &str,
+        contest: &str,
+    ) -> Result<QueuedJob, ServiceError> {
+        let (spec, seed) = crate::contest::get(&self.store, contest).await?;
+        let module = self
+            .tenant_module(
+                &submitter.tenant,
+                module,
+                crate::sandbox::World::Model,
+                "contest",
+            )
+            .await?;
+        let version = self.catalog.get(&spec.dataset)?;
+        let policies = self.policies.current();
+        if !policies
+            .policy_for(&version.id)
+            .is_some_and(|p| p.allows(Mode::Contest))
+        {
+            return Err(ServiceError::Dp(format!(
+                "the policy of {} does not allow the contest mode",
+                version.id
+            )));
+        }
+        let job_id = jobs::new_job_id();
+        crate::contest::admit(&self.store, &spec, &submitter.tenant, &job_id).await?;
+        let params = serde_json::json!({
+            "contest": spec.id,
+            "metric": spec.metric,
+            "label": spec.label,
+            "features": spec.features,
+            "split_seed_sha256": crate::contest::seed_hash(&seed),
+        })
+        .to_string();
+        let table = version.job_table(&policies);
+        let mut job = self
+            .commit_with(
+                submitter,
+                module,
+                std::slice::from_ref(&version),
+                params,
+                Mode::Contest,
+                Vec::new(),
+                Some(job_id),
+            )
+            .await?;
+        if let Some(fuel) = spec.fuel {
+            job.env.limits.fuel = fuel;
+        }
+        if let Some(mb) = spec.memory_mb {
+            job.env.limits.memory_bytes = usize::try_from(mb << 20).unwrap_or(usize::MAX);
+        }
+        if let Some(seconds) = spec.timeout_seconds {
+            job.env.limits.timeout = std::time::Duration::from_secs(seconds);
+        }
+        job.plan = Plan::Contest(Box::new(ContestPlan {
+            privacy_unit: version.manifest.privacy_unit.clone(),
+            spec,
+            seed,
+            table,
+        }));
+        Ok(job)
     }
 
     /// Commit a `sample-aggregate` job over exactly one dataset whose
@@ -550,10 +638,39 @@ impl Service {
                     None => Execution::refused(&job.id, Category::Cancelled),
                 }
             }
+            Plan::Contest(plan) => {
+                let outcome = tokio::select! {
+                    outcome = crate::contest::evaluate(
+                        &self.sandbox,
+                        &job.module,
+                        &job.env,
+                        &plan.spec,
+                        &plan.seed,
+                        &plan.table,
+                        &plan.privacy_unit,
+                    ) => outcome,
+                    () = cancel => Err(Category::Cancelled),
+                };
+                let released =
+                    crate::contest::record(&self.store, &plan.spec, &job.id, &job.tenant, &outcome)
+                        .await?;
+                match (outcome, released) {
+                    (Ok(_), Some(score)) => {
+                        let mut execution = Execution::refused(&job.id, Category::Ok);
+                        execution.outputs = vec![crate::sandbox::Output::Value {
+                            name: "public_score".into(),
+                            value: score,
+                        }];
+                        execution
+                    }
+                    (Err(category), _) => Execution::refused(&job.id, category),
+                    (Ok(_), None) => Execution::refused(&job.id, Category::Internal),
+                }
+            }
         };
         // What the job's answers were charged (committed before each answer
         // reached the guest): the receipt states it.
-        let cost = if job.mode != "aggregate" {
+        let cost = if matches!(job.mode.as_str(), "dp" | "sample-aggregate") {
             let cost = crate::dp::budget::job_cost(&self.store, &job.id).await?;
             PrivacyCost {
                 epsilon: cost.epsilon,
@@ -648,6 +765,7 @@ impl Service {
     /// period).
     pub async fn interrupt_unfinished(&self) -> Result<usize, ServiceError> {
         let count = jobs::recover_interrupted(&self.store).await?;
+        crate::contest::settle_interrupted(&self.store).await?;
         let waiting: Vec<String> = self.waiters().keys().cloned().collect();
         for id in waiting {
             self.notify_finished(&id);

@@ -178,6 +178,11 @@ async fn a_full_instance_pool_is_the_hosts_failure_not_the_guests() {
     let second = sandbox
         .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
         .await;
-    assert_eq!(second.category, Category::Internal, "{:?}", second.diagnostics);
+    assert_eq!(
+        second.category,
+        Category::Internal,
+        "{:?}",
+        second.diagnostics
+    );
     assert_eq!(busy.await.unwrap().category, Category::Timeout);
 }

@@ -469,11 +469,22 @@ async fn noisy_aggregate(
         ChargeError::Store(e) => failed(e),
     })?;
 
-    // True aggregates per (unit, group) after bounding rows per group.
-    let mut keys: Vec<Expr> = vec![Expr::Column(unit.clone())];
+    // True aggregates per (unit, group) after bounding rows per group. With
+    // one row per unit there is nothing to bound: aggregate per group
+    // directly and count the rows as units.
+    let unique = table.unit_is_unique;
+    let mut keys: Vec<Expr> = if unique {
+        Vec::new()
+    } else {
+        vec![Expr::Column(unit.clone())]
+    };
     keys.extend(groups.iter().map(|g| Expr::Column(g.clone())));
     let mut builder = LogicalPlanBuilder::from(input);
-    if !table.unit_is_unique {
+    if unique {
+        builder = builder
+            .filter(Expr::Column(unit.clone()).is_not_null())
+            .map_err(failed)?;
+    } else {
         let rank = datafusion::functions_window::expr_fn::row_number()
             .partition_by(keys.clone())
             .order_by(vec![
@@ -504,6 +515,9 @@ async fn noisy_aggregate(
             }
         }
     }
+    if unique {
+        partials.push(count(lit(1i64)).alias("__dsb_units"));
+    }
     let plan = builder
         .aggregate(keys, partials)
         .and_then(|b| b.build())
@@ -526,6 +540,7 @@ async fn noisy_aggregate(
         })
         .sum::<usize>();
     let mut per_unit: HashMap<String, Vec<(Key, Vec<f64>)>> = HashMap::new();
+    let mut totals: HashMap<Key, Totals> = HashMap::new();
     for batch in &batches {
         let text = |i: usize| -> Result<StringArray, QueryError> {
             let array = cast(batch.column(i), &DataType::Utf8).map_err(failed)?;
@@ -543,13 +558,34 @@ async fn noisy_aggregate(
                 .expect("cast to Float64")
                 .clone())
         };
-        let units = text(0)?;
-        let key_columns = (1..=groups.len())
+        let first = usize::from(!unique);
+        let key_columns = (first..first + groups.len())
             .map(text)
             .collect::<Result<Vec<_>, _>>()?;
-        let value_columns = (groups.len() + 1..groups.len() + 1 + width)
+        let value_columns = (first + groups.len()..first + groups.len() + width)
             .map(number)
             .collect::<Result<Vec<_>, _>>()?;
+        if unique {
+            let units = number(groups.len() + width)?;
+            for row in 0..batch.num_rows() {
+                let key: Key = key_columns
+                    .iter()
+                    .map(|c| c.is_valid(row).then(|| c.value(row).to_string()))
+                    .collect();
+                let entry = totals.entry(key).or_insert_with(|| Totals {
+                    units: 0,
+                    partials: vec![0.0; width],
+                });
+                entry.units += units.value(row) as i64;
+                for (total, column) in entry.partials.iter_mut().zip(&value_columns) {
+                    if column.is_valid(row) {
+                        *total += column.value(row);
+                    }
+                }
+            }
+            continue;
+        }
+        let units = text(0)?;
         for row in 0..batch.num_rows() {
             if units.is_null(row) {
                 continue;
@@ -568,7 +604,6 @@ async fn noisy_aggregate(
                 .push((key, values));
         }
     }
-    let mut totals: HashMap<Key, Totals> = HashMap::new();
     let mut rng = rand::rng();
     for (_, mut unit_groups) in per_unit {
         if unit_groups.len() > max_groups as usize {

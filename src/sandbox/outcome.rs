@@ -36,6 +36,10 @@ pub enum Category {
     Internal,
     /// The submitter cancelled the job before it finished.
     Cancelled,
+    /// A model returned a different number of predictions than rows.
+    WrongPredictionCount,
+    /// A model returned a prediction that is not a number or out of range.
+    InvalidPrediction,
 }
 
 impl Category {
@@ -54,6 +58,8 @@ impl Category {
             Category::InvalidModule(_) => "invalid-module",
             Category::Internal => "internal",
             Category::Cancelled => "cancelled",
+            Category::WrongPredictionCount => "wrong-prediction-count",
+            Category::InvalidPrediction => "invalid-prediction",
         }
     }
 

@@ -231,6 +231,7 @@ pub async fn submit_job(
         params,
         epsilon: body.epsilon,
         sample_aggregate: body.sample_aggregate,
+        contest: None,
     };
     let id = state.queue.submit(&caller.submitter(), request).await?;
     let job = jobs::get(&state.service.store, &id).await?;
