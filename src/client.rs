@@ -216,6 +216,67 @@ impl Client {
         .await
     }
 
+    /// Create a contest from its TOML spec (administrators).
+    pub async fn create_contest(
+        &self,
+        spec: String,
+    ) -> Result<crate::contest::ContestView, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/contests")
+                .header(reqwest::header::CONTENT_TYPE, "application/toml")
+                .body(spec),
+        )
+        .await
+    }
+
+    pub async fn contests(&self) -> Result<Vec<crate::contest::ContestView>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/contests")).await
+    }
+
+    /// Submit the team's model to a contest.
+    pub async fn submit_model(
+        &self,
+        contest: &str,
+        module: &str,
+    ) -> Result<crate::contest::SubmissionView, ClientError> {
+        Self::send(
+            self.request(Method::POST, &format!("/v1/contests/{contest}/submissions"))
+                .json(&serde_json::json!({ "module": module })),
+        )
+        .await
+    }
+
+    /// The team's submissions to a contest.
+    pub async fn submissions(
+        &self,
+        contest: &str,
+    ) -> Result<Vec<crate::contest::SubmissionView>, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/contests/{contest}/submissions"))).await
+    }
+
+    /// Mark a scored submission as a final pick.
+    pub async fn pick(&self, contest: &str, submission: &str) -> Result<(), ClientError> {
+        Self::checked(self.request(
+            Method::POST,
+            &format!("/v1/contests/{contest}/submissions/{submission}/pick"),
+        ))
+        .await?;
+        Ok(())
+    }
+
+    /// The public leaderboard, or (after the close) the private one.
+    pub async fn leaderboard(
+        &self,
+        contest: &str,
+        private: bool,
+    ) -> Result<Vec<crate::contest::Standing>, ClientError> {
+        Self::send(
+            self.request(Method::GET, &format!("/v1/contests/{contest}/leaderboard"))
+                .query(&[("private", private)]),
+        )
+        .await
+    }
+
     /// Privacy budgets: the caller's, or (administrators) a tenant's.
     pub async fn budgets(
         &self,

@@ -123,8 +123,8 @@ async fn walk_through(
     let analyst = admin.with_token(analyst_token.token.clone());
     writeln!(
         out,
-        "1. Admin over HTTP: registered {} ({} rows, {}), tax_records, social_security and \
-         utility_payments under their manifests; policies loaded ({} for enterprises: modes {:?}, min_group_size {}); \
+        "1. Admin over HTTP: registered {} ({} rows, {}), tax_records, social_security, \
+         utility_payments and tax_overdue under their manifests; policies loaded ({} for enterprises: modes {:?}, min_group_size {}); \
          token for analyst tenant fudan-lab; grant fudan-lab -> enterprises.",
         enterprises.id,
         enterprises.rows,

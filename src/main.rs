@@ -91,6 +91,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::AuthCommand,
     },
+    /// Contests on hidden data (server): create (admin), submit, pick, leaderboards.
+    Contest {
+        #[command(subcommand)]
+        command: cli::ContestCommand,
+    },
     /// Differential-privacy budgets (server): yours, or grant more (admin).
     Budget {
         #[command(subcommand)]
@@ -407,6 +412,10 @@ fn run() -> anyhow::Result<()> {
         Command::Auth { command } => match &remote {
             Some(remote) => runtime.block_on(remote.auth(command)),
             None => cli::needs_server("auth"),
+        },
+        Command::Contest { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.contest(command)),
+            None => cli::needs_server("contest"),
         },
         Command::Budget { command } => match &remote {
             Some(remote) => runtime.block_on(remote.budget(command)),

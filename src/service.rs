@@ -712,6 +712,31 @@ impl Service {
         })
     }
 
+    /// Create a contest from its TOML spec (checked against the dataset's
+    /// dictionary and policy), with a fresh secret split seed.
+    pub async fn create_contest(
+        &self,
+        actor: &str,
+        text: &str,
+    ) -> Result<crate::contest::ContestView, ServiceError> {
+        let mut spec = crate::contest::parse_spec("spec.toml", text)?;
+        let version = self.catalog.get(&spec.dataset)?;
+        spec.bind(&version.manifest)?;
+        if !self
+            .policies
+            .current()
+            .policy_for(&version.id)
+            .is_some_and(|p| p.allows(Mode::Contest))
+        {
+            return Err(crate::contest::ContestError::BadSpec(vec![format!(
+                "dataset: the policy of {} does not allow the contest mode",
+                version.id
+            )])
+            .into());
+        }
+        Ok(crate::contest::create(&self.store, &spec, actor).await?)
+    }
+
     /// The budget caps of a dataset whose policy allows `dp`.
     fn dp_caps(&self, dataset: &str) -> Option<crate::dp::budget::Caps> {
         self.policies

@@ -160,7 +160,7 @@ fn demo_runs_the_loop_end_to_end() {
         "Receipt fetched and verified offline against the published keys",
         "with one field changed: bad signature",
         "audit chain intact",
-        "dataset.added 4",
+        "dataset.added 5",
         "module.uploaded 4",
         "token.created 4",
         "authorisation.added 3",

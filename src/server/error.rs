@@ -182,9 +182,35 @@ impl From<CatalogError> for ApiError {
     }
 }
 
+impl From<crate::contest::ContestError> for ApiError {
+    fn from(error: crate::contest::ContestError) -> Self {
+        use crate::contest::ContestError;
+        let message = error.to_string();
+        match error {
+            ContestError::BadSpec(_) => {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "bad-contest", message)
+            }
+            ContestError::Unknown(_) => ApiError::new(StatusCode::NOT_FOUND, "not-found", message),
+            ContestError::Exists(_) => ApiError::new(StatusCode::CONFLICT, "exists", message),
+            ContestError::Closed(_) => {
+                ApiError::new(StatusCode::CONFLICT, "contest-closed", message)
+            }
+            ContestError::StillOpen(_) => {
+                ApiError::new(StatusCode::FORBIDDEN, "contest-open", message)
+            }
+            ContestError::Quota(_) => {
+                ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota-exhausted", message)
+            }
+            ContestError::Pick(_) => ApiError::new(StatusCode::CONFLICT, "bad-pick", message),
+            ContestError::Store(error) => error.into(),
+        }
+    }
+}
+
 impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
+            ServiceError::Contest(error) => error.into(),
             ServiceError::Store(error) => error.into(),
             ServiceError::Catalog(error) => error.into(),
             ServiceError::UnknownModule(_) => ApiError::not_found("module"),

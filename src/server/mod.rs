@@ -91,7 +91,12 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::revoke_authorisation))
         .routes(routes!(routes::score))
         .routes(routes!(routes::list_budgets))
-        .routes(routes!(routes::grant_budget));
+        .routes(routes!(routes::grant_budget))
+        .routes(routes!(routes::create_contest, routes::list_contests))
+        .routes(routes!(routes::show_contest))
+        .routes(routes!(routes::submit_model, routes::list_submissions))
+        .routes(routes!(routes::pick_submission))
+        .routes(routes!(routes::leaderboard));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router

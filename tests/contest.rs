@@ -1,0 +1,296 @@
+//! Contest mode over real HTTP: teams submit real model components, which
+//! train and predict inside wasmtime on a split they never see; only scores
+//! leave, quotas hold, host failures are free, the Ladder hides small
+//! changes, and the private board waits for the close.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{TestServer, guest};
+use datasandbox::accounts::Role;
+use datasandbox::client::Client;
+use datasandbox::contest::SubmissionView;
+use datasandbox::store::now;
+
+fn rfc3339(at: i64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(at as u64))
+        .to_string()
+}
+
+/// A spec over the shipped contest dataset; `extra` is appended.
+fn spec(id: &str, closes_in: i64, extra: &str) -> String {
+    format!(
+        "id = \"{id}\"\ntitle = \"Who will be overdue on tax in 2024?\"\ndataset = \"tax_overdue\"\n\
+         label = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
+         split = {{ train = 0.6, public = 0.2, private = 0.2 }}\n\
+         opens = \"{}\"\ncloses = \"{}\"\ndecimals = 4\n{extra}",
+        rfc3339(now() - 60),
+        rfc3339(now() + closes_in)
+    )
+}
+
+async fn upload(client: &Client, name: &str) -> String {
+    client
+        .upload_module(guest(name), None)
+        .await
+        .unwrap()
+        .sha256
+}
+
+/// Submit and wait for the end; the team's view of the submission.
+async fn submit(client: &Client, contest: &str, module: &str) -> SubmissionView {
+    let submitted = client.submit_model(contest, module).await.unwrap();
+    client
+        .wait_job(&submitted.id, Duration::from_secs(120))
+        .await
+        .unwrap();
+    client
+        .submissions(contest)
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == submitted.id)
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_teams_compete_and_only_scores_leave() {
+    let mut server = TestServer::start().await;
+    let contest = server
+        .admin
+        .create_contest(spec(
+            "overdue",
+            25,
+            // Every non-identifier column but the label; head count first
+            // (the probe below leaks its first feature).
+            "daily_limit = 5\nfinal_picks = 1\nfeatures = [\"employees\", \"district\", \"industry\", \"size_class\", \"registered_capital\", \"founded_year\", \"tax_paid_2023\", \"overdue_quarters_2023\", \"undeclared_quarters_2023\"]\n",
+        ))
+        .await
+        .unwrap();
+    assert!(contest.open);
+    assert_eq!(contest.seed_sha256.len(), 64);
+    assert!(!contest.spec.features.contains(&"enterprise_id".to_string()));
+    assert!(!contest.spec.features.contains(&"overdue_2024".to_string()));
+    let a = server.client(Role::Contestant, "team-a").await;
+    let b = server.client(Role::Contestant, "team-b").await;
+    let c = server.client(Role::Contestant, "team-c").await;
+    let logistic = upload(&a, "logistic_model").await;
+    let baseline = upload(&b, "model_baseline").await;
+    let probe = upload(&c, "model_probe").await;
+
+    let learned = submit(&a, "overdue", &logistic).await;
+    assert_eq!(learned.state, "scored", "{learned:?}");
+    let constant = submit(&b, "overdue", &baseline).await;
+    assert_eq!(constant.state, "scored", "{constant:?}");
+    // The constant baseline ranks nothing: AUC 0.5. The learned model is
+    // clearly better.
+    assert_eq!(constant.public_score, Some(0.5));
+    let score = learned.public_score.unwrap();
+    assert!(score > 0.6, "logistic AUC {score}");
+    // A model that "predicts" the hidden test rows' head counts gets a
+    // score and nothing else: the job's output is one number.
+    let leak = submit(&c, "overdue", &probe).await;
+    assert_eq!(leak.state, "scored");
+    let output = c.job_output(&leak.id).await.unwrap();
+    assert_eq!(output.outputs.len(), 1);
+    assert!(matches!(
+        &output.outputs[0],
+        datasandbox::sandbox::Output::Value { name, .. } if name == "public_score"
+    ));
+    // The receipt binds module, dataset version, the split seed's hash and
+    // the metric (through the params hash) to the score.
+    let receipt = a.receipt(&learned.id).await.unwrap();
+    assert_eq!(receipt.body.mode, "contest");
+    assert_eq!(receipt.body.datasets[0].id, "tax_overdue");
+    let params = serde_json::json!({
+        "contest": "overdue",
+        "metric": "roc-auc",
+        "label": "overdue_2024",
+        "features": contest.spec.features,
+        "split_seed_sha256": contest.seed_sha256,
+    })
+    .to_string();
+    assert_eq!(
+        receipt.body.params_sha256,
+        hex::encode(<sha2::Sha256 as sha2::Digest>::digest(params.as_bytes()))
+    );
+    // Teams see only their own submissions; the public board shows all.
+    assert_eq!(a.submissions("overdue").await.unwrap().len(), 1);
+    let board = b.leaderboard("overdue", false).await.unwrap();
+    assert_eq!(board[0].team, "team-a");
+    assert_eq!(board.len(), 3);
+    // Final picks, and the private board only after the close.
+    a.pick("overdue", &learned.id).await.unwrap();
+    a.pick("overdue", &learned.id).await.unwrap();
+    assert_eq!(
+        a.pick("overdue", &leak.id).await.unwrap_err().code(),
+        Some("not-found"),
+        "another team's submission"
+    );
+    assert_eq!(
+        a.leaderboard("overdue", true).await.unwrap_err().code(),
+        Some("contest-open")
+    );
+    // Analysts and institutions cannot submit.
+    let analyst = server.client(Role::Analyst, "lab").await;
+    assert_eq!(
+        analyst
+            .submit_model("overdue", &logistic)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("forbidden")
+    );
+    let closes = contest.spec.closes_at;
+    while now() < closes {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let private = a.leaderboard("overdue", true).await.unwrap();
+    assert_eq!(private[0].team, "team-a");
+    assert!(private[0].score > 0.6);
+    assert_eq!(
+        a.submit_model("overdue", &logistic)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("contest-closed")
+    );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_count_guest_failures_but_not_host_failures() {
+    let mut server = TestServer::start().await;
+    // The probe's behaviour follows the first feature it is given.
+    for (id, first) in [
+        ("count", "size_class"),
+        ("nan", "district"),
+        ("secret", "industry"),
+        ("loop", "founded_year"),
+    ] {
+        server
+            .admin
+            .create_contest(spec(
+                id,
+                3600,
+                &format!(
+                    "daily_limit = 2\nfeatures = [\"{first}\", \"employees\"]\nfuel = 200000000\n"
+                ),
+            ))
+            .await
+            .unwrap();
+    }
+    let team = server.client(Role::Contestant, "team-x").await;
+    let probe = upload(&team, "model_probe").await;
+    for (contest, category) in [
+        ("count", "wrong-prediction-count"),
+        ("nan", "invalid-prediction"),
+        ("secret", "guest-error"),
+        ("loop", "out-of-fuel"),
+    ] {
+        let failed = submit(&team, contest, &probe).await;
+        assert_eq!(failed.state, "failed", "{failed:?}");
+        assert_eq!(failed.category.as_deref(), Some(category));
+        assert!(failed.counted);
+        assert_eq!(failed.public_score, None);
+        let text = serde_json::to_string(&team.job(&failed.id, 0).await.unwrap()).unwrap();
+        assert!(!text.contains(common::SECRET), "{text}");
+    }
+    // A guest failure counts: one more today, then the quota is spent.
+    submit(&team, "secret", &probe).await;
+    assert_eq!(
+        team.submit_model("secret", &probe)
+            .await
+            .unwrap_err()
+            .code(),
+        Some("quota-exhausted")
+    );
+    // A submission the host never ran (cancelled while the looping probe
+    // holds the queue) does not count.
+    let looping = team.submit_model("loop", &probe).await.unwrap();
+    let cancelled = team.submit_model("loop", &probe).await.unwrap_err();
+    assert_eq!(
+        cancelled.code(),
+        Some("quota-exhausted"),
+        "the loop already counted once"
+    );
+    team.cancel_job(&looping.id).await.unwrap();
+    team.wait_job(&looping.id, Duration::from_secs(60))
+        .await
+        .unwrap();
+    let after = team
+        .submissions("loop")
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|s| s.id == looping.id)
+        .unwrap();
+    assert_eq!(after.state, "interrupted", "{after:?}");
+    assert!(!after.counted);
+    // So one more fits.
+    assert!(team.submit_model("loop", &probe).await.is_ok());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_ladder_repeats_the_best_score_unless_clearly_beaten() {
+    let mut server = TestServer::start().await;
+    server
+        .admin
+        .create_contest(spec(
+            "ladder",
+            3600,
+            "release = \"ladder\"\nladder_step = 0.05\n",
+        ))
+        .await
+        .unwrap();
+    let team = server.client(Role::Contestant, "team-l").await;
+    let logistic = upload(&team, "logistic_model").await;
+    let baseline = upload(&team, "model_baseline").await;
+    let first = submit(&team, "ladder", &baseline).await;
+    assert_eq!(first.public_score, Some(0.5));
+    let better = submit(&team, "ladder", &logistic).await;
+    let best = better.public_score.unwrap();
+    assert!(best > 0.55, "{best}");
+    // Worse again: the board repeats the best, so probing learns nothing.
+    let worse = submit(&team, "ladder", &baseline).await;
+    assert_eq!(worse.public_score, Some(best));
+    // The same model again: no improvement beyond the step, same answer.
+    let same = submit(&team, "ladder", &logistic).await;
+    assert_eq!(same.public_score, Some(best));
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_specs_are_refused_with_the_line() {
+    let server = TestServer::start().await;
+    let error = server
+        .admin
+        .create_contest(spec("bad", 3600, "").replace("roc-auc", "precision"))
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("bad-contest"));
+    assert!(error.to_string().contains("spec.toml:5"), "{error}");
+    let error = server
+        .admin
+        .create_contest(spec("bad", 3600, "").replace("overdue_2024", "employees"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("not a label column"), "{error}");
+    let error = server
+        .admin
+        .create_contest(spec("bad", 3600, "").replace("train = 0.6", "train = 0.7"))
+        .await
+        .unwrap_err();
+    assert!(error.to_string().contains("split"), "{error}");
+    let contestant = server.client(Role::Contestant, "t").await;
+    assert_eq!(
+        contestant
+            .create_contest(spec("mine", 3600, ""))
+            .await
+            .unwrap_err()
+            .code(),
+        Some("forbidden")
+    );
+}
