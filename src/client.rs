@@ -277,6 +277,26 @@ impl Client {
         .await
     }
 
+    /// A synthetic sample of a contest's features and label (CSV).
+    pub async fn contest_sample(
+        &self,
+        contest: &str,
+        rows: usize,
+        seed: u64,
+    ) -> Result<String, ClientError> {
+        let response = Self::checked(
+            self.request(Method::GET, &format!("/v1/contests/{contest}/sample"))
+                .query(&[("rows", rows as u64), ("seed", seed)]),
+        )
+        .await?;
+        response.text().await.map_err(ClientError::from)
+    }
+
+    /// One contest.
+    pub async fn contest(&self, id: &str) -> Result<crate::contest::ContestView, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/contests/{id}"))).await
+    }
+
     /// Privacy budgets: the caller's, or (administrators) a tenant's.
     pub async fn budgets(
         &self,

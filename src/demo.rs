@@ -257,6 +257,7 @@ async fn walk_through(
     writeln!(out, "   the same receipt with one field changed: {refused}")?;
     dp_step(config, &analyst, &module.sha256, out).await?;
     scoring_step(config, admin, out).await?;
+    contest_step(config, admin, out).await?;
     admin.audit_checkpoint().await?;
     let verdict = admin.audit_verify().await?;
     if !verdict.intact {
@@ -412,6 +413,76 @@ async fn dp_step(
          clamped to [0, 400], were averaged and noised (ε = 2): mean head count ≈ {mean:.1} \
          (true mean of the clamped block means ≈ 200; noise scale ≈ 19). Nothing per block left the host."
     )?;
+    Ok(())
+}
+
+/// Step 4c: a small contest, two teams, one submission each.
+async fn contest_step(
+    config: &DemoConfig,
+    admin: &Client,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let at = |seconds: i64| {
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs((crate::store::now() + seconds) as u64),
+        )
+        .to_string()
+    };
+    let spec = format!(
+        "id = \"overdue-2024\"\ntitle = \"Which enterprises will be overdue on tax in 2024?\"\n\
+         dataset = \"tax_overdue\"\nlabel = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
+         split = {{ train = 0.6, public = 0.2, private = 0.2 }}\nopens = \"{}\"\ncloses = \"{}\"\n\
+         daily_limit = 5\nrelease = \"ladder\"\nladder_step = 0.005\n",
+        at(-60),
+        at(30 * 86_400)
+    );
+    let contest = admin.create_contest(spec).await?;
+    let mut lines = Vec::new();
+    for (team, guest) in [
+        ("team-tongji", "logistic_model"),
+        ("team-fudan", "model_baseline"),
+    ] {
+        let token = admin.create_token(Role::Contestant, team, None).await?;
+        let client = admin.with_token(token.token);
+        let module = client
+            .upload_module(read_guest(&config.guests_dir, guest)?, Some(guest))
+            .await?;
+        let submitted = client
+            .submit_model(&contest.spec.id, &module.sha256)
+            .await?;
+        client
+            .wait_job(&submitted.id, Duration::from_secs(120))
+            .await?;
+        let view = client
+            .submissions(&contest.spec.id)
+            .await?
+            .into_iter()
+            .find(|s| s.id == submitted.id)
+            .context("the submission is listed")?;
+        lines.push(format!(
+            "{team} submitted {guest}: {} {}",
+            view.state,
+            view.public_score
+                .map(|s| format!("(public ROC AUC {s})"))
+                .unwrap_or_default()
+        ));
+    }
+    let board = admin.leaderboard(&contest.spec.id, false).await?;
+    writeln!(
+        out,
+        "   Contest {} on tax_overdue ({} features, label hidden, split by a secret seed with \
+         sha256 {}…): each model trained and predicted in one instance; only the score left.",
+        contest.spec.id,
+        contest.spec.features.len(),
+        &contest.seed_sha256[..12]
+    )?;
+    for line in lines {
+        writeln!(out, "     {line}")?;
+    }
+    writeln!(out, "   Public leaderboard:")?;
+    for s in board {
+        writeln!(out, "     {}. {:<12} {}", s.rank, s.team, s.score)?;
+    }
     Ok(())
 }
 

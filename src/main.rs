@@ -335,6 +335,18 @@ struct DevRun {
     /// For `model` guests: the label column, held back from `predict`.
     #[arg(long)]
     label: Option<String>,
+    /// A contest (with --server): train on a synthetic sample of its
+    /// features and label, predict a second synthetic sample, and print the
+    /// contest's metric, before spending a submission.
+    #[arg(long)]
+    contest: Option<String>,
+    /// Rows of each synthetic sample with --contest.
+    #[arg(long, default_value_t = 1000)]
+    rows: usize,
+    #[arg(skip)]
+    holdout: Option<PathBuf>,
+    #[arg(skip)]
+    metric: Option<datasandbox::contest::Metric>,
     /// Where compiled modules are cached.
     #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data")]
     data_dir: PathBuf,
@@ -531,8 +543,32 @@ fn run() -> anyhow::Result<()> {
             result
         }),
         Command::Dev {
-            command: DevCommand::Run(args),
+            command: DevCommand::Run(mut args),
         } => {
+            if let Some(contest) = args.contest.clone() {
+                let Some(remote) = &remote else {
+                    return cli::needs_server("dev run --contest");
+                };
+                runtime.block_on(async {
+                    let view = remote.client.contest(&contest).await?;
+                    let dir = args.data_dir.join("synthetic");
+                    std::fs::create_dir_all(&dir)?;
+                    let train = dir.join("contest_train.csv");
+                    let holdout = dir.join("contest_holdout.csv");
+                    std::fs::write(&train, remote.client.contest_sample(&contest, args.rows, 1).await?)?;
+                    std::fs::write(&holdout, remote.client.contest_sample(&contest, args.rows, 2).await?)?;
+                    args.data = vec![train];
+                    args.holdout = Some(holdout);
+                    args.label = Some(view.spec.label.clone());
+                    args.metric = Some(view.spec.metric);
+                    args.params = serde_json::json!({
+                        "label": view.spec.label,
+                        "features": view.spec.features,
+                    })
+                    .to_string();
+                    anyhow::Ok(())
+                })?;
+            }
             let ok = runtime.block_on(dev_run(args))?;
             if !ok {
                 std::process::exit(2);
@@ -788,7 +824,21 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
                     .map(|(p, y)| (p - y).powi(2))
                     .sum::<f64>()
                     / labels.len() as f64;
-                writeln!(out, "local RMSE against the label: {:.4}", mse.sqrt())?;
+                match args.metric {
+                    Some(metric) if predictions.iter().all(|p| metric.valid(*p)) => writeln!(
+                        out,
+                        "local {} on a synthetic holdout: {:.4} (synthetic labels: this checks \
+                         the pipeline, not the model)",
+                        metric.name(),
+                        metric.score(predictions, &labels)
+                    )?,
+                    Some(metric) => writeln!(
+                        out,
+                        "invalid-prediction: a prediction {} cannot score",
+                        metric.name()
+                    )?,
+                    None => writeln!(out, "local RMSE against the label: {:.4}", mse.sqrt())?,
+                }
             }
         }
         (Some(Returned::Vector(values)), None) => writeln!(out, "returned: {values:?}")?,
@@ -869,12 +919,20 @@ async fn guest_call(
                 bail!("model guests need --label <column>");
             };
             let (schema, batches) = query::read_table(first()?).await?;
+            // Predict the holdout when there is one, else the training rows.
+            let (_, predict) = match &args.holdout {
+                Some(path) => {
+                    let holdout = DatasetSource::from_file(path, Classification::Open)?;
+                    query::read_table(&holdout).await?
+                }
+                None => (std::sync::Arc::clone(&schema), batches.clone()),
+            };
             let index = schema
                 .index_of(label)
                 .with_context(|| format!("no column {label}"))?;
             let mut labels = Vec::new();
             let mut features = Vec::new();
-            for batch in &batches {
+            for batch in &predict {
                 let column = datafusion::arrow::compute::cast(
                     batch.column(index),
                     &datafusion::arrow::datatypes::DataType::Float64,

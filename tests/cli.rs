@@ -161,7 +161,7 @@ fn demo_runs_the_loop_end_to_end() {
         "with one field changed: bad signature",
         "audit chain intact",
         "dataset.added 5",
-        "module.uploaded 4",
+        "module.uploaded 6",
         "token.created 4",
         "authorisation.added 3",
         "913100030001023757  not-authorised",
@@ -169,6 +169,8 @@ fn demo_runs_the_loop_end_to_end() {
         "3 per-subject receipts verified",
         "In dp mode (ε = 1 per query) the same module gets all 16 published districts",
         "the receipt states ε = 1; fudan-lab has ε = 9 of 10 left on enterprises",
+        "team-fudan submitted model_baseline: scored (public ROC AUC 0.5)",
+        "Contest overdue-2024 on tax_overdue (9 features, label hidden",
         "Sample-and-aggregate (any code, world block-analysis): block-mean ran in a fresh instance on each of ⌈2000^0.4⌉ = 21 disjoint blocks",
     ] {
         assert!(

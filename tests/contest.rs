@@ -87,7 +87,9 @@ async fn three_teams_compete_and_only_scores_leave() {
     // clearly better.
     assert_eq!(constant.public_score, Some(0.5));
     let score = learned.public_score.unwrap();
-    assert!(score > 0.6, "logistic AUC {score}");
+    // Public test set of 400: an AUC standard error of about 0.03 around
+    // the model's typical 0.64 across seeds.
+    assert!(score > 0.56, "logistic AUC {score}");
     // A model that "predicts" the hidden test rows' head counts gets a
     // score and nothing else: the job's output is one number.
     let leak = submit(&c, "overdue", &probe).await;
@@ -148,7 +150,7 @@ async fn three_teams_compete_and_only_scores_leave() {
     }
     let private = a.leaderboard("overdue", true).await.unwrap();
     assert_eq!(private[0].team, "team-a");
-    assert!(private[0].score > 0.6);
+    assert!(private[0].score > 0.56, "{private:?}");
     assert_eq!(
         a.submit_model("overdue", &logistic)
             .await
@@ -241,7 +243,7 @@ async fn the_ladder_repeats_the_best_score_unless_clearly_beaten() {
         .create_contest(spec(
             "ladder",
             3600,
-            "release = \"ladder\"\nladder_step = 0.05\n",
+            "release = \"ladder\"\nladder_step = 0.02\n",
         ))
         .await
         .unwrap();
@@ -252,7 +254,7 @@ async fn the_ladder_repeats_the_best_score_unless_clearly_beaten() {
     assert_eq!(first.public_score, Some(0.5));
     let better = submit(&team, "ladder", &logistic).await;
     let best = better.public_score.unwrap();
-    assert!(best > 0.55, "{best}");
+    assert!(best > 0.52, "{best}");
     // Worse again: the board repeats the best, so probing learns nothing.
     let worse = submit(&team, "ladder", &baseline).await;
     assert_eq!(worse.public_score, Some(best));
@@ -293,4 +295,60 @@ async fn bad_specs_are_refused_with_the_line() {
             .code(),
         Some("forbidden")
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_tries_its_model_locally_on_synthetic_data_first() {
+    let mut server = TestServer::start().await;
+    server
+        .admin
+        .create_contest(spec("local", 3600, ""))
+        .await
+        .unwrap();
+    let (_, token) = datasandbox::accounts::create_token(
+        &server.service.store,
+        "test",
+        Role::Contestant,
+        "team-local",
+        None,
+    )
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let module = common::guests_dir().join("logistic_model.wasm");
+    let base = server.base.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_dsb"))
+            .args([
+                "--server",
+                &base,
+                "dev",
+                "run",
+                "--contest",
+                "local",
+                "--module",
+            ])
+            .arg(&module)
+            .arg("--data-dir")
+            .arg(dir.path())
+            .env("DSB_TOKEN", token)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("local roc-auc on a synthetic holdout: "),
+        "{stdout}"
+    );
+    // The local loop spends nothing: no submission was recorded.
+    let team = server.client(Role::Contestant, "team-local").await;
+    assert!(team.submissions("local").await.unwrap().is_empty());
+    server.stop().await.unwrap();
 }

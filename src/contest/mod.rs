@@ -875,3 +875,41 @@ pub async fn leaderboard(
     }
     Ok(standings)
 }
+
+/// Keep only a contest's feature and label columns of a CSV (the synthetic
+/// sample's values contain no commas or quotes; anything else is refused).
+pub fn project_csv(csv: &str, spec: &Spec) -> Result<String, String> {
+    let mut lines = csv.lines();
+    let header: Vec<&str> = lines.next().ok_or("empty sample")?.split(',').collect();
+    let mut wanted: Vec<usize> = Vec::new();
+    for column in spec.features.iter().chain(std::iter::once(&spec.label)) {
+        wanted.push(
+            header
+                .iter()
+                .position(|h| h == column)
+                .ok_or_else(|| format!("no column {column} in the sample"))?,
+        );
+    }
+    let mut out = String::new();
+    let pick = |fields: &[&str]| {
+        wanted
+            .iter()
+            .map(|i| fields[*i])
+            .collect::<Vec<_>>()
+            .join(",")
+    };
+    out.push_str(&pick(&header));
+    out.push('\n');
+    for line in lines {
+        if line.contains('"') {
+            return Err("quoted values in the sample".into());
+        }
+        let fields: Vec<&str> = line.split(',').collect();
+        if fields.len() != header.len() {
+            return Err("ragged sample row".into());
+        }
+        out.push_str(&pick(&fields));
+        out.push('\n');
+    }
+    Ok(out)
+}

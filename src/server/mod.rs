@@ -96,7 +96,8 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::show_contest))
         .routes(routes!(routes::submit_model, routes::list_submissions))
         .routes(routes!(routes::pick_submission))
-        .routes(routes!(routes::leaderboard));
+        .routes(routes!(routes::leaderboard))
+        .routes(routes!(routes::contest_sample));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router

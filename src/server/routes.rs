@@ -1202,3 +1202,38 @@ pub async fn leaderboard(
         crate::contest::leaderboard(&state.service.store, &spec, query.private).await?,
     ))
 }
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ContestSampleQuery {
+    /// Rows (1 to 10,000; default 500).
+    pub rows: Option<usize>,
+    /// Seed of the synthetic generator (a second seed gives a holdout).
+    pub seed: Option<u64>,
+}
+
+/// A synthetic sample of a contest's features and label, from the
+/// dictionary and profile only (no real row, labels synthetic too): for
+/// the local loop `dsb dev run --contest`.
+#[utoipa::path(get, path = "/v1/contests/{id}/sample", tag = "contest",
+    params(("id" = String, Path), ContestSampleQuery),
+    responses((status = 200, content_type = "text/csv", body = String), (status = 404, body = ErrorBody)))]
+pub async fn contest_sample(
+    State(state): State<AppState>,
+    _caller: Caller,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(query): ApiQuery<ContestSampleQuery>,
+) -> ApiResult<Response> {
+    let (spec, _) = crate::contest::get(&state.service.store, &id).await?;
+    let version = state.service.catalog.get(&spec.dataset)?;
+    let rows = query.rows.unwrap_or(500).clamp(1, 10_000);
+    let csv = crate::catalog::synthetic::sample_csv(
+        &version.manifest,
+        &version.profile,
+        rows,
+        query.seed.unwrap_or(0),
+    );
+    let projected = crate::contest::project_csv(&csv, &spec)
+        .map_err(|m| ApiError::internal(std::io::Error::other(m)))?;
+    Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], projected).into_response())
+}
