@@ -279,31 +279,50 @@ pub async fn grant(
     dataset: &str,
     expires_at: Option<i64>,
 ) -> Result<Grant, StoreError> {
+    let mut tx = store.begin_write().await?;
+    let grant = grant_scoped(&mut tx, actor, tenant, dataset, expires_at, None, None).await?;
+    tx.commit().await?;
+    Ok(grant)
+}
+
+/// Grant inside a write transaction, optionally limited to `columns` and
+/// release `modes` (`None`: all), replacing an earlier grant; audited.
+pub async fn grant_scoped(
+    tx: &mut sqlx::SqliteConnection,
+    actor: &str,
+    tenant: &str,
+    dataset: &str,
+    expires_at: Option<i64>,
+    columns: Option<&[String]>,
+    modes: Option<&[String]>,
+) -> Result<Grant, StoreError> {
     validate_tenant(tenant).map_err(StoreError::Record)?;
     let granted_at = now();
-    let mut tx = store.begin_write().await?;
     sqlx::query("DELETE FROM grants WHERE tenant = ? AND dataset = ?")
         .bind(tenant)
         .bind(dataset)
         .execute(&mut *tx)
         .await?;
-    sqlx::query("INSERT INTO grants (tenant, dataset, granted_by, granted_at, expires_at) VALUES (?, ?, ?, ?, ?)")
+    let json =
+        |list: Option<&[String]>| list.map(|l| serde_json::to_string(l).expect("serialises"));
+    sqlx::query("INSERT INTO grants (tenant, dataset, granted_by, granted_at, expires_at, columns, modes) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(tenant)
         .bind(dataset)
         .bind(actor)
         .bind(granted_at)
         .bind(expires_at)
+        .bind(json(columns))
+        .bind(json(modes))
         .execute(&mut *tx)
         .await?;
     audit::append(
-        &mut tx,
+        tx,
         actor,
         "grant.added",
         dataset,
-        serde_json::json!({ "tenant": tenant, "expires_at": expires_at }),
+        serde_json::json!({ "tenant": tenant, "expires_at": expires_at, "columns": columns, "modes": modes }),
     )
     .await?;
-    tx.commit().await?;
     Ok(Grant {
         tenant: tenant.into(),
         dataset: dataset.into(),
@@ -311,6 +330,42 @@ pub async fn grant(
         granted_at,
         expires_at,
     })
+}
+
+/// What a live grant covers: `None` lists mean everything.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct GrantScope {
+    pub columns: Option<Vec<String>>,
+    pub modes: Option<Vec<String>>,
+}
+
+/// The scope of `tenant`'s live grant for `dataset`, if any.
+pub async fn grant_scope(
+    store: &Store,
+    tenant: &str,
+    dataset: &str,
+) -> Result<Option<GrantScope>, StoreError> {
+    let row = sqlx::query(
+        "SELECT expires_at, columns, modes FROM grants WHERE tenant = ? AND dataset = ?",
+    )
+    .bind(tenant)
+    .bind(dataset)
+    .fetch_optional(store.pool())
+    .await?;
+    let Some(row) = row else { return Ok(None) };
+    let expires: Option<i64> = row.get(0);
+    if expires.is_some_and(|at| at <= now()) {
+        return Ok(None);
+    }
+    let list = |i: usize| -> Result<Option<Vec<String>>, StoreError> {
+        row.get::<Option<String>, _>(i)
+            .map(|t| serde_json::from_str(&t).map_err(|e| StoreError::Record(e.to_string())))
+            .transpose()
+    };
+    Ok(Some(GrantScope {
+        columns: list(1)?,
+        modes: list(2)?,
+    }))
 }
 
 /// Whether `tenant` holds a live grant for `dataset`.

@@ -297,6 +297,51 @@ impl Client {
         Self::send(self.request(Method::GET, &format!("/v1/contests/{id}"))).await
     }
 
+    /// A conditional dataset's data-use agreement.
+    pub async fn agreement(&self, dataset: &str) -> Result<crate::policy::Agreement, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/datasets/{dataset}/agreement"))).await
+    }
+
+    /// Apply for a conditional dataset.
+    pub async fn apply(
+        &self,
+        application: &crate::applications::NewApplication,
+    ) -> Result<crate::applications::Application, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/applications")
+                .json(application),
+        )
+        .await
+    }
+
+    pub async fn applications(&self) -> Result<Vec<crate::applications::Application>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/applications")).await
+    }
+
+    pub async fn approve_application(
+        &self,
+        id: &str,
+        approval: &crate::applications::Approval,
+    ) -> Result<crate::applications::Application, ClientError> {
+        Self::send(
+            self.request(Method::POST, &format!("/v1/applications/{id}/approve"))
+                .json(approval),
+        )
+        .await
+    }
+
+    pub async fn reject_application(
+        &self,
+        id: &str,
+        reason: &str,
+    ) -> Result<crate::applications::Application, ClientError> {
+        Self::send(
+            self.request(Method::POST, &format!("/v1/applications/{id}/reject"))
+                .json(&serde_json::json!({ "reason": reason })),
+        )
+        .await
+    }
+
     /// Privacy budgets: the caller's, or (administrators) a tenant's.
     pub async fn budgets(
         &self,

@@ -120,6 +120,10 @@ pub struct DatasetSource {
     /// policy allows it (then `rules` is `None`).
     #[serde(skip)]
     pub dp: Option<std::sync::Arc<crate::dp::DpTable>>,
+    /// The columns the job's grant covers (`None`: all). Queries naming
+    /// any other column of this table are refused before they run.
+    #[serde(skip)]
+    pub granted_columns: Option<Vec<String>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +175,7 @@ impl DatasetSource {
             dictionary: Vec::new(),
             rules: None,
             dp: None,
+            granted_columns: None,
         })
     }
 

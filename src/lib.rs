@@ -21,6 +21,7 @@
 //! - [`service`]: a data directory's store, keys, catalog, policies and sandbox; the durable job loop.
 //! - [`store`]: the SQLite store: durable jobs, modules and the hash-chained audit log.
 //! - [`accounts`]: API tokens (roles, tenants) and dataset grants.
+//! - [`applications`]: conditional-access applications, working-day deadlines, scoped grants.
 //! - [`server`]: `dsb serve`, the axum `/v1` API, job queue, metrics, OpenAPI.
 //! - [`client`]: the HTTP client the CLI, the demo and the tests use.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
@@ -28,6 +29,7 @@
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
 
 pub mod accounts;
+pub mod applications;
 pub mod arrow_ipc;
 pub mod catalog;
 pub mod client;

@@ -91,6 +91,14 @@ enum Command {
         #[command(subcommand)]
         command: cli::AuthCommand,
     },
+    /// Apply for a conditional dataset, accepting its data-use agreement
+    /// (server).
+    Apply(cli::ApplyArgs),
+    /// Applications (server): list; approve or reject (admin).
+    Application {
+        #[command(subcommand)]
+        command: cli::ApplicationCommand,
+    },
     /// Contests on hidden data (server): create (admin), submit, pick, leaderboards.
     Contest {
         #[command(subcommand)]
@@ -424,6 +432,14 @@ fn run() -> anyhow::Result<()> {
         Command::Auth { command } => match &remote {
             Some(remote) => runtime.block_on(remote.auth(command)),
             None => cli::needs_server("auth"),
+        },
+        Command::Apply(args) => match &remote {
+            Some(remote) => runtime.block_on(remote.apply(args)),
+            None => cli::needs_server("apply"),
+        },
+        Command::Application { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.application(command)),
+            None => cli::needs_server("application"),
         },
         Command::Contest { command } => match &remote {
             Some(remote) => runtime.block_on(remote.contest(command)),

@@ -50,6 +50,13 @@ pub enum ServiceError {
     UnsupportedMode(String),
     #[error("dp: {0}")]
     Dp(String),
+    /// A grant exists but does not cover this request.
+    #[error("{0}")]
+    NoGrant(String),
+    #[error("application: {0}")]
+    Application(String),
+    #[error(transparent)]
+    Decision(#[from] crate::applications::DecisionError),
     #[error(transparent)]
     Contest(#[from] crate::contest::ContestError),
     #[error("no access to dataset {0}")]
@@ -303,6 +310,7 @@ impl Service {
             )
             .await?;
         let mut versions = Vec::new();
+        let mut granted_columns = std::collections::HashMap::new();
         for reference in &request.datasets {
             let version = match self.catalog.get(reference) {
                 Ok(version) => version,
@@ -318,6 +326,33 @@ impl Service {
             {
                 return Err(ServiceError::NoAccess(reference.clone()));
             }
+            // A grant may cover only some modes and columns.
+            if version.manifest.classification != Classification::Open
+                && submitter.role != Role::Admin
+                && let Some(scope) =
+                    accounts::grant_scope(&self.store, &submitter.tenant, &version.id).await?
+            {
+                if scope
+                    .modes
+                    .as_ref()
+                    .is_some_and(|modes| !modes.iter().any(|m| m == &request.mode))
+                {
+                    return Err(ServiceError::NoGrant(format!(
+                        "no-grant: your grant on {} does not cover the {} mode",
+                        version.id, request.mode
+                    )));
+                }
+                if let Some(columns) = scope.columns {
+                    if mode == Mode::SampleAggregate {
+                        return Err(ServiceError::NoGrant(format!(
+                            "column-not-granted: sample-aggregate reads whole rows of {}; your \
+                             grant covers only some columns",
+                            version.id
+                        )));
+                    }
+                    granted_columns.insert(version.id.clone(), columns);
+                }
+            }
             versions.push(version);
         }
         if let Some(spec) = request.sample_aggregate {
@@ -325,16 +360,20 @@ impl Service {
                 .commit_sample_aggregate(submitter, module, &versions, request.params, spec)
                 .await;
         }
-        match request.epsilon {
+        let mut job = match request.epsilon {
             Some(epsilon) => {
                 self.commit_dp(submitter, module, &versions, request.params, epsilon)
-                    .await
+                    .await?
             }
             None => {
                 self.commit(submitter, module, &versions, request.params)
-                    .await
+                    .await?
             }
+        };
+        for (table, version) in job.env.datasets.iter_mut().zip(&versions) {
+            table.granted_columns = granted_columns.get(&version.id).cloned();
         }
+        Ok(job)
     }
 
     /// Commit a contest submission: the contest is open, the team has
@@ -737,6 +776,80 @@ impl Service {
         Ok(crate::contest::create(&self.store, &spec, actor).await?)
     }
 
+    /// A dataset's data-use agreement (conditional datasets).
+    pub fn agreement(&self, dataset: &str) -> Option<crate::policy::Agreement> {
+        self.policies
+            .current()
+            .policy_for(dataset)?
+            .agreement
+            .clone()
+    }
+
+    /// Check and record an application for a conditional dataset; the
+    /// answer is due `working_days` working days later.
+    pub async fn apply(
+        &self,
+        submitter: &Submitter,
+        request: crate::applications::NewApplication,
+        working_days: u32,
+        holidays: &[i64],
+    ) -> Result<crate::applications::Application, ServiceError> {
+        let refuse = |m: String| Err(ServiceError::Application(m));
+        let version = match self.catalog.get(&request.dataset) {
+            Ok(v) if v.manifest.classification == Classification::Conditional => v,
+            Ok(v) if v.manifest.classification == Classification::Open => {
+                return refuse(format!("{} is open: no application needed", v.id));
+            }
+            // Restricted and unknown look alike.
+            _ => return Err(ServiceError::NoAccess(request.dataset.clone())),
+        };
+        if request.purpose.trim().is_empty() || request.intended_outputs.trim().is_empty() {
+            return refuse("purpose and intended_outputs: say what and why".into());
+        }
+        if request.columns.is_empty()
+            || request
+                .columns
+                .iter()
+                .any(|c| !version.manifest.columns.iter().any(|d| &d.name == c))
+        {
+            return refuse("columns: one or more columns of the dictionary".into());
+        }
+        let policy = self.policies.current().policy_for(&version.id);
+        let allowed: Vec<&str> = policy
+            .as_ref()
+            .map(|p| p.modes.iter().map(|m| mode_name(*m)).collect())
+            .unwrap_or_default();
+        if request.modes.is_empty() || request.modes.iter().any(|m| !allowed.contains(&m.as_str()))
+        {
+            return refuse(format!("modes: one or more of {allowed:?}"));
+        }
+        if !(1..=366).contains(&request.term_days) {
+            return refuse("term_days: 1 to 366".into());
+        }
+        let Some(agreement) = policy.and_then(|p| p.agreement.clone()) else {
+            return refuse(format!(
+                "{} has no data-use agreement to accept yet",
+                version.id
+            ));
+        };
+        if request.agreement_sha256 != agreement.sha256 {
+            return refuse(format!(
+                "agreement_sha256: accept the current agreement (version {}, sha256 {})",
+                agreement.version, agreement.sha256
+            ));
+        }
+        let deadline = crate::applications::deadline(crate::store::now(), working_days, holidays);
+        Ok(crate::applications::submit(
+            &self.store,
+            &submitter.tenant,
+            &submitter.actor,
+            &request,
+            &agreement.version,
+            deadline,
+        )
+        .await?)
+    }
+
     /// The budget caps of a dataset whose policy allows `dp`.
     fn dp_caps(&self, dataset: &str) -> Option<crate::dp::budget::Caps> {
         self.policies
@@ -1000,7 +1113,8 @@ pub async fn record_dataset_added(
     Ok(())
 }
 
-fn mode_name(mode: Mode) -> &'static str {
+/// A release mode as policies and jobs spell it.
+pub fn mode_name(mode: Mode) -> &'static str {
     match mode {
         Mode::Aggregate => "aggregate",
         Mode::Dp => "dp",

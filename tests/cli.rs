@@ -162,7 +162,7 @@ fn demo_runs_the_loop_end_to_end() {
         "audit chain intact",
         "dataset.added 5",
         "module.uploaded 6",
-        "token.created 4",
+        "token.created 6",
         "authorisation.added 3",
         "913100030001023757  not-authorised",
         "913100000001000000  scored            820  B",

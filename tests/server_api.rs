@@ -282,6 +282,36 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
         ),
         (
             Method::GET,
+            "/v1/datasets/enterprises/agreement".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/applications".into(),
+            json(serde_json::json!({})),
+            [401, 401, 400, 400, 400, 400, 400],
+        ),
+        (
+            Method::GET,
+            "/v1/applications".into(),
+            None,
+            [401, 401, 200, 200, 200, 200, 200],
+        ),
+        (
+            Method::POST,
+            "/v1/applications/none/approve".into(),
+            json(serde_json::json!({})),
+            [401, 401, 404, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/applications/none/reject".into(),
+            json(serde_json::json!({ "reason": "no" })),
+            [401, 401, 404, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
             "/v1/contests".into(),
             None,
             [401, 401, 200, 200, 200, 200, 200],

@@ -135,6 +135,7 @@ pub fn job_table(
             rules
         },
         dp: None,
+        granted_columns: None,
     }
 }
 

@@ -115,6 +115,19 @@ struct PolicyFile {
     #[serde(default)]
     review: Review,
     dp: Option<Spanned<DpSection>>,
+    /// The data-use agreement applicants accept (a file next to the
+    /// policies, e.g. `agreements/enterprises.md`).
+    agreement: Option<Spanned<String>>,
+    agreement_version: Option<String>,
+}
+
+/// A dataset's data-use agreement.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, Deserialize, utoipa::ToSchema)]
+pub struct Agreement {
+    pub version: String,
+    /// Hex SHA-256 of the text; an applicant accepts exactly this.
+    pub sha256: String,
+    pub text: String,
 }
 
 /// The `[dp]` section as written.
@@ -270,6 +283,7 @@ pub struct Policy {
     pub review: Review,
     /// Required when `modes` has `dp`.
     pub dp: Option<DpRules>,
+    pub agreement: Option<Agreement>,
     /// Hex SHA-256 of the file's bytes.
     pub hash: String,
     pub source: PathBuf,
@@ -487,6 +501,40 @@ fn parse_policy(
                 .into(),
         ));
     }
+    let agreement = match (&parsed.agreement, &parsed.agreement_version) {
+        (Some(path), Some(version)) => {
+            let full = file.parent().unwrap_or(Path::new(".")).join(path.get_ref());
+            match std::fs::read_to_string(&full) {
+                Ok(text) => Some(Agreement {
+                    version: version.clone(),
+                    sha256: hex::encode(Sha256::digest(text.as_bytes())),
+                    text,
+                }),
+                Err(e) => {
+                    problems.push(diagnostic(
+                        at(path.span()),
+                        format!("agreement: cannot read {}: {e}", full.display()),
+                    ));
+                    None
+                }
+            }
+        }
+        (None, None) => None,
+        (Some(path), None) => {
+            problems.push(diagnostic(
+                at(path.span()),
+                "agreement needs an agreement_version".into(),
+            ));
+            None
+        }
+        (None, Some(_)) => {
+            problems.push(diagnostic(
+                1,
+                "agreement_version without an agreement".into(),
+            ));
+            None
+        }
+    };
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -510,6 +558,7 @@ fn parse_policy(
         max_output_bytes: parsed.max_output_bytes.map(Spanned::into_inner),
         review: parsed.review,
         dp,
+        agreement,
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         source: file.to_path_buf(),
     })

@@ -110,6 +110,8 @@ pub struct QuerySession {
     rules: RulesByTable,
     /// A `dp`-mode job's context: its tables answer only DP SQL.
     dp: Option<Arc<crate::dp::DpSession>>,
+    /// Per table with a column-limited grant: the columns it may not name.
+    forbidden_columns: HashMap<String, Vec<String>>,
     parser_recursion_limit: usize,
 }
 
@@ -130,6 +132,7 @@ impl QuerySession {
         let mut tables = Vec::with_capacity(datasets.len());
         let mut classification = HashMap::new();
         let mut rules = RulesByTable::new();
+        let mut forbidden_columns = HashMap::new();
         for dataset in datasets {
             let open_error = |source| OpenError {
                 table: dataset.name.clone(),
@@ -159,6 +162,17 @@ impl QuerySession {
                     .collect(),
             });
             classification.insert(dataset.name.clone(), dataset.classification);
+            if let Some(granted) = &dataset.granted_columns {
+                forbidden_columns.insert(
+                    dataset.name.clone(),
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().clone())
+                        .filter(|name| !granted.contains(name))
+                        .collect::<Vec<_>>(),
+                );
+            }
             if dataset.classification != Classification::Open
                 && let Some(table_rules) = &dataset.rules
             {
@@ -171,6 +185,7 @@ impl QuerySession {
             classification,
             rules,
             dp: None,
+            forbidden_columns,
             parser_recursion_limit: config.parser_recursion_limit,
         })
     }
@@ -277,7 +292,39 @@ impl QuerySession {
             })
         })
         .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
-        rejection.map_or(Ok(()), |reason| Err(QueryError::Rejected(reason)))
+        if let Some(reason) = rejection {
+            return Err(QueryError::Rejected(reason));
+        }
+        self.check_columns(plan)
+    }
+
+    /// Columns outside a job's grant: refused wherever the query names them
+    /// (matched by name, whatever the qualifier: fail closed).
+    fn check_columns(&self, plan: &LogicalPlan) -> Result<(), QueryError> {
+        if self.forbidden_columns.is_empty() {
+            return Ok(());
+        }
+        let mut refused = None;
+        plan.apply_with_subqueries(|node| {
+            for expr in node.expressions() {
+                for column in expr.column_refs() {
+                    if let Some((table, _)) = self
+                        .forbidden_columns
+                        .iter()
+                        .find(|(_, forbidden)| forbidden.contains(&column.name))
+                    {
+                        refused = Some(format!(
+                            "column-not-granted: {} of {table} is outside your grant",
+                            column.name
+                        ));
+                        return Ok(TreeNodeRecursion::Stop);
+                    }
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(|e| QueryError::Invalid(e.strip_backtrace()))?;
+        refused.map_or(Ok(()), |reason| Err(QueryError::Rejected(reason)))
     }
 
     fn rejects(&self, node: &LogicalPlan) -> Option<String> {

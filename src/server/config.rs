@@ -36,6 +36,10 @@ pub struct ServerConfig {
     /// Sign the audit head this often when it moved (0: only on demand).
     #[serde(with = "seconds")]
     pub checkpoint_interval: Duration,
+    /// Working days an administrator has to answer an application.
+    pub application_working_days: u32,
+    /// Days that are not working days (`YYYY-MM-DD`), besides weekends.
+    pub holidays: Vec<String>,
 }
 
 impl Default for ServerConfig {
@@ -54,6 +58,8 @@ impl Default for ServerConfig {
             request_timeout: Duration::from_secs(60),
             grace_period: Duration::from_secs(30),
             checkpoint_interval: Duration::from_secs(3600),
+            application_working_days: 5,
+            holidays: Vec::new(),
         }
     }
 }
@@ -87,6 +93,7 @@ const KEYS: &[&str] = &[
     "request_timeout",
     "grace_period",
     "checkpoint_interval",
+    "application_working_days",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -139,6 +146,20 @@ impl ServerConfig {
         if config.concurrency == 0 || config.per_tenant_jobs == 0 {
             return Err(ConfigError::Invalid(
                 "concurrency and per_tenant_jobs must be at least 1".into(),
+            ));
+        }
+        if let Some(bad) = config
+            .holidays
+            .iter()
+            .find(|d| crate::applications::parse_day(d).is_none())
+        {
+            return Err(ConfigError::Invalid(format!(
+                "holidays: {bad:?} is not a YYYY-MM-DD date"
+            )));
+        }
+        if !(1..=60).contains(&config.application_working_days) {
+            return Err(ConfigError::Invalid(
+                "application_working_days: 1 to 60".into(),
             ));
         }
         Ok(config)

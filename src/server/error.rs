@@ -211,6 +211,28 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
             ServiceError::Contest(error) => error.into(),
+            ServiceError::Application(message) => ApiError::bad_request("bad-application", message),
+            ServiceError::Decision(error) => {
+                use crate::applications::DecisionError;
+                let message = error.to_string();
+                match error {
+                    DecisionError::Unknown(_) => ApiError::not_found("application"),
+                    DecisionError::Decided(_) => {
+                        ApiError::new(StatusCode::CONFLICT, "already-decided", message)
+                    }
+                    DecisionError::Wider(_) => ApiError::bad_request("wider-than-asked", message),
+                    DecisionError::Store(error) => error.into(),
+                }
+            }
+            ServiceError::NoGrant(message) => ApiError::new(
+                StatusCode::FORBIDDEN,
+                if message.starts_with("column-not-granted") {
+                    "column-not-granted"
+                } else {
+                    "no-grant"
+                },
+                message,
+            ),
             ServiceError::Store(error) => error.into(),
             ServiceError::Catalog(error) => error.into(),
             ServiceError::UnknownModule(_) => ApiError::not_found("module"),

@@ -30,6 +30,8 @@ pub struct Metrics {
     instantiate: Histogram,
     pub queue_depth: Gauge,
     pub running: Gauge,
+    /// Pending applications past their deadline (set at each scrape).
+    pub applications_overdue: Gauge,
 }
 
 impl Default for Metrics {
@@ -69,6 +71,12 @@ impl Default for Metrics {
         );
         let running = Gauge::default();
         registry.register("jobs_running", "Jobs running now", running.clone());
+        let applications_overdue = Gauge::default();
+        registry.register(
+            "applications_overdue",
+            "Conditional-access applications pending past their working-day deadline",
+            applications_overdue.clone(),
+        );
         Metrics {
             registry,
             jobs,
@@ -78,6 +86,7 @@ impl Default for Metrics {
             instantiate,
             queue_depth,
             running,
+            applications_overdue,
         }
     }
 }

@@ -38,7 +38,7 @@ pub struct AppState {
     pub service: Arc<Service>,
     pub queue: Arc<JobQueue>,
     pub metrics: Arc<Metrics>,
-    config: Arc<ServerConfig>,
+    pub config: Arc<ServerConfig>,
 }
 
 /// Total header bytes a request may carry.
@@ -97,7 +97,11 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::submit_model, routes::list_submissions))
         .routes(routes!(routes::pick_submission))
         .routes(routes!(routes::leaderboard))
-        .routes(routes!(routes::contest_sample));
+        .routes(routes!(routes::contest_sample))
+        .routes(routes!(routes::dataset_agreement))
+        .routes(routes!(routes::apply, routes::list_applications))
+        .routes(routes!(routes::approve_application))
+        .routes(routes!(routes::reject_application));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router
