@@ -503,6 +503,12 @@ async fn answers_fall_inside_their_reported_95_percent_intervals() {
             .replace("epsilon_dataset = 100.0", "epsilon_dataset = 100000.0");
         std::fs::write(roomy.path().join(format!("{id}.toml")), text).unwrap();
     }
+    std::fs::create_dir_all(roomy.path().join("agreements")).unwrap();
+    std::fs::copy(
+        policies_dir.join("agreements/enterprises.md"),
+        roomy.path().join("agreements/enterprises.md"),
+    )
+    .unwrap();
     policies_dir = roomy.path().to_path_buf();
     let policies = PolicySet::load(&policies_dir, None).unwrap();
     let tables = [

@@ -161,23 +161,22 @@ async fn a_full_instance_pool_is_the_hosts_failure_not_the_guests() {
         timeout: Duration::from_millis(800),
         ..quick_limits()
     };
+    // Compiled once up front, so the first job is instantiated at once.
+    let (module, _) = sandbox.load_module(&guest("hostile")).unwrap();
     let busy = {
         let sandbox = std::sync::Arc::clone(&sandbox);
+        let module = std::sync::Arc::clone(&module);
         let limits = limits.clone();
         tokio::spawn(async move {
             let env = env("busy", limits, vec![]);
             let params = r#"{"attack":"loop"}"#.to_string();
-            sandbox
-                .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
-                .await
+            sandbox.run(&module, &env, GuestCall::Run { params }).await
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
     let env = env("second", quick_limits(), vec![]);
     let params = r#"{"attack":"ok"}"#.to_string();
-    let second = sandbox
-        .run_bytes(&guest("hostile"), &env, GuestCall::Run { params })
-        .await;
+    let second = sandbox.run(&module, &env, GuestCall::Run { params }).await;
     assert_eq!(
         second.category,
         Category::Internal,

@@ -318,6 +318,12 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
         )
         .unwrap();
     }
+    std::fs::create_dir(policies.path().join("agreements")).unwrap();
+    std::fs::copy(
+        common::repo().join("policies/agreements/enterprises.md"),
+        policies.path().join("agreements/enterprises.md"),
+    )
+    .unwrap();
     std::fs::create_dir(policies.path().join("scoring")).unwrap();
     let tight = |name: &str, institution: &str, limit: &str| {
         format!(
