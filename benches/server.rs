@@ -95,6 +95,7 @@ async fn main() {
         format: 1,
         job_id: "0".repeat(32),
         subject: None,
+        reviewers: None,
         module_sha256: "a".repeat(64),
         world: "analysis".into(),
         mode: "aggregate".into(),

@@ -342,6 +342,35 @@ impl Client {
         .await
     }
 
+    /// Held outputs the caller may review (administrators).
+    pub async fn review_queue(&self) -> Result<Vec<crate::review::HeldOutput>, ClientError> {
+        Self::send(self.request(Method::GET, "/v1/reviews")).await
+    }
+
+    pub async fn held_output(&self, job: &str) -> Result<crate::review::HeldOutput, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/reviews/{job}"))).await
+    }
+
+    /// Approve, reject or request changes; returns the review's state.
+    pub async fn decide(
+        &self,
+        job: &str,
+        decision: &str,
+        comment: &str,
+    ) -> Result<String, ClientError> {
+        let state: serde_json::Value = Self::send(
+            self.request(Method::POST, &format!("/v1/reviews/{job}"))
+                .json(&serde_json::json!({ "decision": decision, "comment": comment })),
+        )
+        .await?;
+        Ok(state["state"].as_str().unwrap_or_default().to_string())
+    }
+
+    /// The review of one of the caller's held jobs.
+    pub async fn job_review(&self, id: &str) -> Result<crate::review::HeldOutput, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/jobs/{id}/review"))).await
+    }
+
     /// Privacy budgets: the caller's, or (administrators) a tenant's.
     pub async fn budgets(
         &self,

@@ -15,6 +15,7 @@
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
 //! - [`policy`]: output policies and the aggregate mode's plan checks.
 //! - [`dp`]: differential privacy: DP SQL, OpenDP noise, privacy budgets.
+//! - [`review`]: held outputs, two-person blind review, automated pre-checks.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
 //! - [`contest`]: contests on hidden data: specs, secret splits, metrics, leaderboards.
 //! - [`scoring`]: scoring mode: subjects' authorisations, scoring policies, per-subject fresh instances.
@@ -40,6 +41,7 @@ pub mod dp;
 pub mod policy;
 pub mod query;
 pub mod receipt;
+pub mod review;
 pub mod sample_data;
 pub mod sandbox;
 pub mod scoring;

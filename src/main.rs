@@ -99,6 +99,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::ApplicationCommand,
     },
+    /// Review held outputs (server, administrators other than the author).
+    Review {
+        #[command(subcommand)]
+        command: cli::ReviewCommand,
+    },
     /// Contests on hidden data (server): create (admin), submit, pick, leaderboards.
     Contest {
         #[command(subcommand)]
@@ -440,6 +445,10 @@ fn run() -> anyhow::Result<()> {
         Command::Application { command } => match &remote {
             Some(remote) => runtime.block_on(remote.application(command)),
             None => cli::needs_server("application"),
+        },
+        Command::Review { command } => match &remote {
+            Some(remote) => runtime.block_on(remote.review(command)),
+            None => cli::needs_server("review"),
         },
         Command::Contest { command } => match &remote {
             Some(remote) => runtime.block_on(remote.contest(command)),

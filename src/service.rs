@@ -56,6 +56,8 @@ pub enum ServiceError {
     #[error("application: {0}")]
     Application(String),
     #[error(transparent)]
+    Review(#[from] crate::review::ReviewError),
+    #[error(transparent)]
     Decision(#[from] crate::applications::DecisionError),
     #[error(transparent)]
     Contest(#[from] crate::contest::ContestError),
@@ -141,6 +143,9 @@ pub struct QueuedJob {
     env: JobEnv,
     params: String,
     plan: Plan,
+    /// The policy wants a human review before release: (author, the
+    /// strictest minimum group size for the pre-checks).
+    review: Option<(String, u32)>,
 }
 
 pub struct Service {
@@ -588,10 +593,18 @@ impl Service {
         let mut limits = Limits::default();
         let mut policy_hash = None;
         let mut refs = Vec::new();
+        let mut review = None;
         for version in versions {
             if let Some(policy) = policies.policy_for(&version.id).filter(|p| p.allows(mode)) {
                 limits = policy.job_limits(&limits);
                 policy_hash = Some(policy.hash.clone());
+                if policy.review == crate::policy::Review::Required && mode != Mode::Contest {
+                    let threshold = review.map_or(0, |(_, k): (String, u32)| k);
+                    review = Some((
+                        submitter.actor.clone(),
+                        threshold.max(policy.min_group_size),
+                    ));
+                }
             }
             refs.push(DatasetRef {
                 id: version.id.clone(),
@@ -621,6 +634,7 @@ impl Service {
             env,
             params,
             plan: Plan::Run,
+            review,
         })
     }
 
@@ -718,6 +732,52 @@ impl Service {
         } else {
             PrivacyCost::default()
         };
+        if let Some((author, threshold)) = &job.review
+            && execution.category.is_ok()
+        {
+            let reports: Vec<serde_json::Value> = execution
+                .outputs
+                .iter()
+                .filter_map(|o| match o {
+                    crate::sandbox::Output::Table {
+                        name, arrow_ipc, ..
+                    } => {
+                        let (schema, _) = crate::arrow_ipc::decode(arrow_ipc).ok()?;
+                        Some(serde_json::json!({ "output": name, "metadata": schema.metadata() }))
+                    }
+                    _ => None,
+                })
+                .collect();
+            let record = jobs::get(&self.store, &job.id).await?;
+            let context = serde_json::json!({
+                "module_sha256": job.module.hash,
+                "mode": job.mode,
+                "datasets": record.datasets,
+                "policies": record
+                    .datasets
+                    .iter()
+                    .filter_map(|d| {
+                        let policy = self.policies.current().policy_for(&d.id)?;
+                        Some(serde_json::json!({
+                            "dataset": d.id,
+                            "file": policy.source,
+                            "sha256": policy.hash,
+                            "min_group_size": policy.min_group_size,
+                        }))
+                    })
+                    .collect::<Vec<_>>(),
+                "queries": execution.diagnostics.queries,
+                "reports": reports,
+                "privacy_cost": cost,
+                "prechecks": crate::review::prechecks(&execution.outputs, *threshold),
+            });
+            crate::review::hold(&self.store, &job.id, author, &execution.outputs, context).await?;
+            return Ok(JobResult {
+                job_id: job.id.clone(),
+                execution,
+                receipt: None,
+            });
+        }
         self.finish(&job.id, execution, cost).await
     }
 
@@ -774,6 +834,69 @@ impl Service {
             .into());
         }
         Ok(crate::contest::create(&self.store, &spec, actor).await?)
+    }
+
+    /// Record a reviewer's decision on a held output; the second approval
+    /// releases it with a receipt naming the reviewers.
+    pub async fn review(
+        &self,
+        reviewer: &str,
+        key_id: &str,
+        job_id: &str,
+        decision: &crate::review::NewDecision,
+    ) -> Result<String, ServiceError> {
+        use crate::review::Outcome;
+        let outcome =
+            crate::review::decide(&self.store, job_id, reviewer, key_id, decision).await?;
+        let state = match outcome {
+            Outcome::Pending => "held",
+            Outcome::Release { outputs, key_ids } => {
+                let cost = crate::dp::budget::job_cost(&self.store, job_id).await?;
+                let receipt = jobs::release_held(
+                    &self.store,
+                    job_id,
+                    &outputs,
+                    PrivacyCost {
+                        epsilon: cost.epsilon,
+                        delta: cost.delta,
+                    },
+                    key_ids,
+                    &self.keys.signer()?,
+                )
+                .await?;
+                if let Some(receipt) = &receipt {
+                    let dir = self.data_dir.join("receipts");
+                    std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
+                    let path = dir.join(format!("{job_id}.json"));
+                    let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
+                    std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))?;
+                }
+                "released"
+            }
+            Outcome::Rejected(reason) => {
+                jobs::end_review(
+                    &self.store,
+                    job_id,
+                    "rejected",
+                    &format!("review-rejected: {reason}"),
+                )
+                .await?;
+                "rejected"
+            }
+            Outcome::ChangesRequested(comment) => {
+                // The job ends unreleased; the author resubmits after the
+                // changes (the review record keeps `changes-requested`).
+                jobs::end_review(
+                    &self.store,
+                    job_id,
+                    "rejected",
+                    &format!("changes-requested: {comment}"),
+                )
+                .await?;
+                "changes-requested"
+            }
+        };
+        Ok(state.to_string())
     }
 
     /// A dataset's data-use agreement (conditional datasets).

@@ -282,6 +282,30 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
         ),
         (
             Method::GET,
+            "/v1/reviews".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/reviews/none".into(),
+            None,
+            [401, 401, 404, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/reviews/none".into(),
+            json(serde_json::json!({ "decision": "approve" })),
+            [401, 401, 404, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/jobs/{job}/review"),
+            None,
+            [401, 401, 404, 404, 404, 404, 404],
+        ),
+        (
+            Method::GET,
             "/v1/datasets/enterprises/agreement".into(),
             None,
             [401, 401, 200, 200, 200, 200, 200],

@@ -143,6 +143,32 @@ pub enum ApplicationCommand {
 }
 
 #[derive(Subcommand)]
+pub enum ReviewCommand {
+    /// Held outputs you may review.
+    List,
+    /// One held output: outputs, queries, reports, policy, cost, pre-checks.
+    Show { job: String },
+    /// Approve (the second approval releases it).
+    Approve {
+        job: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject with a reason the author sees.
+    Reject {
+        job: String,
+        #[arg(long)]
+        comment: String,
+    },
+    /// Send it back to the author with comments.
+    RequestChanges {
+        job: String,
+        #[arg(long)]
+        comment: String,
+    },
+}
+
+#[derive(Subcommand)]
 pub enum ContestCommand {
     /// Create a contest from a TOML spec (administrators).
     Create { spec: PathBuf },
@@ -537,6 +563,38 @@ impl Remote {
 }
 
 impl Remote {
+    pub async fn review(&self, command: ReviewCommand) -> anyhow::Result<()> {
+        let (job, decision, comment) = match command {
+            ReviewCommand::List => {
+                let list = self.client.review_queue().await?;
+                return self.print(&list, |list| {
+                    for h in list {
+                        let checks = h.context["prechecks"]
+                            .as_array()
+                            .map(|c| c.len())
+                            .unwrap_or(0);
+                        println!(
+                            "{}  by {}  {} pre-check finding(s)",
+                            h.job_id, h.author, checks
+                        );
+                    }
+                });
+            }
+            ReviewCommand::Show { job } => {
+                let held = self.client.held_output(&job).await?;
+                return self.print(&held, |h| {
+                    println!("{}", serde_json::to_string_pretty(h).unwrap_or_default())
+                });
+            }
+            ReviewCommand::Approve { job, comment } => (job, "approve", comment),
+            ReviewCommand::Reject { job, comment } => (job, "reject", comment),
+            ReviewCommand::RequestChanges { job, comment } => (job, "request-changes", comment),
+        };
+        let state = self.client.decide(&job, decision, &comment).await?;
+        println!("{job}: {state}");
+        Ok(())
+    }
+
     pub async fn apply(&self, args: ApplyArgs) -> anyhow::Result<()> {
         let agreement = self.client.agreement(&args.dataset).await?;
         if !args.accept_agreement {

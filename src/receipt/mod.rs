@@ -53,6 +53,10 @@ pub struct ReceiptBody {
     pub released_at: u64,
     /// Sequence number of the audit entry that records the release.
     pub audit_position: u64,
+    /// Token ids of the administrators whose approvals released a held
+    /// output (set only for reviewed releases).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reviewers: Option<Vec<String>>,
     pub key_id: String,
 }
 

@@ -211,6 +211,24 @@ impl From<ServiceError> for ApiError {
     fn from(error: ServiceError) -> Self {
         match error {
             ServiceError::Contest(error) => error.into(),
+            ServiceError::Review(error) => {
+                use crate::review::ReviewError;
+                let message = error.to_string();
+                match error {
+                    ReviewError::Unknown(_) => ApiError::not_found("held output"),
+                    ReviewError::OwnOutput => {
+                        ApiError::new(StatusCode::FORBIDDEN, "own-output", message)
+                    }
+                    ReviewError::Ended(_) => {
+                        ApiError::new(StatusCode::CONFLICT, "review-ended", message)
+                    }
+                    ReviewError::AlreadyDecided => {
+                        ApiError::new(StatusCode::CONFLICT, "already-decided", message)
+                    }
+                    ReviewError::Bad(_) => ApiError::bad_request("bad-decision", message),
+                    ReviewError::Store(error) => error.into(),
+                }
+            }
             ServiceError::Application(message) => ApiError::bad_request("bad-application", message),
             ServiceError::Decision(error) => {
                 use crate::applications::DecisionError;

@@ -101,7 +101,10 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::dataset_agreement))
         .routes(routes!(routes::apply, routes::list_applications))
         .routes(routes!(routes::approve_application))
-        .routes(routes!(routes::reject_application));
+        .routes(routes!(routes::reject_application))
+        .routes(routes!(routes::review_queue))
+        .routes(routes!(routes::show_review, routes::decide_review))
+        .routes(routes!(routes::job_review));
     let (router, openapi) = api.split_for_parts();
     let document = openapi.clone();
     let router = router

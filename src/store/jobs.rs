@@ -145,6 +145,91 @@ pub async fn finish(
     privacy_cost: PrivacyCost,
     signer: &Signer,
 ) -> Result<Option<Receipt>, StoreError> {
+    end(
+        store,
+        id,
+        "running",
+        category,
+        outputs,
+        privacy_cost,
+        None,
+        signer,
+    )
+    .await
+}
+
+/// `held → released`: two reviewers approved; the receipt names them.
+pub async fn release_held(
+    store: &Store,
+    id: &str,
+    outputs: &[Output],
+    privacy_cost: PrivacyCost,
+    reviewers: Vec<String>,
+    signer: &Signer,
+) -> Result<Option<Receipt>, StoreError> {
+    end(
+        store,
+        id,
+        "held",
+        &Category::Ok,
+        outputs,
+        privacy_cost,
+        Some(reviewers),
+        signer,
+    )
+    .await
+}
+
+/// `running → held`: the output waits for review; nothing is released and
+/// the job's own output stays empty until then.
+pub async fn hold(store: &Store, id: &str) -> Result<(), StoreError> {
+    let mut tx = store.begin_write().await?;
+    let updated = sqlx::query(
+        "UPDATE jobs SET state = 'held', category = 'ok', finished_at = ? WHERE id = ? AND state = 'running'",
+    )
+    .bind(now())
+    .bind(id)
+    .execute(&mut *tx)
+    .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::WrongState {
+            id: id.into(),
+            state: "not running".into(),
+            expected: "running",
+        });
+    }
+    audit::append(&mut tx, "system", "job.held", id, serde_json::json!({})).await?;
+    tx.commit().await?;
+    Ok(())
+}
+
+/// `held → rejected` or `held → changes-requested` after a review.
+pub async fn end_review(
+    store: &Store,
+    id: &str,
+    state: &str,
+    category: &str,
+) -> Result<(), StoreError> {
+    sqlx::query("UPDATE jobs SET state = ?, category = ? WHERE id = ? AND state = 'held'")
+        .bind(state)
+        .bind(category)
+        .bind(id)
+        .execute(store.pool())
+        .await?;
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn end(
+    store: &Store,
+    id: &str,
+    expected: &'static str,
+    category: &Category,
+    outputs: &[Output],
+    privacy_cost: PrivacyCost,
+    reviewers: Option<Vec<String>>,
+    signer: &Signer,
+) -> Result<Option<Receipt>, StoreError> {
     let mut tx = store.begin_write().await?;
     let row = sqlx::query("SELECT state, module_sha256, world, mode, datasets, policy_sha256, params_sha256 FROM jobs WHERE id = ?")
         .bind(id)
@@ -152,11 +237,11 @@ pub async fn finish(
         .await?
         .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
     let state: String = row.get(0);
-    if state != "running" {
+    if state != expected {
         return Err(StoreError::WrongState {
             id: id.into(),
             state,
-            expected: "running",
+            expected,
         });
     }
     let finished = now();
@@ -189,6 +274,7 @@ pub async fn finish(
             output: embedded.then(|| output_json.clone()),
             released_at: finished as u64,
             audit_position: audit::next_seq(&mut tx).await? as u64,
+            reviewers: reviewers.clone(),
             key_id: signer.key_id.clone(),
         };
         let signed = Receipt::sign(body, signer);

@@ -1,0 +1,249 @@
+//! Human output review over real HTTP: a policy that requires review holds
+//! the output; two administrators other than the author approve it blind
+//! and the receipt names them; one rejection or a change request stops it.
+
+mod common;
+
+use common::{TestServer, guest};
+use datasandbox::accounts::Role;
+use datasandbox::client::Client;
+use datasandbox::receipt::Receipt;
+
+/// The repository's policies with review required on the register.
+fn reviewed_policies() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    let source = common::repo().join("policies");
+    for entry in std::fs::read_dir(&source).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path)
+                .unwrap()
+                .replace("review = \"none\"", "review = \"required\"");
+            std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
+        }
+    }
+    std::fs::create_dir(dir.path().join("agreements")).unwrap();
+    std::fs::copy(
+        source.join("agreements/enterprises.md"),
+        dir.path().join("agreements/enterprises.md"),
+    )
+    .unwrap();
+    dir
+}
+
+async fn held_job(analyst: &Client, module: &str) -> String {
+    let job = analyst
+        .submit_job(
+            module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    let job = analyst.job(&job.id, 30).await.unwrap();
+    assert_eq!(job.state, "held", "{job:?}");
+    job.id
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_blind_approvals_release_with_a_receipt_naming_the_reviewers() {
+    let policies = reviewed_policies();
+    let mut server = TestServer::start_in(policies.path(), |_| {}).await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let reviewer_a = server.client(Role::Admin, "platform").await;
+    let reviewer_b = server.client(Role::Admin, "platform").await;
+    let module = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = held_job(&analyst, &module).await;
+    // Held: nothing released, no receipt; the author sees the pre-checks
+    // but not the output.
+    assert_eq!(
+        analyst.job_output(&job).await.unwrap_err().code(),
+        Some("not-released")
+    );
+    let mine = analyst.job_review(&job).await.unwrap();
+    assert_eq!(mine.state, "held");
+    assert!(mine.outputs.is_null());
+    let checks: Vec<String> = mine.context["prechecks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["check"].as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        checks.contains(&"unrounded-small-count".to_string()),
+        "{checks:?}"
+    );
+    // Reviewers see the context: module, the SQL with its outcome, the
+    // suppression report, the policy.
+    let held = reviewer_a.held_output(&job).await.unwrap();
+    assert_eq!(held.context["module_sha256"], module.as_str());
+    assert!(
+        held.context["queries"][0]["sql"]
+            .as_str()
+            .unwrap()
+            .contains("GROUP BY district")
+    );
+    assert_eq!(held.context["queries"][0]["outcome"], "ok");
+    assert!(held.context["reports"][0]["metadata"]["datasandbox.suppression"].is_string());
+    assert!(held.outputs.is_array());
+    assert_eq!(
+        reviewer_a.decide(&job, "approve", "").await.unwrap(),
+        "held"
+    );
+    assert_eq!(
+        reviewer_a
+            .decide(&job, "approve", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("already-decided")
+    );
+    // Blind: the second reviewer does not see the first one's decision.
+    let seen = reviewer_b.held_output(&job).await.unwrap();
+    assert!(seen.decisions.is_empty(), "{:?}", seen.decisions);
+    assert_eq!(
+        reviewer_a.held_output(&job).await.unwrap().decisions.len(),
+        1
+    );
+    assert_eq!(
+        reviewer_b.decide(&job, "approve", "fine").await.unwrap(),
+        "released"
+    );
+    // Released: the output and a receipt that names both reviewers.
+    let released = analyst.job(&job, 0).await.unwrap();
+    assert_eq!(released.state, "released");
+    analyst.job_output(&job).await.unwrap();
+    let bytes = analyst.receipt_bytes(&job).await.unwrap();
+    let receipt = Receipt::verify(&bytes, &analyst.keys().await.unwrap(), None).unwrap();
+    let reviewers = receipt.body.reviewers.unwrap();
+    assert_eq!(reviewers.len(), 2);
+    assert_ne!(reviewers[0], reviewers[1]);
+    // After the end, everyone sees both decisions.
+    assert_eq!(analyst.job_review(&job).await.unwrap().decisions.len(), 2);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authors_never_review_and_one_rejection_or_change_request_stops_it() {
+    let policies = reviewed_policies();
+    let mut server = TestServer::start_in(policies.path(), |_| {}).await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let module = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    // An administrator's own job: not theirs to review, not in their queue.
+    let author = server.client(Role::Admin, "platform").await;
+    let own_module = author
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let own = author
+        .submit_job(
+            &own_module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(author.job(&own.id, 30).await.unwrap().state, "held");
+    assert_eq!(
+        author
+            .decide(&own.id, "approve", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("own-output")
+    );
+    assert!(
+        author
+            .review_queue()
+            .await
+            .unwrap()
+            .iter()
+            .all(|h| h.job_id != own.id)
+    );
+    assert!(
+        server
+            .admin
+            .review_queue()
+            .await
+            .unwrap()
+            .iter()
+            .any(|h| h.job_id == own.id)
+    );
+    // One approval and one rejection: rejected, with the reason.
+    let job = held_job(&analyst, &module).await;
+    server.admin.decide(&job, "approve", "").await.unwrap();
+    let reviewer = server.client(Role::Admin, "platform").await;
+    assert_eq!(
+        reviewer
+            .decide(&job, "reject", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("bad-decision"),
+        "a rejection needs a reason"
+    );
+    assert_eq!(
+        reviewer
+            .decide(
+                &job,
+                "reject",
+                "Mean head counts of small districts identify firms."
+            )
+            .await
+            .unwrap(),
+        "rejected"
+    );
+    let rejected = analyst.job(&job, 0).await.unwrap();
+    assert_eq!(rejected.state, "rejected");
+    assert!(rejected.category.unwrap().contains("identify firms"));
+    assert_eq!(
+        analyst.job_output(&job).await.unwrap_err().code(),
+        Some("not-released")
+    );
+    assert_eq!(
+        author.decide(&job, "approve", "").await.unwrap_err().code(),
+        Some("review-ended")
+    );
+    // A change request returns it to the author with comments.
+    let job = held_job(&analyst, &module).await;
+    assert_eq!(
+        server
+            .admin
+            .decide(&job, "request-changes", "Round counts to 5.")
+            .await
+            .unwrap(),
+        "changes-requested"
+    );
+    let review = analyst.job_review(&job).await.unwrap();
+    assert_eq!(review.state, "changes-requested");
+    assert_eq!(review.decisions[0].comment, "Round counts to 5.");
+    let ended = analyst.job(&job, 0).await.unwrap();
+    assert_eq!(ended.state, "rejected");
+    assert_eq!(
+        ended.category.as_deref(),
+        Some("changes-requested: Round counts to 5.")
+    );
+    // Non-admins cannot review.
+    assert_eq!(
+        analyst
+            .decide(&job, "approve", "")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("forbidden")
+    );
+    server.stop().await.unwrap();
+}
