@@ -258,6 +258,7 @@ async fn walk_through(
     dp_step(config, &analyst, &module.sha256, out).await?;
     scoring_step(config, admin, out).await?;
     contest_step(config, admin, out).await?;
+    review_step(config, admin, out).await?;
     admin.audit_checkpoint().await?;
     let verdict = admin.audit_verify().await?;
     if !verdict.intact {
@@ -412,6 +413,87 @@ async fn dp_step(
          instance on each of ⌈2000^0.4⌉ = 21 disjoint blocks of enterprises; the block means, \
          clamped to [0, 400], were averaged and noised (ε = 2): mean head count ≈ {mean:.1} \
          (true mean of the clamped block means ≈ 200; noise scale ≈ 19). Nothing per block left the host."
+    )?;
+    Ok(())
+}
+
+/// Step 4d: an application for conditional data, then a reviewed release.
+async fn review_step(
+    config: &DemoConfig,
+    admin: &Client,
+    out: &mut impl Write,
+) -> anyhow::Result<()> {
+    let token = admin
+        .create_token(Role::Analyst, "tongji-lab", None)
+        .await?;
+    let analyst = admin.with_token(token.token);
+    let agreement = analyst.agreement("utility_payments").await?;
+    let applied = analyst
+        .apply(&crate::applications::NewApplication {
+            dataset: "utility_payments".into(),
+            purpose: "Seasonality of late electricity bills".into(),
+            columns: vec!["month".into(), "paid_late".into(), "electricity_kwh".into()],
+            modes: vec!["aggregate".into()],
+            term_days: 90,
+            intended_outputs: "Bills and late bills per month".into(),
+            agreement_sha256: agreement.sha256.clone(),
+        })
+        .await?;
+    let approved = admin
+        .approve_application(
+            &applied.id,
+            &crate::applications::Approval {
+                columns: Some(vec!["month".into(), "paid_late".into()]),
+                modes: None,
+                term_days: Some(30),
+            },
+        )
+        .await?;
+    writeln!(
+        out,
+        "   Application: tongji-lab applied for utility_payments (accepting agreement {} \
+         sha256 {}…), answer due by {} (5 working days); the admin approved it narrowed to \
+         month and paid_late for 30 days: {}.",
+        agreement.version,
+        &agreement.sha256[..12],
+        humantime::format_rfc3339_seconds(
+            std::time::UNIX_EPOCH + Duration::from_secs(applied.deadline_at as u64)
+        ),
+        approved.state
+    )?;
+    let probe = analyst
+        .upload_module(read_guest(&config.guests_dir, "hostile")?, Some("monthly"))
+        .await?;
+    let submitted = analyst
+        .submit_job(
+            &probe.sha256,
+            "aggregate",
+            &["utility_payments".to_string()],
+            serde_json::json!({"attack": "query", "sql": "SELECT month, COUNT(*) AS bills, SUM(paid_late) AS late FROM utility_payments GROUP BY month ORDER BY month"}),
+        )
+        .await?;
+    let job = analyst
+        .wait_job(&submitted.id, Duration::from_secs(60))
+        .await?;
+    let held = analyst.job_review(&job.id).await?;
+    let second = admin.create_token(Role::Admin, "platform", None).await?;
+    let reviewer = admin.with_token(second.token);
+    admin.decide(&job.id, "approve", "").await?;
+    let state = reviewer
+        .decide(&job.id, "approve", "counts rounded, no small cells")
+        .await?;
+    let receipt = analyst.receipt(&job.id).await?;
+    writeln!(
+        out,
+        "   Review: the job ended {} (utility_payments requires review; pre-checks: {}); two \
+         administrators approved it blind; {}; the receipt names reviewers {}.",
+        job.state,
+        held.context["prechecks"]
+            .as_array()
+            .map(|f| f.len())
+            .unwrap_or(0),
+        state,
+        receipt.body.reviewers.unwrap_or_default().join(" and ")
     )?;
     Ok(())
 }

@@ -141,6 +141,25 @@ pub fn prechecks(outputs: &[Output], threshold: u32) -> Vec<Finding> {
     findings
 }
 
+/// Whether outputs need a human under a `review_cells_over` rule: more
+/// cells than the rule allows, or any model coefficients.
+pub fn rule_holds(outputs: &[Output], cells_over: u64) -> bool {
+    let mut cells = 0u64;
+    for output in outputs {
+        match output {
+            Output::Value { name, .. } if name.starts_with("coef") => return true,
+            Output::Value { .. } | Output::Grade { .. } => cells += 1,
+            Output::Table { arrow_ipc, .. } => {
+                if let Ok((schema, batches)) = crate::arrow_ipc::decode(arrow_ipc) {
+                    let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+                    cells += (rows * schema.fields().len()) as u64;
+                }
+            }
+        }
+    }
+    cells > cells_over
+}
+
 /// Hold a finished job's output for review.
 pub async fn hold(
     store: &Store,
@@ -475,5 +494,10 @@ mod tests {
         };
         assert_eq!(checks(&model(11.0)), ["residual-df"]);
         assert!(checks(&model(500.0)).is_empty());
+        // The review rule: over N cells, or any coefficient.
+        let two_by_two = table(&["Pudong", "Minhang"], &[Some(520), Some(230)]);
+        assert!(rule_holds(std::slice::from_ref(&two_by_two), 3));
+        assert!(!rule_holds(std::slice::from_ref(&two_by_two), 4));
+        assert!(rule_holds(&model(500.0), 1000));
     }
 }

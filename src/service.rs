@@ -144,8 +144,9 @@ pub struct QueuedJob {
     params: String,
     plan: Plan,
     /// The policy wants a human review before release: (author, the
-    /// strictest minimum group size for the pre-checks).
-    review: Option<(String, u32)>,
+    /// strictest minimum group size for the pre-checks, the smallest
+    /// `review_cells_over` rule if every such policy has one).
+    review: Option<(String, u32, Option<u64>)>,
 }
 
 pub struct Service {
@@ -599,10 +600,20 @@ impl Service {
                 limits = policy.job_limits(&limits);
                 policy_hash = Some(policy.hash.clone());
                 if policy.review == crate::policy::Review::Required && mode != Mode::Contest {
-                    let threshold = review.map_or(0, |(_, k): (String, u32)| k);
+                    let (threshold, rule) = match &review {
+                        Some((_, k, rule)) => (*k, *rule),
+                        None => (0, policy.review_cells_over),
+                    };
+                    // A policy reviewing every output makes the job's rule
+                    // "every output"; otherwise the strictest cell count.
+                    let rule = match (rule, policy.review_cells_over) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        _ => None,
+                    };
                     review = Some((
                         submitter.actor.clone(),
                         threshold.max(policy.min_group_size),
+                        rule,
                     ));
                 }
             }
@@ -732,8 +743,9 @@ impl Service {
         } else {
             PrivacyCost::default()
         };
-        if let Some((author, threshold)) = &job.review
+        if let Some((author, threshold, rule)) = &job.review
             && execution.category.is_ok()
+            && rule.is_none_or(|cells| crate::review::rule_holds(&execution.outputs, cells))
         {
             let reports: Vec<serde_json::Value> = execution
                 .outputs

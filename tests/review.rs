@@ -11,6 +11,11 @@ use datasandbox::receipt::Receipt;
 
 /// The repository's policies with review required on the register.
 fn reviewed_policies() -> tempfile::TempDir {
+    policies_with("review = \"required\"")
+}
+
+/// The repository's policies with `review` set to `review`.
+fn policies_with(review: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     let source = common::repo().join("policies");
     for entry in std::fs::read_dir(&source).unwrap() {
@@ -18,16 +23,21 @@ fn reviewed_policies() -> tempfile::TempDir {
         if path.extension().is_some_and(|e| e == "toml") {
             let text = std::fs::read_to_string(&path)
                 .unwrap()
-                .replace("review = \"none\"", "review = \"required\"");
+                .replace("review = \"none\"", review);
             std::fs::write(dir.path().join(path.file_name().unwrap()), text).unwrap();
         }
     }
     std::fs::create_dir(dir.path().join("agreements")).unwrap();
-    std::fs::copy(
-        source.join("agreements/enterprises.md"),
-        dir.path().join("agreements/enterprises.md"),
-    )
-    .unwrap();
+    for entry in std::fs::read_dir(source.join("agreements")).unwrap() {
+        let path = entry.unwrap().path();
+        std::fs::copy(
+            &path,
+            dir.path()
+                .join("agreements")
+                .join(path.file_name().unwrap()),
+        )
+        .unwrap();
+    }
     dir
 }
 
@@ -245,5 +255,30 @@ async fn authors_never_review_and_one_rejection_or_change_request_stops_it() {
             .code(),
         Some("forbidden")
     );
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_review_rule_holds_only_large_outputs() {
+    let policies = policies_with("review = \"required\"\nreview_cells_over = 1000");
+    let mut server = TestServer::start_in(policies.path(), |_| {}).await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let module = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    // Fifteen districts by three columns and one value: under the rule.
+    let job = analyst
+        .submit_job(
+            &module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(analyst.job(&job.id, 30).await.unwrap().state, "released");
     server.stop().await.unwrap();
 }

@@ -114,6 +114,9 @@ struct PolicyFile {
     max_output_bytes: Option<Spanned<u64>>,
     #[serde(default)]
     review: Review,
+    /// Review only outputs with more than this many cells (table cells and
+    /// values together), or any model coefficients (`coef*` values).
+    review_cells_over: Option<u64>,
     dp: Option<Spanned<DpSection>>,
     /// The data-use agreement applicants accept (a file next to the
     /// policies, e.g. `agreements/enterprises.md`).
@@ -281,6 +284,9 @@ pub struct Policy {
     pub max_output_rows: Option<u32>,
     pub max_output_bytes: Option<u64>,
     pub review: Review,
+    /// With `review = "required"`: hold only outputs over this many cells
+    /// or with model coefficients (`None`: every output).
+    pub review_cells_over: Option<u64>,
     /// Required when `modes` has `dp`.
     pub dp: Option<DpRules>,
     pub agreement: Option<Agreement>,
@@ -557,6 +563,7 @@ fn parse_policy(
         max_output_rows: parsed.max_output_rows.map(Spanned::into_inner),
         max_output_bytes: parsed.max_output_bytes.map(Spanned::into_inner),
         review: parsed.review,
+        review_cells_over: parsed.review_cells_over,
         dp,
         agreement,
         hash: hex::encode(Sha256::digest(text.as_bytes())),
