@@ -140,11 +140,18 @@ pub fn threshold_keys(
     Err(NoiseError(format!("no threshold reaches δ={delta}")))
 }
 
-/// Half-width of a 95% interval of Laplace noise of scale `scale`
-/// (P(|Z| > b·ln 20) = 0.05 for the continuous law; the discrete one has
-/// lighter tails at the same scale).
+/// Half-width of a 95% interval of (lattice) Laplace noise on floats of
+/// scale `scale`: P(|Z| > b·ln 20) = 0.05.
 pub fn ci95(scale: f64) -> f64 {
     scale * 20f64.ln()
+}
+
+/// Half-width of a 95% interval of discrete Laplace noise on integers of
+/// scale `b`: the smallest integer k with P(|Z| > k) ≤ 0.05, where
+/// P(|Z| ≥ j) = 2e^{-j/b} / (1 + e^{-1/b}).
+pub fn ci95_discrete(scale: f64) -> f64 {
+    let tail = 0.025 * (1.0 + (-1.0 / scale).exp());
+    ((-scale * tail.ln()).ceil() - 1.0).max(0.0)
 }
 
 #[cfg(test)]
@@ -160,6 +167,15 @@ mod tests {
         // E|Z| = b for Laplace(b); the discrete law is close at b = 4.
         assert!((mean_abs - 4.0).abs() < 0.4, "{mean_abs}");
         assert!(noisy.iter().any(|v| *v != 1000));
+    }
+
+    #[test]
+    fn discrete_intervals_cover_95_percent() {
+        // Scale 1: P(|Z| ≥ 4) = 2e^-4 / (1 + e^-1) = 0.027, P(|Z| ≥ 3) = 0.073.
+        assert_eq!(ci95_discrete(1.0), 3.0);
+        let (noisy, _) = laplace_counts(&vec![0; 20_000], 1, 1.0).unwrap();
+        let inside = noisy.iter().filter(|v| v.abs() <= 3).count() as f64 / 20_000.0;
+        assert!((0.96..0.985).contains(&inside), "{inside}");
     }
 
     #[test]

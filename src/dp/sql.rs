@@ -700,7 +700,7 @@ async fn noisy_aggregate(
                         noisy.into_iter().map(|v| v.max(0)),
                     )),
                     vec![scale],
-                    Some(ci95(scale)),
+                    Some(noise::ci95_discrete(scale)),
                 )
             }
             Measure::Units => {
@@ -718,7 +718,7 @@ async fn noisy_aggregate(
                         noisy.into_iter().map(|v| v.max(0)),
                     )),
                     vec![scale],
-                    Some(ci95(scale)),
+                    Some(noise::ci95_discrete(scale)),
                 )
             }
             Measure::Sum { lo, hi, .. } => {
