@@ -24,6 +24,16 @@ use datasandbox::query::{QueryError, QuerySession};
 use datasandbox::sandbox::{Category, GuestCall};
 use datasandbox::store::Store;
 
+/// The enterprise register's budget caps under `policies`.
+fn enterprise_caps(policies: &PolicySet) -> budget::Caps {
+    policies
+        .policy_for("enterprises")
+        .unwrap()
+        .dp
+        .unwrap()
+        .caps()
+}
+
 fn repo_policies() -> PolicySet {
     PolicySet::load(&repo().join("policies"), None).unwrap()
 }
@@ -162,19 +172,9 @@ async fn published_keys_are_all_released_with_noise_of_the_stated_scale() {
         );
     }
     // The charge is on the ledger, with its audit entry.
-    let spent = budget::budget(
-        &store,
-        "lab",
-        "enterprises",
-        policies
-            .policy_for("enterprises")
-            .unwrap()
-            .dp
-            .unwrap()
-            .caps(),
-    )
-    .await
-    .unwrap();
+    let spent = budget::budget(&store, "lab", "enterprises", enterprise_caps(&policies))
+        .await
+        .unwrap();
     assert_eq!(
         spent.spent,
         Cost {
@@ -226,19 +226,9 @@ async fn unpublished_keys_pass_only_a_noisy_threshold() {
     assert!(singles > 50);
     assert!(released.iter().all(|k| exact[k] > 1.0));
     // The threshold's δ is charged too.
-    let spent = budget::budget(
-        &store,
-        "lab",
-        "enterprises",
-        policies
-            .policy_for("enterprises")
-            .unwrap()
-            .dp
-            .unwrap()
-            .caps(),
-    )
-    .await
-    .unwrap();
+    let spent = budget::budget(&store, "lab", "enterprises", enterprise_caps(&policies))
+        .await
+        .unwrap();
     assert!(spent.spent.delta > 0.0);
 }
 
@@ -416,12 +406,7 @@ async fn an_exhausted_budget_refuses_the_query_and_the_job_releases_nothing() {
         .with_dp(Some(session(&store, "other-lab", "job-x", 2.0, &tables)));
     assert!(other.run(BY_DISTRICT, 1 << 20).await.is_ok());
     // An administrator's grant adds budget, audited; spent stays spent.
-    let caps = policies
-        .policy_for("enterprises")
-        .unwrap()
-        .dp
-        .unwrap()
-        .caps();
+    let caps = enterprise_caps(&policies);
     budget::grant(
         &store,
         "admin",
@@ -876,12 +861,7 @@ async fn a_crash_after_the_charge_leaves_it_charged() {
     let dir = tempfile::tempdir().unwrap();
     let policies = repo_policies();
     let tables = [dp_sample("enterprises", &policies)];
-    let caps = policies
-        .policy_for("enterprises")
-        .unwrap()
-        .dp
-        .unwrap()
-        .caps();
+    let caps = enterprise_caps(&policies);
     {
         let store = store(dir.path()).await;
         // The answer was computed and the process dies before the job ends:
