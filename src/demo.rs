@@ -144,17 +144,13 @@ async fn walk_through(
         module.world,
         &module.sha256[..16]
     )?;
-    let submitted = analyst
-        .submit_job(
-            &module.sha256,
-            "aggregate",
-            &["enterprises".to_string()],
-            serde_json::json!({}),
-        )
-        .await?;
-    let job = analyst
-        .wait_job(&submitted.id, Duration::from_secs(60))
-        .await?;
+    let job = aggregate_job(
+        &analyst,
+        &module.sha256,
+        "enterprises",
+        serde_json::json!({}),
+    )
+    .await?;
     if job.state != "released" {
         bail!(
             "demo job {} ended {} ({:?})",
@@ -183,17 +179,13 @@ async fn walk_through(
 
     let hostile = read_guest(&config.guests_dir, "hostile")?;
     let probe = analyst.upload_module(hostile, Some("probe")).await?;
-    let row_level = analyst
-        .submit_job(
-            &probe.sha256,
-            "aggregate",
-            &["enterprises".to_string()],
-            serde_json::json!({"attack": "query", "sql": "SELECT name, employees FROM enterprises WHERE district = 'Chongming'"}),
-        )
-        .await?;
-    let row_level = analyst
-        .wait_job(&row_level.id, Duration::from_secs(60))
-        .await?;
+    let row_level = aggregate_job(
+        &analyst,
+        &probe.sha256,
+        "enterprises",
+        serde_json::json!({"attack": "query", "sql": "SELECT name, employees FROM enterprises WHERE district = 'Chongming'"}),
+    )
+    .await?;
     writeln!(
         out,
         "3. A row-level query is refused before it runs: {} ({}).",
@@ -281,6 +273,21 @@ async fn walk_through(
         verdict.checkpoints
     )?;
     Ok(())
+}
+
+/// Submit an aggregate-mode job over one dataset and wait for its end.
+async fn aggregate_job(
+    client: &Client,
+    module: &str,
+    dataset: &str,
+    params: serde_json::Value,
+) -> anyhow::Result<crate::server::routes::JobView> {
+    let submitted = client
+        .submit_job(module, "aggregate", &[dataset.to_string()], params)
+        .await?;
+    Ok(client
+        .wait_job(&submitted.id, Duration::from_secs(60))
+        .await?)
 }
 
 /// Step 4a: the same analysis in `dp` mode: every district, noisy.
@@ -464,17 +471,13 @@ async fn review_step(
     let probe = analyst
         .upload_module(read_guest(&config.guests_dir, "hostile")?, Some("monthly"))
         .await?;
-    let submitted = analyst
-        .submit_job(
-            &probe.sha256,
-            "aggregate",
-            &["utility_payments".to_string()],
-            serde_json::json!({"attack": "query", "sql": "SELECT month, COUNT(*) AS bills, SUM(paid_late) AS late FROM utility_payments GROUP BY month ORDER BY month"}),
-        )
-        .await?;
-    let job = analyst
-        .wait_job(&submitted.id, Duration::from_secs(60))
-        .await?;
+    let job = aggregate_job(
+        &analyst,
+        &probe.sha256,
+        "utility_payments",
+        serde_json::json!({"attack": "query", "sql": "SELECT month, COUNT(*) AS bills, SUM(paid_late) AS late FROM utility_payments GROUP BY month ORDER BY month"}),
+    )
+    .await?;
     let held = analyst.job_review(&job.id).await?;
     let second = admin.create_token(Role::Admin, "platform", None).await?;
     let reviewer = admin.with_token(second.token);

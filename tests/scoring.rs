@@ -69,6 +69,20 @@ async fn score(
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// The HTTP status of scoring subject "x" under `policy`.
+async fn refused_status(client: &Client, module: &str, policy: &str) -> reqwest::StatusCode {
+    let body = serde_json::json!({"module": module, "policy": policy, "subjects": ["x"]});
+    let (status, _, _) = client
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    status
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike() {
     let mut server = TestServer::start().await;
@@ -182,34 +196,10 @@ async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike(
     assert_eq!(batch.results[1].outcome, "scored");
     // Analysts cannot score; a policy not naming the institution is a 404.
     let analyst = server.client(Role::Analyst, "bank-d").await;
-    let (status, _, _) = analyst
-        .raw(
-            Method::POST,
-            "/v1/scoring",
-            Some((
-                "application/json",
-                serde_json::json!({"module": scorer, "policy": "credit-risk", "subjects": ["x"]})
-                    .to_string()
-                    .into_bytes(),
-            )),
-        )
-        .await
-        .unwrap();
+    let status = refused_status(&analyst, &scorer, "credit-risk").await;
     assert_eq!(status, 403);
     let stranger = server.client(Role::Institution, "bank-x").await;
-    let (status, _, _) = stranger
-        .raw(
-            Method::POST,
-            "/v1/scoring",
-            Some((
-                "application/json",
-                serde_json::json!({"module": scorer, "policy": "credit-risk", "subjects": ["x"]})
-                    .to_string()
-                    .into_bytes(),
-            )),
-        )
-        .await
-        .unwrap();
+    let status = refused_status(&stranger, &scorer, "credit-risk").await;
     assert_eq!(status, 404);
     // Every authorisation change is audited.
     let actions: Vec<String> = datasandbox::store::audit::entries(&server.service.store)
@@ -573,19 +563,7 @@ async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
         .await
         .unwrap()
         .sha256;
-    let (status, _, _) = other
-        .raw(
-            Method::POST,
-            "/v1/scoring",
-            Some((
-                "application/json",
-                serde_json::json!({"module": other_model, "policy": "credit-grade", "subjects": ["x"]})
-                    .to_string()
-                    .into_bytes(),
-            )),
-        )
-        .await
-        .unwrap();
+    let status = refused_status(&other, &other_model, "credit-grade").await;
     assert_eq!(status, 404);
     server.stop().await.unwrap();
 }
