@@ -9,7 +9,10 @@
 //! Automated pre-checks flag what human checkers reject most often, for
 //! the reviewers and for the author: cells under the threshold, small
 //! counts that are not rounded, model outputs with fewer than 10 residual
-//! degrees of freedom, and suppressed cells recoverable from a total row.
+//! degrees of freedom, suppressed cells recoverable from a total row, and
+//! (computed by the host from the data, see
+//! `QuerySession::dominated_cells`) SUM cells dominated by one or two
+//! privacy units.
 
 use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
@@ -23,8 +26,8 @@ use crate::store::{Store, StoreError, audit, now};
 /// One pre-check finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Finding {
-    /// `cell-below-threshold`, `unrounded-small-count`, `residual-df` or
-    /// `secondary-disclosure`.
+    /// `cell-below-threshold`, `unrounded-small-count`, `residual-df`,
+    /// `secondary-disclosure` or `dominance`.
     pub check: String,
     pub output: String,
     pub detail: String,

@@ -761,6 +761,31 @@ impl Service {
                 })
                 .collect();
             let record = jobs::get(&self.store, &job.id).await?;
+            let mut prechecks = crate::review::prechecks(&execution.outputs, *threshold);
+            // Dominance needs the data: the host re-plans each query the
+            // guest ran and sums per privacy unit within each cell.
+            if let Ok(session) =
+                crate::query::QuerySession::open(&job.env.datasets, &Default::default()).await
+            {
+                for (index, query) in execution.diagnostics.queries.iter().enumerate() {
+                    if query.outcome != "ok" {
+                        continue;
+                    }
+                    match session.dominated_cells(&query.sql).await {
+                        Ok(0) => {}
+                        Ok(cells) => prechecks.push(crate::review::Finding {
+                            check: "dominance".into(),
+                            output: format!("query {}", index + 1),
+                            detail: format!(
+                                "{cells} cell(s) where one privacy unit holds over 50% of the total or two over 67%"
+                            ),
+                        }),
+                        Err(error) => {
+                            tracing::warn!(job = %job.id, %error, "dominance check skipped")
+                        }
+                    }
+                }
+            }
             let context = serde_json::json!({
                 "module_sha256": job.module.hash,
                 "mode": job.mode,
@@ -781,7 +806,7 @@ impl Service {
                 "queries": execution.diagnostics.queries,
                 "reports": reports,
                 "privacy_cost": cost,
-                "prechecks": crate::review::prechecks(&execution.outputs, *threshold),
+                "prechecks": prechecks,
             });
             crate::review::hold(&self.store, &job.id, author, &execution.outputs, context).await?;
             return Ok(JobResult {

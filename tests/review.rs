@@ -282,3 +282,50 @@ async fn a_review_rule_holds_only_large_outputs() {
     assert_eq!(analyst.job(&job.id, 30).await.unwrap().state, "released");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dominance_check_flags_a_cell_one_unit_owns() {
+    use datasandbox::catalog::{Manifest, job_table};
+    use datasandbox::policy::PolicySet;
+    use datasandbox::query::QuerySession;
+    let dir = tempfile::tempdir().unwrap();
+    // Sector a: one firm holds 1,000 of 1,190; sector b: twenty equal firms.
+    let mut csv = String::from("firm,sector,revenue\nF000,a,1000\n");
+    for i in 1..20 {
+        csv.push_str(&format!("F{i:03},a,10\n"));
+    }
+    for i in 20..40 {
+        csv.push_str(&format!("F{i:03},b,10\n"));
+    }
+    std::fs::write(dir.path().join("firms.csv"), csv).unwrap();
+    std::fs::write(
+        dir.path().join("firms.toml"),
+        "id = \"firms\"\ntitle = \"t\"\ndomain = \"d\"\nsummary = \"s\"\nowner = \"o\"\nupdate_frequency = \"never\"\nclassification = \"restricted\"\nprivacy_unit = \"firm\"\njoin_keys = []\n\n[[columns]]\nname = \"firm\"\ntype = \"string\"\ndescription = \"id\"\nrole = \"identifier\"\n\n[[columns]]\nname = \"sector\"\ntype = \"string\"\ndescription = \"s\"\nrole = \"attribute\"\n\n[[columns]]\nname = \"revenue\"\ntype = \"int64\"\ndescription = \"r\"\nrole = \"sensitive\"\nbounds = [0, 100000]\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::write(
+        dir.path().join("policies/firms.toml"),
+        "dataset = \"firms\"\nmodes = [\"aggregate\"]\nmin_group_size = 10\n",
+    )
+    .unwrap();
+    let manifest = Manifest::load(&dir.path().join("firms.toml")).unwrap();
+    let table = job_table(
+        &manifest,
+        &dir.path().join("firms.csv"),
+        datasandbox::dataset::DataFormat::Csv,
+        &PolicySet::load(&dir.path().join("policies"), None).unwrap(),
+        true,
+    );
+    let session = QuerySession::open(&[table], &Default::default())
+        .await
+        .unwrap();
+    let by_sector = "SELECT sector, SUM(revenue) AS revenue FROM firms GROUP BY sector";
+    assert_eq!(session.dominated_cells(by_sector).await.unwrap(), 1);
+    // Counts have no contributions to dominate; the equal sector is clean.
+    let counts = "SELECT sector, COUNT(*) AS firms FROM firms GROUP BY sector";
+    assert_eq!(session.dominated_cells(counts).await.unwrap(), 0);
+    let clean =
+        "SELECT sector, SUM(revenue) AS revenue FROM firms WHERE sector = 'b' GROUP BY sector";
+    assert_eq!(session.dominated_cells(clean).await.unwrap(), 0);
+}

@@ -15,7 +15,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use datafusion::arrow::array::RecordBatch;
+use datafusion::arrow::array::{Array, RecordBatch};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::common::tree_node::TreeNodeRecursion;
 use datafusion::datasource::file_format::options::ArrowReadOptions;
@@ -251,6 +251,154 @@ impl QuerySession {
             batches.push(batch);
         }
         Ok((schema, batches))
+    }
+
+    /// Cells of `sql`'s first aggregation over a protected table whose SUM
+    /// is dominated: one privacy unit holds more than 50% of the cell's
+    /// total, or two hold more than 67%. Only groups of at least the
+    /// policy's minimum size count (smaller ones are never released). For
+    /// reviewers; the host runs it, never the guest.
+    pub async fn dominated_cells(&self, sql: &str) -> Result<usize, QueryError> {
+        use datafusion::common::tree_node::TreeNode;
+        let plan = self.plan(sql).await?;
+        let failed = |e: datafusion::error::DataFusionError| QueryError::Failed {
+            detail: e.strip_backtrace(),
+        };
+        let mut found = None;
+        plan.apply(|node| {
+            if let LogicalPlan::Aggregate(aggregate) = node {
+                let mut rules = None;
+                let _ = aggregate.input.apply(|n| {
+                    if let LogicalPlan::TableScan(scan) = n
+                        && let Some(r) = self.rules.get(scan.table_name.table())
+                    {
+                        rules = Some(Arc::clone(r));
+                    }
+                    Ok(TreeNodeRecursion::Continue)
+                });
+                if let Some(rules) = rules {
+                    found = Some((aggregate.clone(), rules));
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+            }
+            Ok(TreeNodeRecursion::Continue)
+        })
+        .map_err(failed)?;
+        let Some((aggregate, rules)) = found else {
+            return Ok(0);
+        };
+        let Some(unit) = aggregate
+            .input
+            .schema()
+            .columns()
+            .into_iter()
+            .find(|c| c.name == rules.privacy_unit)
+        else {
+            return Ok(0);
+        };
+        let sums: Vec<datafusion::logical_expr::Expr> = aggregate
+            .aggr_expr
+            .iter()
+            .filter_map(|e| match aggregate::unalias(e) {
+                datafusion::logical_expr::Expr::AggregateFunction(f)
+                    if f.func.name().eq_ignore_ascii_case("sum") && f.params.args.len() == 1 =>
+                {
+                    Some(datafusion::functions_aggregate::expr_fn::sum(
+                        f.params.args[0].clone(),
+                    ))
+                }
+                _ => None,
+            })
+            .enumerate()
+            .map(|(i, e)| e.alias(format!("__dsb_s{i}")))
+            .collect();
+        if sums.is_empty() {
+            return Ok(0);
+        }
+        let measures = sums.len();
+        let mut keys = aggregate.group_expr.clone();
+        keys.push(datafusion::logical_expr::Expr::Column(unit));
+        let per_unit =
+            datafusion::logical_expr::LogicalPlanBuilder::from(aggregate.input.as_ref().clone())
+                .aggregate(keys, sums)
+                .and_then(|b| b.build())
+                .map_err(failed)?;
+        let batches = self
+            .ctx
+            .execute_logical_plan(per_unit)
+            .await
+            .map_err(failed)?
+            .collect()
+            .await
+            .map_err(failed)?;
+        let groups = aggregate.group_expr.len();
+        let mut cells: HashMap<String, Vec<Vec<f64>>> = HashMap::new();
+        for batch in &batches {
+            let keys = (0..groups)
+                .map(|i| {
+                    datafusion::arrow::compute::cast(
+                        batch.column(i),
+                        &datafusion::arrow::datatypes::DataType::Utf8,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| failed(e.into()))?;
+            let values = (0..measures)
+                .map(|i| {
+                    datafusion::arrow::compute::cast(
+                        batch.column(groups + 1 + i),
+                        &datafusion::arrow::datatypes::DataType::Float64,
+                    )
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| failed(e.into()))?;
+            for row in 0..batch.num_rows() {
+                let key = keys
+                    .iter()
+                    .map(|k| {
+                        let k = k
+                            .as_any()
+                            .downcast_ref::<datafusion::arrow::array::StringArray>()
+                            .expect("Utf8");
+                        if k.is_valid(row) {
+                            k.value(row).to_string()
+                        } else {
+                            "\0".into()
+                        }
+                    })
+                    .collect::<Vec<_>>()
+                    .join("\u{1f}");
+                let entry = cells
+                    .entry(key)
+                    .or_insert_with(|| vec![Vec::new(); measures]);
+                for (m, column) in values.iter().enumerate() {
+                    let column = column
+                        .as_any()
+                        .downcast_ref::<datafusion::arrow::array::Float64Array>()
+                        .expect("Float64");
+                    if column.is_valid(row) {
+                        entry[m].push(column.value(row));
+                    }
+                }
+            }
+        }
+        let mut dominated = 0;
+        for measures in cells.values() {
+            for contributions in measures {
+                if contributions.len() < rules.min_group_size as usize {
+                    continue;
+                }
+                let total: f64 = contributions.iter().map(|v| v.abs()).sum();
+                let mut top = contributions.iter().map(|v| v.abs()).collect::<Vec<_>>();
+                top.sort_by(|a, b| b.total_cmp(a));
+                let first = top.first().copied().unwrap_or(0.0);
+                let second = top.get(1).copied().unwrap_or(0.0);
+                if total > 0.0 && (first > 0.5 * total || first + second > 0.67 * total) {
+                    dominated += 1;
+                }
+            }
+        }
+        Ok(dominated)
     }
 
     /// Parse, gate and plan one statement without running it.
