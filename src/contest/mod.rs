@@ -285,6 +285,17 @@ impl Spec {
         (score * factor).round() / factor
     }
 
+    /// Leaderboard order of two scores: the better one first.
+    fn rank(&self, a: f64, b: f64) -> std::cmp::Ordering {
+        if self.better(a, b) {
+            std::cmp::Ordering::Less
+        } else if self.better(b, a) {
+            std::cmp::Ordering::Greater
+        } else {
+            std::cmp::Ordering::Equal
+        }
+    }
+
     fn better(&self, a: f64, b: f64) -> bool {
         if self.metric.higher_is_better() {
             a > b
@@ -830,15 +841,7 @@ pub async fn leaderboard(
             let mut chosen: Vec<&(i64, f64, f64, bool)> = subs.iter().filter(|s| s.3).collect();
             if chosen.is_empty() {
                 let mut by_public: Vec<&(i64, f64, f64, bool)> = subs.iter().collect();
-                by_public.sort_by(|a, b| {
-                    if spec.better(a.1, b.1) {
-                        std::cmp::Ordering::Less
-                    } else if spec.better(b.1, a.1) {
-                        std::cmp::Ordering::Greater
-                    } else {
-                        a.0.cmp(&b.0)
-                    }
-                });
+                by_public.sort_by(|a, b| spec.rank(a.1, b.1).then(a.0.cmp(&b.0)));
                 chosen = by_public
                     .into_iter()
                     .take(spec.final_picks as usize)
@@ -862,13 +865,9 @@ pub async fn leaderboard(
         });
     }
     standings.sort_by(|a, b| {
-        if spec.better(a.score, b.score) {
-            std::cmp::Ordering::Less
-        } else if spec.better(b.score, a.score) {
-            std::cmp::Ordering::Greater
-        } else {
-            a.at.cmp(&b.at).then_with(|| a.team.cmp(&b.team))
-        }
+        spec.rank(a.score, b.score)
+            .then(a.at.cmp(&b.at))
+            .then_with(|| a.team.cmp(&b.team))
     });
     for (i, s) in standings.iter_mut().enumerate() {
         s.rank = i + 1;
