@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{TestServer, guest};
+use common::{TestServer, aggregate_job, guest};
 use datasandbox::accounts::Role;
 use datasandbox::applications::{Approval, NewApplication};
 use datasandbox::client::Client;
@@ -91,16 +91,7 @@ async fn apply_approve_and_query_within_the_grant_only() {
         .await
         .unwrap()
         .sha256;
-    let job = analyst
-        .submit_job(
-            &stats,
-            "aggregate",
-            &["enterprises".into()],
-            serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-    let job = analyst.job(&job.id, 30).await.unwrap();
+    let job = aggregate_job(&analyst, &stats, "enterprises", serde_json::json!({})).await;
     assert_eq!(job.state, "released", "{job:?}");
     // Outside it: a column not granted is refused before the query runs.
     let probe = analyst
@@ -108,16 +99,7 @@ async fn apply_approve_and_query_within_the_grant_only() {
         .await
         .unwrap()
         .sha256;
-    let job = analyst
-        .submit_job(
-            &probe,
-            "aggregate",
-            &["enterprises".into()],
-            serde_json::json!({"attack": "query", "sql": "SELECT industry, COUNT(*) AS n FROM enterprises GROUP BY industry"}),
-        )
-        .await
-        .unwrap();
-    let job = analyst.job(&job.id, 30).await.unwrap();
+    let job = aggregate_job(&analyst, &probe, "enterprises", serde_json::json!({"attack": "query", "sql": "SELECT industry, COUNT(*) AS n FROM enterprises GROUP BY industry"})).await;
     assert_eq!(job.state, "rejected");
     assert!(
         job.category

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{TestServer, guest};
+use common::{TestServer, aggregate_job, guest};
 use datasandbox::accounts::Role;
 use datasandbox::client::Client;
 use datasandbox::receipt::Receipt;
@@ -42,16 +42,7 @@ fn policies_with(review: &str) -> tempfile::TempDir {
 }
 
 async fn held_job(analyst: &Client, module: &str) -> String {
-    let job = analyst
-        .submit_job(
-            module,
-            "aggregate",
-            &["enterprises".into()],
-            serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-    let job = analyst.job(&job.id, 30).await.unwrap();
+    let job = aggregate_job(analyst, module, "enterprises", serde_json::json!({})).await;
     assert_eq!(job.state, "held", "{job:?}");
     job.id
 }
@@ -157,16 +148,8 @@ async fn authors_never_review_and_one_rejection_or_change_request_stops_it() {
         .await
         .unwrap()
         .sha256;
-    let own = author
-        .submit_job(
-            &own_module,
-            "aggregate",
-            &["enterprises".into()],
-            serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(author.job(&own.id, 30).await.unwrap().state, "held");
+    let own = aggregate_job(&author, &own_module, "enterprises", serde_json::json!({})).await;
+    assert_eq!(own.state, "held");
     assert_eq!(
         author
             .decide(&own.id, "approve", "")
@@ -270,16 +253,8 @@ async fn a_review_rule_holds_only_large_outputs() {
         .unwrap()
         .sha256;
     // Fifteen districts by three columns and one value: under the rule.
-    let job = analyst
-        .submit_job(
-            &module,
-            "aggregate",
-            &["enterprises".into()],
-            serde_json::json!({}),
-        )
-        .await
-        .unwrap();
-    assert_eq!(analyst.job(&job.id, 30).await.unwrap().state, "released");
+    let job = aggregate_job(&analyst, &module, "enterprises", serde_json::json!({})).await;
+    assert_eq!(job.state, "released");
     server.stop().await.unwrap();
 }
 

@@ -69,6 +69,20 @@ async fn score(
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// Record authorisations over HTTP as the administrator; the stored ones.
+async fn authorise(admin: &Client, terms: &serde_json::Value) -> Vec<serde_json::Value> {
+    let (status, _, bytes) = admin
+        .raw(
+            Method::POST,
+            "/v1/authorisations",
+            Some(("application/json", terms.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
+    serde_json::from_slice(&bytes).unwrap()
+}
+
 /// The HTTP status of scoring subject "x" under `policy`.
 async fn refused_status(client: &Client, module: &str, policy: &str) -> reqwest::StatusCode {
     let body = serde_json::json!({"module": module, "policy": policy, "subjects": ["x"]});
@@ -116,17 +130,7 @@ async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike(
             t + 3600
         ),
     ]);
-    let (status, _, bytes) = server
-        .admin
-        .raw(
-            Method::POST,
-            "/v1/authorisations",
-            Some(("application/json", terms.to_string().into_bytes())),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
-    let added: Vec<serde_json::Value> = serde_json::from_slice(&bytes).unwrap();
+    let added = authorise(&server.admin, &terms).await;
     // Revoke the third at once.
     let (status, _, _) = server
         .admin
@@ -349,16 +353,7 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
             })
         })
         .collect();
-    let (status, _, _) = server
-        .admin
-        .raw(
-            Method::POST,
-            "/v1/authorisations",
-            Some(("application/json", serde_json::to_vec(&terms).unwrap())),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201);
+    authorise(&server.admin, &serde_json::json!(terms)).await;
     let params = serde_json::json!({"column": "employees"});
     // Two concurrent batches of four share a rate of five a minute.
     let (a, b) = tokio::join!(
@@ -438,16 +433,7 @@ async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
         .iter()
         .map(|(id, _)| authorisation(id, "demo-bank", "credit-assessment", t - 10, t + 3600))
         .collect();
-    let (status, _, bytes) = server
-        .admin
-        .raw(
-            Method::POST,
-            "/v1/authorisations",
-            Some(("application/json", serde_json::to_vec(&terms).unwrap())),
-        )
-        .await
-        .unwrap();
-    assert_eq!(status, 201, "{}", String::from_utf8_lossy(&bytes));
+    authorise(&server.admin, &serde_json::json!(terms)).await;
     let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
     let body = |policy: &str| {
         serde_json::json!({"module": model, "policy": policy, "subjects": subjects})

@@ -324,3 +324,18 @@ impl TestServer {
         self.task.take().unwrap().await.unwrap()
     }
 }
+
+/// Submit an aggregate-mode job over `dataset` and wait (up to 30 s) for
+/// its end; the job as its owner sees it then.
+pub async fn aggregate_job(
+    client: &datasandbox::client::Client,
+    module: &str,
+    dataset: &str,
+    params: serde_json::Value,
+) -> datasandbox::server::routes::JobView {
+    let job = client
+        .submit_job(module, "aggregate", &[dataset.to_string()], params)
+        .await
+        .unwrap();
+    client.job(&job.id, 30).await.unwrap()
+}
