@@ -42,20 +42,7 @@ pub fn laplace_counts(
     sensitivity: i64,
     epsilon: f64,
 ) -> Result<(Vec<i64>, f64), NoiseError> {
-    let scale = sensitivity as f64 / epsilon;
-    let measurement = make_laplace::<_, _, MaxDivergence>(
-        VectorDomain::new(AtomDomain::<i64>::default()),
-        L1Distance::<i64>::default(),
-        scale,
-        None,
-    )
-    .map_err(opendp_error)?;
-    within(
-        measurement.map(&sensitivity).map_err(opendp_error)?,
-        epsilon,
-    )?;
-    let noisy = measurement.invoke(&values.to_vec()).map_err(opendp_error)?;
-    Ok((noisy, scale))
+    laplace(values, sensitivity, sensitivity as f64 / epsilon, epsilon)
 }
 
 /// Laplace noise on float sums (sampled exactly on a fine lattice), for an
@@ -65,10 +52,26 @@ pub fn laplace_sums(
     sensitivity: f64,
     epsilon: f64,
 ) -> Result<(Vec<f64>, f64), NoiseError> {
-    let scale = sensitivity / epsilon;
+    laplace(values, sensitivity, sensitivity / epsilon, epsilon)
+}
+
+/// OpenDP's vector Laplace mechanism at `scale`, checked against its own
+/// privacy map for `sensitivity` before it draws.
+fn laplace<T>(
+    values: &[T],
+    sensitivity: T,
+    scale: f64,
+    epsilon: f64,
+) -> Result<(Vec<T>, f64), NoiseError>
+where
+    T: opendp::traits::CheckAtom + Clone,
+    opendp::measurements::DiscreteLaplace:
+        opendp::measurements::MakeNoise<VectorDomain<AtomDomain<T>>, L1Distance<T>, MaxDivergence>,
+    (VectorDomain<AtomDomain<T>>, L1Distance<T>): opendp::core::MetricSpace,
+{
     let measurement = make_laplace::<_, _, MaxDivergence>(
-        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
-        L1Distance::<f64>::default(),
+        VectorDomain::new(AtomDomain::<T>::new_non_nan()),
+        L1Distance::<T>::default(),
         scale,
         None,
     )
