@@ -38,6 +38,7 @@ pub mod contest;
 pub mod dataset;
 pub mod demo;
 pub mod dp;
+pub mod guest_build;
 pub mod policy;
 pub mod query;
 pub mod receipt;

@@ -17,7 +17,7 @@ use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Returned, Sandbox, Sandbox
 use datasandbox::server::{Server, ServerConfig};
 use datasandbox::service::Service;
 use datasandbox::store::{Store, audit, jobs};
-use datasandbox::{arrow_ipc, demo, query, sample_data};
+use datasandbox::{arrow_ipc, demo, guest_build, query, sample_data};
 
 mod cli;
 
@@ -124,6 +124,11 @@ enum Command {
         #[command(subcommand)]
         command: cli::GrantCommand,
     },
+    /// Build guest components from source.
+    Guest {
+        #[command(subcommand)]
+        command: GuestCommand,
+    },
     /// Develop a guest on your own machine.
     Dev {
         #[command(subcommand)]
@@ -173,6 +178,32 @@ enum Command {
     SampleData {
         #[arg(long, default_value = "data/samples")]
         out: PathBuf,
+    },
+}
+
+#[derive(Subcommand)]
+enum GuestCommand {
+    /// Build a Python module into a component with componentize-py
+    /// (`pip install componentize-py==0.25.1`, or `scripts/python-env`).
+    /// Rust guests build with `cargo build --target wasm32-wasip2`.
+    Build {
+        /// The app: a .py file defining the world's functions
+        /// (see sandbox-guests/python/README.md).
+        #[arg(long)]
+        python: PathBuf,
+        /// analysis, block-analysis, model or scorer.
+        #[arg(long)]
+        world: World,
+        /// Where to write the component.
+        #[arg(short, long)]
+        out: PathBuf,
+        /// More directories of pure-Python modules to bundle.
+        #[arg(long = "path")]
+        paths: Vec<PathBuf>,
+        /// The componentize-py executable (default: PATH, then
+        /// target/python-guests/venv).
+        #[arg(long, env = "DSB_COMPONENTIZE_PY")]
+        componentize_py: Option<PathBuf>,
     },
 }
 
@@ -598,6 +629,33 @@ fn run() -> anyhow::Result<()> {
             if !ok {
                 std::process::exit(2);
             }
+            Ok(())
+        }
+        Command::Guest {
+            command:
+                GuestCommand::Build {
+                    python,
+                    world,
+                    out,
+                    paths,
+                    componentize_py,
+                },
+        } => {
+            let report = guest_build::build_python(&guest_build::PythonBuild {
+                app: python,
+                world,
+                out,
+                paths,
+                componentize_py,
+            })?;
+            println!(
+                "built {} ({world}, {:.1} MB, sha256 {}) in {:.1} s with {}",
+                report.out.display(),
+                report.bytes as f64 / 1e6,
+                report.sha256,
+                report.elapsed.as_secs_f64(),
+                report.tool.display()
+            );
             Ok(())
         }
         Command::Dataset { command, data_dir } => {

@@ -188,12 +188,7 @@ pub fn classify_component(engine: &Engine, component: &Component) -> Result<Worl
         .collect();
     let other_exports = ty
         .exports(engine)
-        .filter(|(_, item)| {
-            !matches!(
-                item.ty,
-                ComponentItem::ComponentFunc(_) | ComponentItem::Type(_)
-            )
-        })
+        .filter(|(_, item)| !inert(&item.ty))
         .count();
     exports.sort_unstable();
     // Imports first: a component that asks for something we never provide
@@ -213,6 +208,20 @@ pub fn classify_component(engine: &Engine, component: &Component) -> Result<Worl
         }
     }
     Ok(world)
+}
+
+/// Whether an export other than a function can be left alone: a type, or an
+/// exported instance. The host calls only the world's top-level functions,
+/// by name, through typed bindings; nothing inside an exported instance is
+/// ever reached. componentize-py exports one (`exports`: its binding
+/// metadata and the `init` its build-time snapshot ran).
+fn inert(item: &ComponentItem) -> bool {
+    matches!(
+        item,
+        ComponentItem::ComponentFunc(_)
+            | ComponentItem::Type(_)
+            | ComponentItem::ComponentInstance(_)
+    )
 }
 
 /// An import name is the submitter's own text; still, keep it short and
