@@ -84,16 +84,16 @@ pub enum GuestBuildError {
     BadModuleName(PathBuf),
     #[error("componentize-py failed:\n{0}")]
     Failed(String),
-    #[error("{context}: {source}")]
+    #[error("{context}: {error}")]
     Io {
         context: String,
-        source: std::io::Error,
+        error: std::io::Error,
     },
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> GuestBuildError {
     let context = context.into();
-    move |source| GuestBuildError::Io { context, source }
+    move |error| GuestBuildError::Io { context, error }
 }
 
 /// Find componentize-py: the explicit path, then `PATH`, then the local venv.
@@ -138,7 +138,8 @@ pub fn build_python(spec: &PythonBuild) -> Result<BuildReport, GuestBuildError> 
         .filter(|s| is_module_name(s))
         .ok_or_else(|| GuestBuildError::BadModuleName(spec.app.clone()))?
         .to_string();
-    let tool = find_componentize_py(spec.componentize_py.as_deref())?;
+    // Absolute: componentize-py runs in the scratch directory.
+    let tool = absolute(&find_componentize_py(spec.componentize_py.as_deref())?)?;
     check_version(&tool)?;
 
     let scratch = tempfile::tempdir().map_err(io("creating a scratch directory"))?;

@@ -37,6 +37,23 @@ pub fn guest(name: &str) -> Vec<u8> {
     std::fs::read(&path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()))
 }
 
+/// The bytes of a built Python guest, e.g. `python_guest("logistic_model")`.
+/// `scripts/test` builds them (`scripts/build-python-guests`) before
+/// `cargo test`: componentize-py runs outside the test binaries.
+pub fn python_guest(name: &str) -> Vec<u8> {
+    let path = python_guests_dir().join(format!("{name}.wasm"));
+    std::fs::read(&path).unwrap_or_else(|e| {
+        panic!(
+            "reading {}: {e}; build the Python guests with scripts/build-python-guests",
+            path.display()
+        )
+    })
+}
+
+pub fn python_guests_dir() -> PathBuf {
+    repo().join("sandbox-guests/target/python")
+}
+
 /// One sandbox per test binary: engines are meant to be shared, and each
 /// reserves virtual memory for its instance pool.
 pub fn sandbox() -> &'static Sandbox {
