@@ -31,6 +31,8 @@ use crate::service::Service;
 pub struct DemoConfig {
     /// Built guest components (`scripts/build-guests`).
     pub guests_dir: PathBuf,
+    /// Built Python guest components (`scripts/build-python-guests`).
+    pub python_guests_dir: PathBuf,
     /// The sample datasets (`data/samples`).
     pub samples_dir: PathBuf,
     /// The output policies (`policies`).
@@ -501,7 +503,8 @@ async fn review_step(
     Ok(())
 }
 
-/// Step 4c: a small contest, two teams, one submission each.
+/// Step 4c: a small contest, three teams (one writes Python), one
+/// submission each.
 async fn contest_step(
     config: &DemoConfig,
     admin: &Client,
@@ -523,14 +526,30 @@ async fn contest_step(
     );
     let contest = admin.create_contest(spec).await?;
     let mut lines = Vec::new();
-    for (team, guest) in [
-        ("team-tongji", "logistic_model"),
-        ("team-fudan", "model_baseline"),
+    for (team, dir, guest, what) in [
+        (
+            "team-tongji",
+            &config.guests_dir,
+            "logistic_model",
+            "logistic_model (Rust)",
+        ),
+        (
+            "team-sjtu",
+            &config.python_guests_dir,
+            "logistic_model",
+            "logistic_model.py (Python, componentize-py)",
+        ),
+        (
+            "team-fudan",
+            &config.guests_dir,
+            "model_baseline",
+            "model_baseline (Rust)",
+        ),
     ] {
         let token = admin.create_token(Role::Contestant, team, None).await?;
         let client = admin.with_token(token.token);
         let module = client
-            .upload_module(read_guest(&config.guests_dir, guest)?, Some(guest))
+            .upload_module(read_guest(dir, guest)?, Some(guest))
             .await?;
         let submitted = client
             .submit_model(&contest.spec.id, &module.sha256)
@@ -545,7 +564,7 @@ async fn contest_step(
             .find(|s| s.id == submitted.id)
             .context("the submission is listed")?;
         lines.push(format!(
-            "{team} submitted {guest}: {} {}",
+            "{team} submitted {what}: {} {}",
             view.state,
             view.public_score
                 .map(|s| format!("(public ROC AUC {s})"))
@@ -783,7 +802,7 @@ fn read_guest(dir: &Path, name: &str) -> anyhow::Result<Vec<u8>> {
     let path = dir.join(format!("{name}.wasm"));
     std::fs::read(&path).with_context(|| {
         format!(
-            "reading {} (build the guests first: scripts/build-guests)",
+            "reading {} (build the guests first: scripts/build-guests and scripts/build-python-guests)",
             path.display()
         )
     })

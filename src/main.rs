@@ -53,6 +53,9 @@ enum Command {
             default_value = "sandbox-guests/target/wasm32-wasip2/release"
         )]
         guests: PathBuf,
+        /// Built Python guest components.
+        #[arg(long, default_value = "sandbox-guests/target/python")]
+        python_guests: PathBuf,
         /// The sample datasets and their manifests.
         #[arg(long, default_value = "data/samples")]
         samples: PathBuf,
@@ -584,12 +587,14 @@ fn run() -> anyhow::Result<()> {
         },
         Command::Demo {
             guests,
+            python_guests,
             samples,
             policies,
         } => runtime.block_on(async {
             let work = tempdir()?;
             let config = demo::DemoConfig {
                 guests_dir: guests,
+                python_guests_dir: python_guests,
                 samples_dir: samples,
                 policies_dir: policies,
                 work_dir: work.clone(),
@@ -932,8 +937,11 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
     writeln!(out, "--- diagnostics (your own data, so shown) ---")?;
     writeln!(
         out,
-        "fuel used: {}, duration: {:?}",
-        d.fuel_consumed, d.duration
+        "fuel used: {}, duration: {:?} (instantiation {:?}), peak memory: {:.1} MiB",
+        d.fuel_consumed,
+        d.duration,
+        d.instantiate,
+        d.memory_peak_bytes as f64 / f64::from(1 << 20)
     )?;
     for q in &d.queries {
         writeln!(

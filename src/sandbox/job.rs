@@ -247,6 +247,7 @@ pub(super) async fn execute(
         duration: started.elapsed(),
         queries: std::mem::take(&mut state.query_log),
         instantiate: state.instantiate,
+        memory_peak_bytes: state.limiter.peak_memory,
         ..Diagnostics::default()
     };
     (diagnostics.log, diagnostics.log_truncated) = state.log.contents();

@@ -99,6 +99,8 @@ pub struct JobLimiter {
     memories: usize,
     /// The first limit that tripped, if any.
     pub hit: Option<LimitHit>,
+    /// The largest linear memory granted (bytes), for the diagnostics.
+    pub peak_memory: usize,
 }
 
 impl JobLimiter {
@@ -110,6 +112,7 @@ impl JobLimiter {
             tables: limits.tables,
             memories: limits.memories,
             hit: None,
+            peak_memory: 0,
         }
     }
 }
@@ -127,6 +130,7 @@ impl wasmtime::ResourceLimiter for JobLimiter {
             // allocator loop or abort with its own message.
             return Err(LimitHit::Memory.into());
         }
+        self.peak_memory = self.peak_memory.max(desired);
         Ok(true)
     }
 

@@ -162,6 +162,8 @@ pub struct Diagnostics {
     pub duration: Duration,
     /// Of `duration`, the time spent instantiating the module.
     pub instantiate: Duration,
+    /// The largest linear memory the instance reached, in bytes.
+    pub memory_peak_bytes: usize,
     pub queries: Vec<QueryRecord>,
     /// Where the module came from: compiled now, the artifact cache, or memory.
     pub module_load: Option<String>,

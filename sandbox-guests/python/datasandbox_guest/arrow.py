@@ -614,7 +614,7 @@ def write_stream(table):
                     raise ArrowError("column %r: over 2 GiB of text" % name)
                 add(struct.pack("<%di" % (n + 1), *offsets))
                 add(b"".join(encoded))
-        except (struct.error, TypeError, AttributeError) as error:
+        except (struct.error, TypeError, ValueError, AttributeError, OverflowError) as error:
             raise ArrowError("column %r: a value does not fit type %s (%s)" % (name, type_name, error)) from None
 
     batch = {
