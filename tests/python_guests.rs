@@ -101,6 +101,39 @@ async fn python_district_stats_matches_native_datafusion_and_the_rust_guest() {
 }
 
 #[tokio::test]
+async fn python_randomness_comes_from_the_host_seeded_per_job() {
+    let run = |job: &'static str| async move {
+        let env = env(job, quick_limits(), vec![register(Classification::Open)]);
+        sandbox()
+            .run_bytes(
+                &python_guest("hostile"),
+                &env,
+                GuestCall::Run {
+                    params: r#"{"mode":"random"}"#.into(),
+                },
+            )
+            .await
+    };
+    let (a, again, b) = (run("job-a").await, run("job-a").await, run("job-b").await);
+    for execution in [&a, &again, &b] {
+        assert_eq!(
+            execution.category,
+            Category::Ok,
+            "{:?}",
+            execution.diagnostics
+        );
+    }
+    // os.urandom (and so `secrets`) reads the host's generator, seeded from
+    // the job id: a rerun repeats it, another job differs.
+    assert_eq!(value(&a, "urandom"), value(&again, "urandom"));
+    assert_ne!(value(&a, "urandom"), value(&b, "urandom"));
+    // So does `random`: componentize-py seeds it from that generator when
+    // the instance starts.
+    assert_eq!(value(&a, "random"), value(&again, "random"));
+    assert_ne!(value(&a, "random"), value(&b, "random"));
+}
+
+#[tokio::test]
 async fn python_tables_reach_the_host_with_their_types_and_nulls() {
     let execution = hostile_py("roundtrip").await;
     assert_eq!(
@@ -269,23 +302,30 @@ fn dsb(server: &str, token: &str, args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
     let mut server = TestServer::start().await;
-    let now = datasandbox::store::now();
-    let at = |t: i64| {
-        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_secs(t as u64))
-            .to_string()
-    };
-    server
+    // The contest the README's walkthrough creates, with the CLI.
+    let admin_token = server
         .admin
-        .create_contest(format!(
-            "id = \"overdue\"\ntitle = \"Who will be overdue on tax in 2024?\"\n\
-             dataset = \"tax_overdue\"\nlabel = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
-             split = {{ train = 0.6, public = 0.2, private = 0.2 }}\n\
-             opens = \"{}\"\ncloses = \"{}\"\ndecimals = 4\n",
-            at(now - 60),
-            at(now + 3600)
-        ))
+        .create_token(Role::Admin, "platform", None)
         .await
-        .unwrap();
+        .unwrap()
+        .token;
+    let created_contest = tokio::task::spawn_blocking({
+        let base = server.base.clone();
+        move || {
+            dsb(
+                &base,
+                &admin_token,
+                &["contest", "create", "data/contests/overdue-2024.toml"],
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        created_contest.status.success(),
+        "{}",
+        String::from_utf8_lossy(&created_contest.stderr)
+    );
     let created = server
         .admin
         .create_token(Role::Contestant, "team-py", None)
@@ -344,7 +384,7 @@ async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
                     "--json",
                     "contest",
                     "submit",
-                    "overdue",
+                    "overdue-2024",
                     "--module",
                     wasm.to_str().unwrap(),
                     "--wait",
@@ -370,7 +410,7 @@ async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
         .unwrap()
         .sha256;
     let rust = rust_team
-        .submit_model("overdue", &rust_module)
+        .submit_model("overdue-2024", &rust_module)
         .await
         .unwrap();
     rust_team
@@ -378,7 +418,7 @@ async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
         .await
         .unwrap();
     let rust_score = rust_team
-        .submissions("overdue")
+        .submissions("overdue-2024")
         .await
         .unwrap()
         .into_iter()
@@ -394,7 +434,11 @@ async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
         (python_score - rust_score).abs() < 0.08,
         "{python_score} vs {rust_score}"
     );
-    let board = server.admin.leaderboard("overdue", false).await.unwrap();
+    let board = server
+        .admin
+        .leaderboard("overdue-2024", false)
+        .await
+        .unwrap();
     assert_eq!(board.len(), 2, "{board:?}");
     server.stop().await.unwrap();
 }
