@@ -143,6 +143,16 @@ async fn main() {
     println!("Python guest benchmarks (baselines measured in this run)\n");
     let python = python_guest("district_stats");
     let rust = rust_guest("district_stats");
+    if std::env::args().any(|a| a == "--instantiate-only") {
+        // For profiling: `perf record … target/release/deps/python-* --instantiate-only`.
+        let dir = tempfile::tempdir().unwrap();
+        let sandbox = Sandbox::new(config(dir.path())).unwrap();
+        for _ in 0..10 {
+            let (p50, p99) = instantiate_times(&sandbox, &python).await;
+            println!("instantiate Python: p50 {:?} p99 {:?}", p50, p99);
+        }
+        return;
+    }
     println!(
         "component size: Python {:.1} MB, Rust {:.2} MB",
         python.len() as f64 / 1e6,
