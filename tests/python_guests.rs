@@ -56,6 +56,8 @@ async fn python_components_pass_intake_as_their_world() {
         ("district_stats", World::Analysis),
         ("logistic_model", World::Model),
         ("hostile", World::Analysis),
+        ("block_mean", World::BlockAnalysis),
+        ("scorer_sum", World::Scorer),
     ] {
         let bytes = python_guest(name);
         assert!(bytes.len() > 10 << 20, "{name}: a whole CPython inside");
@@ -498,5 +500,80 @@ fn guest_build_names_a_missing_world_function() {
     assert!(
         stderr.contains("the model world needs a function predict"),
         "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn python_block_analysis_and_scorer_match_their_rust_twins() {
+    // block-analysis: the register as one block.
+    let (schema, batches) = datasandbox::query::read_table(&register(Classification::Open))
+        .await
+        .unwrap();
+    let block = datasandbox::arrow_ipc::encode(&schema, &batches).unwrap();
+    let mut vectors = Vec::new();
+    for bytes in [python_guest("block_mean"), guest("block_mean")] {
+        let execution = sandbox()
+            .run_bytes(
+                &bytes,
+                &env("block", quick_limits(), Vec::new()),
+                GuestCall::Analyze {
+                    block: block.clone(),
+                    params: r#"{"column":"employees"}"#.into(),
+                },
+            )
+            .await;
+        assert_eq!(
+            execution.category,
+            Category::Ok,
+            "{:?}",
+            execution.diagnostics
+        );
+        match execution.returned {
+            Some(datasandbox::sandbox::Returned::Vector(v)) => vectors.push(v),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(vectors[0].len(), 2);
+    assert_eq!(vectors[0][1], 2000.0, "rows");
+    // Python's sum() of floats is compensated; Rust's is not: equal to
+    // rounding.
+    assert!((vectors[0][0] - vectors[1][0]).abs() < 1e-9, "{vectors:?}");
+    assert_eq!(vectors[0][1], vectors[1][1]);
+
+    // scorer: one enterprise's tax rows.
+    let (schema, batches) = datasandbox::query::read_table(&tax_records())
+        .await
+        .unwrap();
+    let rows = vec![(
+        "tax_records".to_string(),
+        datasandbox::arrow_ipc::encode(&schema, &[batches[0].slice(0, 8)]).unwrap(),
+    )];
+    let mut scores = Vec::new();
+    for bytes in [python_guest("scorer_sum"), guest("scorer_simple")] {
+        let execution = sandbox()
+            .run_bytes(
+                &bytes,
+                &env("score", quick_limits(), Vec::new()),
+                GuestCall::Score {
+                    rows: rows.clone(),
+                    params: r#"{"column":"tax_paid"}"#.into(),
+                },
+            )
+            .await;
+        assert_eq!(
+            execution.category,
+            Category::Ok,
+            "{:?}",
+            execution.diagnostics
+        );
+        match execution.returned {
+            Some(datasandbox::sandbox::Returned::Number(n)) => scores.push(n),
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(scores[1] > 0.0);
+    assert!(
+        (scores[0] - scores[1]).abs() <= 1e-9 * scores[1],
+        "{scores:?}"
     );
 }
