@@ -14,14 +14,24 @@ use datafusion::arrow::array::{Array, AsArray};
 use datafusion::arrow::datatypes::{DataType, Date32Type, Float64Type, Int64Type};
 use datasandbox::accounts::Role;
 use datasandbox::dataset::Classification;
-use datasandbox::sandbox::{Category, Execution, GuestCall, World};
+use datasandbox::sandbox::{Category, Execution, GuestCall, Returned, World};
 
 async fn run_python(
     name: &str,
     params: serde_json::Value,
     limits: datasandbox::sandbox::Limits,
 ) -> Execution {
-    let env = env("python-job", limits, vec![register(Classification::Open)]);
+    run_python_as("python-job", name, params, limits).await
+}
+
+/// Run a Python analysis guest over the register as job `job_id`.
+async fn run_python_as(
+    job_id: &str,
+    name: &str,
+    params: serde_json::Value,
+    limits: datasandbox::sandbox::Limits,
+) -> Execution {
+    let env = env(job_id, limits, vec![register(Classification::Open)]);
     sandbox()
         .run_bytes(
             &python_guest(name),
@@ -104,17 +114,13 @@ async fn python_district_stats_matches_native_datafusion_and_the_rust_guest() {
 
 #[tokio::test]
 async fn python_randomness_comes_from_the_host_seeded_per_job() {
-    let run = |job: &'static str| async move {
-        let env = env(job, quick_limits(), vec![register(Classification::Open)]);
-        sandbox()
-            .run_bytes(
-                &python_guest("hostile"),
-                &env,
-                GuestCall::Run {
-                    params: r#"{"mode":"random"}"#.into(),
-                },
-            )
-            .await
+    let run = |job: &'static str| {
+        run_python_as(
+            job,
+            "hostile",
+            serde_json::json!({"mode": "random"}),
+            quick_limits(),
+        )
     };
     let (a, again, b) = (run("job-a").await, run("job-a").await, run("job-b").await);
     for execution in [&a, &again, &b] {
@@ -503,6 +509,20 @@ fn guest_build_names_a_missing_world_function() {
     );
 }
 
+/// Run `call` with quick limits and no datasets; what the guest returned.
+async fn returned(bytes: &[u8], call: GuestCall) -> Returned {
+    let execution = sandbox()
+        .run_bytes(bytes, &env("twin", quick_limits(), Vec::new()), call)
+        .await;
+    assert_eq!(
+        execution.category,
+        Category::Ok,
+        "{:?}",
+        execution.diagnostics
+    );
+    execution.returned.expect("an ok job returns")
+}
+
 #[tokio::test]
 async fn python_block_analysis_and_scorer_match_their_rust_twins() {
     // block-analysis: the register as one block.
@@ -510,35 +530,21 @@ async fn python_block_analysis_and_scorer_match_their_rust_twins() {
         .await
         .unwrap();
     let block = datasandbox::arrow_ipc::encode(&schema, &batches).unwrap();
-    let mut vectors = Vec::new();
-    for bytes in [python_guest("block_mean"), guest("block_mean")] {
-        let execution = sandbox()
-            .run_bytes(
-                &bytes,
-                &env("block", quick_limits(), Vec::new()),
-                GuestCall::Analyze {
-                    block: block.clone(),
-                    params: r#"{"column":"employees"}"#.into(),
-                },
-            )
-            .await;
-        assert_eq!(
-            execution.category,
-            Category::Ok,
-            "{:?}",
-            execution.diagnostics
-        );
-        match execution.returned {
-            Some(datasandbox::sandbox::Returned::Vector(v)) => vectors.push(v),
-            other => panic!("{other:?}"),
-        }
-    }
-    assert_eq!(vectors[0].len(), 2);
-    assert_eq!(vectors[0][1], 2000.0, "rows");
+    let analyze = || GuestCall::Analyze {
+        block: block.clone(),
+        params: r#"{"column":"employees"}"#.into(),
+    };
+    let python = returned(&python_guest("block_mean"), analyze()).await;
+    let rust = returned(&guest("block_mean"), analyze()).await;
+    let (Returned::Vector(python), Returned::Vector(rust)) = (python, rust) else {
+        panic!("block-analysis returns vectors");
+    };
+    assert_eq!(python.len(), 2);
+    assert_eq!(python[1], 2000.0, "rows");
+    assert_eq!(python[1], rust[1]);
     // Python's sum() of floats is compensated; Rust's is not: equal to
     // rounding.
-    assert!((vectors[0][0] - vectors[1][0]).abs() < 1e-9, "{vectors:?}");
-    assert_eq!(vectors[0][1], vectors[1][1]);
+    assert!((python[0] - rust[0]).abs() < 1e-9, "{python:?} vs {rust:?}");
 
     // scorer: one enterprise's tax rows.
     let (schema, batches) = datasandbox::query::read_table(&tax_records())
@@ -548,32 +554,15 @@ async fn python_block_analysis_and_scorer_match_their_rust_twins() {
         "tax_records".to_string(),
         datasandbox::arrow_ipc::encode(&schema, &[batches[0].slice(0, 8)]).unwrap(),
     )];
-    let mut scores = Vec::new();
-    for bytes in [python_guest("scorer_sum"), guest("scorer_simple")] {
-        let execution = sandbox()
-            .run_bytes(
-                &bytes,
-                &env("score", quick_limits(), Vec::new()),
-                GuestCall::Score {
-                    rows: rows.clone(),
-                    params: r#"{"column":"tax_paid"}"#.into(),
-                },
-            )
-            .await;
-        assert_eq!(
-            execution.category,
-            Category::Ok,
-            "{:?}",
-            execution.diagnostics
-        );
-        match execution.returned {
-            Some(datasandbox::sandbox::Returned::Number(n)) => scores.push(n),
-            other => panic!("{other:?}"),
-        }
-    }
-    assert!(scores[1] > 0.0);
-    assert!(
-        (scores[0] - scores[1]).abs() <= 1e-9 * scores[1],
-        "{scores:?}"
-    );
+    let score = || GuestCall::Score {
+        rows: rows.clone(),
+        params: r#"{"column":"tax_paid"}"#.into(),
+    };
+    let python = returned(&python_guest("scorer_sum"), score()).await;
+    let rust = returned(&guest("scorer_simple"), score()).await;
+    let (Returned::Number(python), Returned::Number(rust)) = (python, rust) else {
+        panic!("scorers return numbers");
+    };
+    assert!(rust > 0.0);
+    assert!((python - rust).abs() <= 1e-9 * rust, "{python} vs {rust}");
 }
