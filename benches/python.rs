@@ -13,10 +13,13 @@
 //!    in, 800 predicted), Python in the sandbox vs the same Python file on
 //!    the host's native CPython vs the Rust guest.
 
-use std::path::{Path, PathBuf};
+mod common;
+
+use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::{guest as rust_guest, percentile, python_guest, repo};
 use datafusion::arrow::array::RecordBatch;
 use datafusion::prelude::{CsvReadOptions, SessionContext};
 use datasandbox::arrow_ipc;
@@ -36,37 +39,6 @@ const FEATURES: [&str; 9] = [
     "overdue_quarters_2023",
     "undeclared_quarters_2023",
 ];
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn read(path: PathBuf, hint: &str) -> Vec<u8> {
-    std::fs::read(&path).unwrap_or_else(|e| panic!("{}: {e} (run {hint})", path.display()))
-}
-
-fn rust_guest(name: &str) -> Vec<u8> {
-    read(
-        repo()
-            .join("sandbox-guests/target/wasm32-wasip2/release")
-            .join(format!("{name}.wasm")),
-        "scripts/build-guests",
-    )
-}
-
-fn python_guest(name: &str) -> Vec<u8> {
-    read(
-        repo()
-            .join("sandbox-guests/target/python")
-            .join(format!("{name}.wasm")),
-        "scripts/build-python-guests",
-    )
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3

@@ -11,10 +11,13 @@
 //! 5. The same query in aggregate mode on a protected dataset (plan check,
 //!    unit-threshold vetting) vs unprotected native DataFusion (goal ≤ 1.3×).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{guest, median, percentile};
 use datafusion::arrow::array::{ArrayRef, Float64Array, Int64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::parquet::arrow::ArrowWriter;
@@ -25,24 +28,6 @@ use datasandbox::sandbox::{Category, GuestCall, JobEnv, Limits, Returned, Sandbo
 
 const ROWS: usize = 10_000_000;
 const AGGREGATE_SQL: &str = "SELECT district, COUNT(*) AS n, SUM(amount) AS total, AVG(amount) AS mean FROM payments GROUP BY district";
-
-fn guest(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sandbox-guests/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
-
-fn median<F: FnMut() -> Duration>(runs: usize, mut f: F) -> Duration {
-    let mut samples: Vec<Duration> = (0..runs).map(|_| f()).collect();
-    percentile(&mut samples, 0.5)
-}
 
 fn big_limits() -> Limits {
     Limits {

@@ -13,29 +13,19 @@
 //! 5. Scoring: one subject per request (p50), and a batch of 10,000
 //!    subjects with a fresh instance each (goal ≥ 2,000 subjects/s).
 
+mod common;
+
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use common::{guest, percentile};
 use datasandbox::accounts::{self, Role};
 use datasandbox::client::Client;
 use datasandbox::receipt::{PrivacyCost, Receipt, ReceiptBody};
 use datasandbox::server::{Server, ServerConfig};
 use datasandbox::service::Service;
 use datasandbox::store::audit;
-
-fn guest(name: &str) -> Vec<u8> {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("sandbox-guests/target/wasm32-wasip2/release")
-        .join(format!("{name}.wasm"));
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/build-guests)", path.display()))
-}
-
-fn percentile(samples: &mut [Duration], p: f64) -> Duration {
-    samples.sort_unstable();
-    samples[((samples.len() - 1) as f64 * p).round() as usize]
-}
 
 /// Peak and current resident set, from /proc (kB → bytes).
 fn rss() -> (u64, u64) {
