@@ -223,6 +223,17 @@ pub enum DecisionError {
     Store(#[from] StoreError),
 }
 
+/// The application `id`, if it still waits for a decision.
+async fn pending(store: &Store, id: &str) -> Result<Application, DecisionError> {
+    let application = get(store, id)
+        .await?
+        .ok_or_else(|| DecisionError::Unknown(id.into()))?;
+    if application.state != "pending" {
+        return Err(DecisionError::Decided(application.state));
+    }
+    Ok(application)
+}
+
 /// Approve: the grant is the application narrowed by `approval`, in the
 /// same transaction as the decision and its audit entries.
 pub async fn approve(
@@ -231,12 +242,7 @@ pub async fn approve(
     id: &str,
     approval: &Approval,
 ) -> Result<Application, DecisionError> {
-    let application = get(store, id)
-        .await?
-        .ok_or_else(|| DecisionError::Unknown(id.into()))?;
-    if application.state != "pending" {
-        return Err(DecisionError::Decided(application.state));
-    }
+    let application = pending(store, id).await?;
     let asked = &application.request;
     let narrower = |given: &Option<Vec<String>>, asked: &[String], what: &str| {
         let given = given.clone().unwrap_or_else(|| asked.to_vec());
@@ -294,12 +300,7 @@ pub async fn reject(
     id: &str,
     reason: &str,
 ) -> Result<Application, DecisionError> {
-    let application = get(store, id)
-        .await?
-        .ok_or_else(|| DecisionError::Unknown(id.into()))?;
-    if application.state != "pending" {
-        return Err(DecisionError::Decided(application.state));
-    }
+    pending(store, id).await?;
     let mut tx = store.begin_write().await?;
     sqlx::query("UPDATE applications SET state = 'rejected', decided_by = ?, decided_at = ?, reason = ? WHERE id = ?")
         .bind(actor)
