@@ -234,6 +234,14 @@ async fn pending(store: &Store, id: &str) -> Result<Application, DecisionError> 
     Ok(application)
 }
 
+/// The error for a decision that lost the race to a concurrent one.
+async fn decided_meanwhile(store: &Store, id: &str) -> DecisionError {
+    match pending(store, id).await {
+        Err(error) => error,
+        Ok(_) => DecisionError::Decided("pending".into()),
+    }
+}
+
 /// Approve: the grant is the application narrowed by `approval`, in the
 /// same transaction as the decision and its audit entries.
 pub async fn approve(
@@ -264,13 +272,19 @@ pub async fn approve(
     let at = now();
     let until = at + i64::from(term_days) * DAY;
     let mut tx = store.begin_write().await?;
-    sqlx::query("UPDATE applications SET state = 'approved', decided_by = ?, decided_at = ? WHERE id = ? AND state = 'pending'")
+    let updated = sqlx::query("UPDATE applications SET state = 'approved', decided_by = ?, decided_at = ? WHERE id = ? AND state = 'pending'")
         .bind(actor)
         .bind(at)
         .bind(id)
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+    if updated.rows_affected() == 0 {
+        // Another decision committed since `pending` read it; nothing of
+        // this one is written (the transaction rolls back on drop).
+        drop(tx);
+        return Err(decided_meanwhile(store, id).await);
+    }
     crate::accounts::grant_scoped(
         &mut tx,
         actor,
@@ -302,7 +316,7 @@ pub async fn reject(
 ) -> Result<Application, DecisionError> {
     pending(store, id).await?;
     let mut tx = store.begin_write().await?;
-    sqlx::query("UPDATE applications SET state = 'rejected', decided_by = ?, decided_at = ?, reason = ? WHERE id = ?")
+    let updated = sqlx::query("UPDATE applications SET state = 'rejected', decided_by = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'")
         .bind(actor)
         .bind(now())
         .bind(reason)
@@ -310,6 +324,10 @@ pub async fn reject(
         .execute(&mut *tx)
         .await
         .map_err(StoreError::from)?;
+    if updated.rows_affected() == 0 {
+        drop(tx);
+        return Err(decided_meanwhile(store, id).await);
+    }
     audit::append(
         &mut tx,
         actor,

@@ -239,3 +239,26 @@ async fn rejections_carry_a_reason_and_bad_applications_are_refused() {
     assert!(other.applications().await.unwrap().is_empty());
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_on_one_application_leave_exactly_one() {
+    let mut server = TestServer::start().await;
+    let analyst = server.client(Role::Analyst, "lab-race").await;
+    let second_admin = server.client(Role::Admin, "platform").await;
+    for round in 0..5 {
+        let request = application(&analyst, &["district"], &["aggregate"]).await;
+        let applied = analyst.apply(&request).await.unwrap();
+        let approval = Approval::default();
+        let (approved, rejected) = tokio::join!(
+            server.admin.approve_application(&applied.id, &approval),
+            second_admin.reject_application(&applied.id, "no"),
+        );
+        assert!(
+            approved.is_ok() != rejected.is_ok(),
+            "round {round}: exactly one decision wins: {approved:?} / {rejected:?}"
+        );
+        let loser = approved.err().or(rejected.err()).unwrap();
+        assert_eq!(loser.code(), Some("already-decided"), "round {round}");
+    }
+    server.stop().await.unwrap();
+}
