@@ -201,17 +201,26 @@ impl Service {
 
     /// Validate, compile and record a module for `tenant`. Compilation runs
     /// on a blocking thread.
+    /// `Sandbox::load_module` on a blocking thread: validation and
+    /// compilation take seconds for a large component.
+    async fn load_blocking(
+        &self,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedModule>, crate::sandbox::ModuleLoad), IntakeError> {
+        let sandbox = Arc::clone(&self.sandbox);
+        tokio::task::spawn_blocking(move || sandbox.load_module(&bytes))
+            .await
+            .map_err(|_| IntakeError::Store(std::io::Error::other("loading a module panicked")))?
+    }
+
     pub async fn upload_module(
         &self,
         submitter: &Submitter,
         bytes: Vec<u8>,
         name: Option<String>,
     ) -> Result<modules::ModuleInfo, ServiceError> {
-        let sandbox = Arc::clone(&self.sandbox);
         let size = bytes.len();
-        let (module, _) = tokio::task::spawn_blocking(move || sandbox.load_module(&bytes))
-            .await
-            .map_err(|_| ServiceError::Module(IntakeError::InvalidComponent))??;
+        let (module, _) = self.load_blocking(bytes).await?;
         let info = modules::info(&module.hash, module.world.name(), size, name);
         modules::record(&self.store, &submitter.actor, &submitter.tenant, &info).await?;
         Ok(modules::get(&self.store, &submitter.tenant, &module.hash)
@@ -1136,7 +1145,7 @@ impl Service {
             role: Role::Admin,
             actor: principal.into(),
         };
-        match self.sandbox.load_module(module) {
+        match self.load_blocking(module.to_vec()).await {
             Ok((loaded, _)) => {
                 let job = self
                     .commit(&submitter, loaded, &versions, params.into())
