@@ -208,21 +208,32 @@ async fn quotas_count_guest_failures_but_not_host_failures() {
             .code(),
         Some("quota-exhausted")
     );
-    // A submission the host never ran (cancelled while the looping probe
-    // holds the queue) does not count.
-    let looping = team.submit_model("loop", &probe).await.unwrap();
-    let cancelled = team.submit_model("loop", &probe).await.unwrap_err();
+    // A submission the host did not finish (cancelled while the looping
+    // probe runs) does not count. Its contest gives the loop fuel and time
+    // to outlast the cancel, so the test does not race the fuel limit.
+    server
+        .admin
+        .create_contest(spec(
+            "hold",
+            3600,
+            "daily_limit = 1\nfeatures = [\"founded_year\", \"employees\"]\n\
+             fuel = 1000000000000\ntimeout_seconds = 120\n",
+        ))
+        .await
+        .unwrap();
+    let looping = team.submit_model("hold", &probe).await.unwrap();
+    let cancelled = team.submit_model("hold", &probe).await.unwrap_err();
     assert_eq!(
         cancelled.code(),
         Some("quota-exhausted"),
-        "the loop already counted once"
+        "the running loop counts until it is settled"
     );
     team.cancel_job(&looping.id).await.unwrap();
     team.wait_job(&looping.id, Duration::from_secs(60))
         .await
         .unwrap();
     let after = team
-        .submissions("loop")
+        .submissions("hold")
         .await
         .unwrap()
         .into_iter()
@@ -230,8 +241,12 @@ async fn quotas_count_guest_failures_but_not_host_failures() {
         .unwrap();
     assert_eq!(after.state, "interrupted", "{after:?}");
     assert!(!after.counted);
-    // So one more fits.
-    assert!(team.submit_model("loop", &probe).await.is_ok());
+    // So one more fits (cancelled too: it would loop for two minutes).
+    let again = team.submit_model("hold", &probe).await.unwrap();
+    team.cancel_job(&again.id).await.unwrap();
+    team.wait_job(&again.id, Duration::from_secs(60))
+        .await
+        .unwrap();
     server.stop().await.unwrap();
 }
 
