@@ -279,7 +279,7 @@ async fn main() {
     ] {
         let mut protected = DatasetSource::from_file(&file, Classification::Conditional).unwrap();
         protected.name = "payments".into();
-        protected.rules = Some(Arc::new(datasandbox::policy::aggregate::TableRules {
+        protected.rules = Some(Arc::new(datasandbox::release::aggregate::TableRules {
             privacy_unit: "enterprise".into(),
             identifiers: vec!["enterprise".into()],
             join_keys: vec!["enterprise".into()],

@@ -115,7 +115,7 @@ pub struct DatasetSource {
     /// The aggregate-mode rules for a protected dataset whose policy allows
     /// that mode; without them a protected dataset answers no query.
     #[serde(skip)]
-    pub rules: Option<std::sync::Arc<crate::policy::aggregate::TableRules>>,
+    pub rules: Option<std::sync::Arc<crate::release::aggregate::TableRules>>,
     /// The dp-mode rules, for a job in `dp` mode over a dataset whose
     /// policy allows it (then `rules` is `None`).
     #[serde(skip)]

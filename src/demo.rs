@@ -171,11 +171,14 @@ async fn walk_through(
     print_outputs(&output.outputs, out)?;
     if let Some(Output::Table { arrow_ipc, .. }) = output.outputs.first() {
         let (schema, _) = crate::arrow_ipc::decode(arrow_ipc)?;
-        if let Some(report) = schema
+        if let Some(rule) = schema
             .metadata()
-            .get(crate::query::SUPPRESSION_METADATA_KEY)
+            .get(crate::release::aggregate::RELEASE_METADATA_KEY)
         {
-            writeln!(out, "   Chongming is not listed: {report}.")?;
+            writeln!(
+                out,
+                "   Chongming is not listed (fewer than 10 enterprises; a withheld group looks absent); counts carry cell-key perturbation: {rule}"
+            )?;
         }
     }
 

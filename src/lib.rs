@@ -13,7 +13,8 @@
 //! - [`query`]: the SQL gate and DataFusion sessions behind `data.query`.
 //! - [`catalog`]: manifests, dataset versions, quality profiles, synthetic samples.
 //! - [`dataset`]: dataset files (CSV, Parquet, Arrow IPC) and classifications.
-//! - [`policy`]: output policies and the aggregate mode's plan checks.
+//! - [`policy`]: output policy files, checked with `file:line` errors.
+//! - [`release`]: the release gate: the positive grammar over protected rows, the `aggregate` mode (thresholds, dominance, cell-key perturbation), the query ledger, the fail-closed check.
 //! - [`dp`]: differential privacy: DP SQL, OpenDP noise, privacy budgets.
 //! - [`review`]: held outputs, two-person blind review, automated pre-checks.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
@@ -42,6 +43,7 @@ pub mod guest_build;
 pub mod policy;
 pub mod query;
 pub mod receipt;
+pub mod release;
 pub mod review;
 pub mod sample_data;
 pub mod sandbox;

@@ -850,6 +850,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
                 version.format,
                 &policies,
                 false,
+                &datasandbox::release::cell_key::RecordKeys::random(),
             );
             table.format = datasandbox::dataset::DataFormat::Csv;
             if let Some(policy) = policies.policy_for(&version.id) {

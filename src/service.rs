@@ -69,6 +69,9 @@ pub enum ServiceError {
     Params { max: usize },
     #[error("scoring: {0}")]
     Scoring(String),
+    /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
+    #[error("query-limit: {0}")]
+    QueryLimit(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -521,17 +524,47 @@ impl Service {
         params: String,
     ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
-        let tables = versions.iter().map(|v| v.job_table(&policies)).collect();
-        self.commit_with(
-            submitter,
-            module,
-            versions,
-            params,
-            Mode::Aggregate,
-            tables,
-            None,
-        )
-        .await
+        let tables: Vec<_> = versions.iter().map(|v| v.job_table(&policies)).collect();
+        // The ledger of every protected dataset the job may query; a job
+        // that could not run a single query is refused up front.
+        let mut limits = std::collections::HashMap::new();
+        for (table, version) in tables.iter().zip(versions) {
+            if table.rules.is_none() {
+                continue;
+            }
+            let policy_limits = policies
+                .policy_for(&version.id)
+                .map(|p| p.ledger)
+                .unwrap_or_default();
+            crate::release::ledger::has_room(
+                &self.store,
+                &table.name,
+                &submitter.tenant,
+                policy_limits,
+            )
+            .await?
+            .map_err(ServiceError::QueryLimit)?;
+            limits.insert(table.name.clone(), policy_limits);
+        }
+        let job_id = jobs::new_job_id();
+        let mut job = self
+            .commit_with(
+                submitter,
+                module,
+                versions,
+                params,
+                Mode::Aggregate,
+                tables,
+                Some(job_id.clone()),
+            )
+            .await?;
+        job.env.ledger = Some(std::sync::Arc::new(crate::release::ledger::QueryLedger {
+            store: self.store.clone(),
+            tenant: submitter.tenant.clone(),
+            job_id,
+            limits,
+        }));
+        Ok(job)
     }
 
     /// Commit a `dp` job: every protected dataset's policy must allow `dp`
@@ -753,9 +786,17 @@ impl Service {
             PrivacyCost {
                 epsilon: cost.epsilon,
                 delta: cost.delta,
+                perturbed: false,
             }
         } else {
-            PrivacyCost::default()
+            PrivacyCost {
+                perturbed: job
+                    .env
+                    .datasets
+                    .iter()
+                    .any(|d| d.rules.as_ref().is_some_and(|r| r.perturbation.is_some())),
+                ..PrivacyCost::default()
+            }
         };
         if let Some((author, threshold, rule)) = &job.review
             && execution.category.is_ok()
@@ -903,6 +944,14 @@ impl Service {
             Outcome::Pending => "held",
             Outcome::Release { outputs, key_ids } => {
                 let cost = crate::dp::budget::job_cost(&self.store, job_id).await?;
+                let record = jobs::get(&self.store, job_id).await?;
+                let policies = self.policies.current();
+                let perturbed = record.mode == "aggregate"
+                    && record.datasets.iter().any(|d| {
+                        policies
+                            .policy_for(&d.id)
+                            .is_some_and(|p| p.perturbation.is_some())
+                    });
                 let receipt = jobs::release_held(
                     &self.store,
                     job_id,
@@ -910,6 +959,7 @@ impl Service {
                     PrivacyCost {
                         epsilon: cost.epsilon,
                         delta: cost.delta,
+                        perturbed,
                     },
                     key_ids,
                     &self.keys.signer()?,

@@ -252,8 +252,14 @@ async fn synthetic_samples_contain_no_real_row_and_no_real_identifier() {
     let path = dir.path().join("enterprises.csv");
     std::fs::write(&path, &sample).unwrap();
     let policies = PolicySet::load(&repo().join("policies"), None).unwrap();
-    let table =
-        datasandbox::catalog::job_table(&version.manifest, &path, version.format, &policies, false);
+    let table = datasandbox::catalog::job_table(
+        &version.manifest,
+        &path,
+        version.format,
+        &policies,
+        false,
+        &version.record_keys,
+    );
     let execution = query_through_guest(
         "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district",
         vec![table],

@@ -291,6 +291,7 @@ async fn the_dominance_check_flags_a_cell_one_unit_owns() {
         datasandbox::dataset::DataFormat::Csv,
         &PolicySet::load(&dir.path().join("policies"), None).unwrap(),
         true,
+        &datasandbox::release::cell_key::RecordKeys::random(),
     );
     let session = QuerySession::open(&[table], &Default::default())
         .await

@@ -26,8 +26,9 @@ pub use manifest::{ColumnSpec, ColumnType, Manifest, ManifestError};
 pub use profile::Profile;
 
 use crate::dataset::{Classification, DataFormat, DatasetSource};
-use crate::policy::aggregate::TableRules;
 use crate::policy::{Mode, PolicySet};
+use crate::release::aggregate::TableRules;
+use crate::release::cell_key::RecordKeys;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
@@ -67,12 +68,13 @@ pub struct DatasetVersion {
     pub path: PathBuf,
     pub manifest: Manifest,
     pub profile: Profile,
+    /// The catalog's record keys for cell-key perturbation (never stored
+    /// with the version record, never shown).
+    #[serde(skip, default = "RecordKeys::random")]
+    pub record_keys: RecordKeys,
 }
 
 impl DatasetVersion {
-    /// This version as a table of a job, with its declared schema,
-    /// dictionary and (for protected data whose policy allows the mode)
-    /// its aggregate-mode rules.
     /// This version as a table of a `dp`-mode job.
     pub fn dp_job_table(&self, policies: &PolicySet) -> DatasetSource {
         dp_job_table(
@@ -84,6 +86,9 @@ impl DatasetVersion {
         )
     }
 
+    /// This version as a table of a job, with its declared schema,
+    /// dictionary and (for protected data whose policy allows the mode)
+    /// its aggregate-mode rules.
     pub fn job_table(&self, policies: &PolicySet) -> DatasetSource {
         let unit_is_unique = self.profile.rows == self.profile.privacy_units;
         job_table(
@@ -92,6 +97,7 @@ impl DatasetVersion {
             self.format,
             policies,
             unit_is_unique,
+            &self.record_keys,
         )
     }
 }
@@ -107,6 +113,7 @@ pub fn job_table(
     format: DataFormat,
     policies: &PolicySet,
     unit_is_unique: bool,
+    record_keys: &RecordKeys,
 ) -> DatasetSource {
     let rules = policies
         .policy_for(&manifest.id)
@@ -120,6 +127,9 @@ pub fn job_table(
                 aggregates: policy.aggregates.clone(),
                 rounding: policy.rounding,
                 unit_is_unique,
+                perturbation: policy.perturbation.clone(),
+                dominance: policy.dominance,
+                record_keys: record_keys.clone(),
             })
         });
     DatasetSource {
@@ -150,7 +160,14 @@ pub fn dp_job_table(
     policies: &PolicySet,
     unit_is_unique: bool,
 ) -> DatasetSource {
-    let mut table = job_table(manifest, path, format, policies, unit_is_unique);
+    let mut table = job_table(
+        manifest,
+        path,
+        format,
+        policies,
+        unit_is_unique,
+        &RecordKeys::random(),
+    );
     table.rules = None;
     table.dp = policies
         .policy_for(&manifest.id)
@@ -164,13 +181,20 @@ pub fn dp_job_table(
 #[derive(Debug, Clone)]
 pub struct Catalog {
     dir: PathBuf,
+    /// Record keys of every privacy unit, one secret for the catalog: the
+    /// same unit has the same key in every dataset and version, so no
+    /// combination of tables gives a query a fresh perturbation.
+    record_keys: RecordKeys,
 }
 
 impl Catalog {
     pub fn open(dir: &Path) -> Result<Self, CatalogError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let secret = dir.join("record-keys.secret");
+        let record_keys = RecordKeys::load_or_create(&secret).map_err(io(&secret))?;
         Ok(Catalog {
             dir: dir.to_path_buf(),
+            record_keys,
         })
     }
 
@@ -202,7 +226,14 @@ impl Catalog {
         write_atomically(&manifest_copy, manifest_text.as_bytes())?;
         let mut manifest = manifest;
         manifest.source = manifest_copy;
-        let table = job_table(&manifest, &stored, format, &PolicySet::default(), false);
+        let table = job_table(
+            &manifest,
+            &stored,
+            format,
+            &PolicySet::default(),
+            false,
+            &self.record_keys,
+        );
         let profile = profile::profile(&manifest, &table).await?;
         let profile_path = versions.join(format!("{hash}.profile.json"));
         write_atomically(
@@ -220,6 +251,7 @@ impl Catalog {
             path: stored,
             manifest,
             profile,
+            record_keys: self.record_keys.clone(),
         })
     }
 
@@ -295,6 +327,7 @@ impl Catalog {
             path,
             manifest,
             profile,
+            record_keys: self.record_keys.clone(),
         })
     }
 }

@@ -50,8 +50,8 @@ use serde::Serialize;
 use super::budget::{self, ChargeError, Cost};
 use super::noise::{self, ci95};
 use super::{DpSession, DpTable};
-use crate::policy::aggregate::{positional_schema, strip_casts, unalias, vetted_scan};
 use crate::query::QueryError;
+use crate::release::{positional_schema, strip_casts, unalias, vetted_scan};
 
 /// Most group keys a query with published categories may release.
 const MAX_PUBLIC_KEYS: usize = 10_000;
@@ -188,12 +188,10 @@ pub async fn answer(
         })
         .map_err(failed)?
         .data;
-    if reads_dp(&rewritten, session) {
-        return Err(reject(
-            "dp-shape",
-            "the DP table may be read only inside the one aggregation",
-        ));
-    }
+    // The fail-closed check every mode shares: no DP table left outside
+    // the one noisy aggregation.
+    crate::release::no_protected_scan_left(&rewritten, |t| session.tables.contains_key(t))
+        .map_err(|r| QueryError::Rejected(r.to_string()))?;
     let report = serde_json::to_string(&report).expect("report serialises");
     Ok((rewritten, report))
 }
@@ -225,17 +223,16 @@ fn shape(aggregate: &Aggregate, session: &DpSession) -> Result<Shape, QueryError
                 {
                     Some(reject("dp-shape", "no subqueries in WHERE"))
                 } else {
-                    filter
-                        .predicate
-                        .column_refs()
-                        .into_iter()
-                        .find(|c| table.identifiers.contains(&c.name))
-                        .map(|c| {
-                            reject(
-                                "identifier-used",
-                                format!("{} cannot be filtered on in dp mode", c.name),
-                            )
-                        })
+                    // The release gate's total-expression rule: a WHERE
+                    // that could fail on one row would read it after the
+                    // charge, outside the noise.
+                    crate::release::grammar::total_with(
+                        &filter.predicate,
+                        filter.input.schema(),
+                        &|c| Ok(table.identifiers.contains(&c.name)),
+                    )
+                    .err()
+                    .map(|r| QueryError::Rejected(r.to_string()))
                 }
             }
             LogicalPlan::Projection(projection)

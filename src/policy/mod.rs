@@ -7,10 +7,8 @@
 //! `Arc<Policy>` it started with. Every policy carries the SHA-256 of its
 //! file, which goes with every job's result.
 //!
-//! `aggregate` enforces the `aggregate` release mode on DataFusion plans.
-//! This module does no query work itself.
-
-pub mod aggregate;
+//! The release modes themselves live in `crate::release`; this module only
+//! reads and checks the files and does no query work.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -40,9 +38,6 @@ pub enum AggregateFn {
     CountDistinct,
     Sum,
     Avg,
-    Min,
-    Max,
-    Median,
 }
 
 impl AggregateFn {
@@ -52,9 +47,6 @@ impl AggregateFn {
             AggregateFn::CountDistinct => "count-distinct",
             AggregateFn::Sum => "sum",
             AggregateFn::Avg => "avg",
-            AggregateFn::Min => "min",
-            AggregateFn::Max => "max",
-            AggregateFn::Median => "median",
         }
     }
 }
@@ -68,6 +60,42 @@ pub enum Rounding {
     /// Counts and sums to the nearest 5; counts of 7 or less are withheld.
     #[serde(rename = "nearest-5")]
     Nearest5,
+}
+
+/// How aggregate mode protects released counts and sums against
+/// differencing across queries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Perturbation {
+    /// Cell-key perturbation (`crate::release::cell_key`).
+    #[default]
+    CellKey,
+    /// Exact values (thresholds and dominance only).
+    None,
+}
+
+/// The `[cell_key]` section as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CellKeySection {
+    count_weights: Option<Vec<u32>>,
+    magnitude: Option<f64>,
+    top_contributors: Option<usize>,
+}
+
+/// The `[ledger]` section: aggregate-mode queries a dataset answers, across
+/// jobs. Unset limits do not apply.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LedgerLimits {
+    /// Per tenant and UTC day.
+    pub tenant_queries_per_day: Option<u32>,
+    /// Per tenant, ever.
+    pub tenant_queries_total: Option<u32>,
+    /// All tenants together, per UTC day.
+    pub dataset_queries_per_day: Option<u32>,
+    /// All tenants together, ever.
+    pub dataset_queries_total: Option<u32>,
 }
 
 /// Whether released outputs wait for a human.
@@ -118,6 +146,13 @@ struct PolicyFile {
     /// values together), or any model coefficients (`coef*` values).
     review_cells_over: Option<u64>,
     dp: Option<Spanned<DpSection>>,
+    #[serde(default)]
+    perturbation: Perturbation,
+    cell_key: Option<Spanned<CellKeySection>>,
+    /// `[one, two]`: SUM/AVG cells where one unit holds more than `one` of
+    /// the absolute total, or two more than `two`, are withheld.
+    dominance: Option<Spanned<[f64; 2]>>,
+    ledger: Option<LedgerLimits>,
     /// The data-use agreement applicants accept (a file next to the
     /// policies, e.g. `agreements/enterprises.md`).
     agreement: Option<Spanned<String>>,
@@ -289,6 +324,10 @@ pub struct Policy {
     pub review_cells_over: Option<u64>,
     /// Required when `modes` has `dp`.
     pub dp: Option<DpRules>,
+    /// Cell-key perturbation of aggregate results, or `None` for exact ones.
+    pub perturbation: Option<crate::release::cell_key::CellKeyParams>,
+    pub dominance: crate::release::aggregate::Dominance,
+    pub ledger: LedgerLimits,
     pub agreement: Option<Agreement>,
     /// Hex SHA-256 of the file's bytes.
     pub hash: String,
@@ -507,6 +546,50 @@ fn parse_policy(
                 .into(),
         ));
     }
+    let perturbation = match parsed.perturbation {
+        Perturbation::None => {
+            if let Some(section) = &parsed.cell_key {
+                problems.push(diagnostic(
+                    at(section.span()),
+                    "`[cell_key]` needs `perturbation = \"cell-key\"`".into(),
+                ));
+            }
+            None
+        }
+        Perturbation::CellKey => {
+            let mut params = crate::release::cell_key::CellKeyParams::default();
+            let mut line = 1;
+            if let Some(section) = &parsed.cell_key {
+                line = at(section.span());
+                let section = section.get_ref();
+                if let Some(weights) = &section.count_weights {
+                    params.count_weights = weights.clone();
+                }
+                if let Some(magnitude) = section.magnitude {
+                    params.magnitude = magnitude;
+                }
+                if let Some(top) = section.top_contributors {
+                    params.top_contributors = top;
+                }
+            }
+            if let Err(message) = params.check(min_group_size) {
+                problems.push(diagnostic(line, format!("cell_key: {message}")));
+            }
+            Some(params)
+        }
+    };
+    let mut dominance = crate::release::aggregate::Dominance::default();
+    if let Some(shares) = &parsed.dominance {
+        let [one, two] = *shares.get_ref();
+        if !(0.0 < one && one <= 1.0 && one <= two && two <= 1.0) {
+            problems.push(diagnostic(
+                at(shares.span()),
+                "`dominance = [one, two]` needs 0 < one <= two <= 1 (shares of a cell's total)"
+                    .into(),
+            ));
+        }
+        dominance = crate::release::aggregate::Dominance { one, two };
+    }
     let agreement = match (&parsed.agreement, &parsed.agreement_version) {
         (Some(path), Some(version)) => {
             let full = file.parent().unwrap_or(Path::new(".")).join(path.get_ref());
@@ -565,6 +648,9 @@ fn parse_policy(
         review: parsed.review,
         review_cells_over: parsed.review_cells_over,
         dp,
+        perturbation,
+        dominance,
+        ledger: parsed.ledger.unwrap_or_default(),
         agreement,
         hash: hex::encode(Sha256::digest(text.as_bytes())),
         source: file.to_path_buf(),

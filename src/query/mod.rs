@@ -30,11 +30,8 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 use crate::dataset::{Classification, ColumnRole, DataFormat, DatasetSource};
-use crate::policy::aggregate::{self, EnforceError, RulesByTable};
-
-/// Schema metadata key under which a protected query's result tells the
-/// guest what was withheld (see `policy::aggregate::SuppressionReport`).
-pub const SUPPRESSION_METADATA_KEY: &str = "datasandbox.suppression";
+use crate::release::aggregate::{self, EnforceError, RELEASE_METADATA_KEY, RulesByTable};
+use crate::release::ledger::{LedgerError, QueryLedger};
 
 /// Resources one job's queries may use.
 #[derive(Debug, Clone)]
@@ -110,6 +107,9 @@ pub struct QuerySession {
     rules: RulesByTable,
     /// A `dp`-mode job's context: its tables answer only DP SQL.
     dp: Option<Arc<crate::dp::DpSession>>,
+    /// Where an aggregate-mode job's queries over protected tables are
+    /// recorded across jobs (none for local, in-process runs).
+    ledger: Option<Arc<QueryLedger>>,
     /// Per table with a column-limited grant: the columns it may not name.
     forbidden_columns: HashMap<String, Vec<String>>,
     parser_recursion_limit: usize,
@@ -185,6 +185,7 @@ impl QuerySession {
             classification,
             rules,
             dp: None,
+            ledger: None,
             forbidden_columns,
             parser_recursion_limit: config.parser_recursion_limit,
         })
@@ -193,6 +194,12 @@ impl QuerySession {
     /// Answer the DP session's tables in `dp` mode only.
     pub fn with_dp(mut self, dp: Option<Arc<crate::dp::DpSession>>) -> Self {
         self.dp = dp;
+        self
+    }
+
+    /// Record aggregate-mode queries in `ledger`.
+    pub fn with_ledger(mut self, ledger: Option<Arc<QueryLedger>>) -> Self {
+        self.ledger = ledger;
         self
     }
 
@@ -218,10 +225,27 @@ impl QuerySession {
                 (plan, Some((crate::dp::DP_METADATA_KEY, report)))
             }
             _ if aggregate::reads_protected(&plan, &self.rules) => {
-                match aggregate::enforce(&self.ctx, plan, &self.rules).await {
-                    Ok((plan, report)) => {
-                        (plan, Some((SUPPRESSION_METADATA_KEY, report.describe())))
-                    }
+                let prepared = aggregate::prepare(&plan, &self.rules)
+                    .map_err(|r| QueryError::Rejected(r.to_string()))?;
+                if let Some(ledger) = &self.ledger {
+                    ledger
+                        .record(&prepared.tables())
+                        .await
+                        .map_err(|e| match e {
+                            LedgerError::Exhausted(_) => QueryError::Rejected(e.to_string()),
+                            LedgerError::Store(e) => QueryError::Failed {
+                                detail: e.to_string(),
+                            },
+                        })?;
+                }
+                match aggregate::enforce(&self.ctx, plan, prepared, &self.rules).await {
+                    Ok((plan, rule)) => (
+                        plan,
+                        Some((
+                            RELEASE_METADATA_KEY,
+                            serde_json::to_string(&rule).expect("the rule serialises"),
+                        )),
+                    ),
                     Err(EnforceError::Rejected(rejection)) => {
                         return Err(QueryError::Rejected(rejection.to_string()));
                     }
@@ -231,13 +255,15 @@ impl QuerySession {
             _ => (plan, None),
         };
         let frame = self.ctx.execute_logical_plan(plan).await.map_err(failed)?;
-        let mut schema: SchemaRef = Arc::clone(frame.schema().inner());
+        let mut stream = frame.execute_stream().await.map_err(failed)?;
+        // The physical plan's schema: after released rows replace an
+        // aggregation, nullability can differ from the logical plan's.
+        let mut schema: SchemaRef = stream.schema();
         if let Some((key, report)) = report {
             let mut metadata = schema.metadata().clone();
             metadata.insert(key.to_string(), report);
             schema = Arc::new(schema.as_ref().clone().with_metadata(metadata));
         }
-        let mut stream = frame.execute_stream().await.map_err(failed)?;
         let (mut batches, mut bytes) = (Vec::new(), 0usize);
         while let Some(batch) = stream.next().await {
             let batch = batch.map_err(failed)?;
@@ -299,7 +325,7 @@ impl QuerySession {
         let sums: Vec<datafusion::logical_expr::Expr> = aggregate
             .aggr_expr
             .iter()
-            .filter_map(|e| match aggregate::unalias(e) {
+            .filter_map(|e| match crate::release::unalias(e) {
                 datafusion::logical_expr::Expr::AggregateFunction(f)
                     if f.func.name().eq_ignore_ascii_case("sum") && f.params.args.len() == 1 =>
                 {
@@ -424,6 +450,7 @@ impl QuerySession {
             .verify_plan(&plan)
             .map_err(|_| QueryError::Rejected("only SELECT statements are allowed".into()))?;
         self.check_plan(&plan)?;
+        crate::release::refuse_volatile(&plan).map_err(|r| QueryError::Rejected(r.to_string()))?;
         Ok(plan)
     }
 

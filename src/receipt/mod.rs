@@ -20,11 +20,16 @@ pub struct DatasetRef {
     pub version: String,
 }
 
-/// The privacy budget a release spent (zero in aggregate mode).
+/// The privacy budget a release spent (zero in aggregate mode), and whether
+/// its values carry cell-key perturbation.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct PrivacyCost {
     pub epsilon: f64,
     pub delta: f64,
+    /// Aggregate mode with cell-key perturbation: released counts and sums
+    /// are perturbed (absent from receipts of exact releases).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub perturbed: bool,
 }
 
 /// Everything a receipt asserts.

@@ -30,6 +30,8 @@ pub struct JobEnv {
     pub datasets: Vec<DatasetSource>,
     /// A `dp`-mode job's tables, ε per query and budget ledger.
     pub dp: Option<std::sync::Arc<crate::dp::DpSession>>,
+    /// An aggregate-mode job's query ledger across jobs.
+    pub ledger: Option<std::sync::Arc<crate::release::ledger::QueryLedger>>,
 }
 
 impl JobEnv {
@@ -45,6 +47,7 @@ impl JobEnv {
             limits: Limits::default(),
             datasets: Vec::new(),
             dp: None,
+            ledger: None,
         }
     }
 }

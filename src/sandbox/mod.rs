@@ -253,7 +253,11 @@ impl Sandbox {
         env.limits.memory_bytes = env.limits.memory_bytes.min(self.config.max_memory_bytes);
         let session = if module.world == World::Analysis {
             match QuerySession::open(&env.datasets, &self.config.query).await {
-                Ok(session) => Some(Arc::new(session.with_dp(env.dp.clone()))),
+                Ok(session) => Some(Arc::new(
+                    session
+                        .with_dp(env.dp.clone())
+                        .with_ledger(env.ledger.clone()),
+                )),
                 Err(error) => {
                     tracing::error!(job = %env.job_id, %error, "cannot open the job's datasets");
                     return Execution::refused(&env.job_id, Category::Internal);

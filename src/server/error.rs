@@ -278,6 +278,7 @@ impl From<ServiceError> for ApiError {
                     .collect::<Vec<_>>()
                     .join("\n"),
             ),
+            ServiceError::QueryLimit(message) => ApiError::too_many("query-limit", message, 3600),
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::UnsupportedMode(_)
             | ServiceError::Dp(_)

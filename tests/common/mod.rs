@@ -183,9 +183,16 @@ pub fn protected_samples() -> Vec<DatasetSource> {
                 // One row per enterprise in the register, eight in the tax
                 // records: both ways of counting units are exercised.
                 *id == "enterprises",
+                record_keys(),
             )
         })
         .collect()
+}
+
+/// One catalog secret per test binary, as one data directory has.
+pub fn record_keys() -> &'static datasandbox::release::cell_key::RecordKeys {
+    static KEYS: OnceLock<datasandbox::release::cell_key::RecordKeys> = OnceLock::new();
+    KEYS.get_or_init(datasandbox::release::cell_key::RecordKeys::random)
 }
 
 /// Native DataFusion with the declared types, no policy: the reference.
