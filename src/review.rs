@@ -213,7 +213,7 @@ pub struct HeldOutput {
     #[schema(value_type = Object)]
     pub outputs: serde_json::Value,
     /// Module, datasets, policy, the SQL the guest ran with each query's
-    /// outcome, suppression and noise reports, privacy cost, pre-checks.
+    /// outcome, release rules and noise reports, privacy cost, pre-checks.
     #[schema(value_type = Object)]
     pub context: serde_json::Value,
     /// Decisions: the viewer's own while the review is open; all once it

@@ -17,6 +17,10 @@ enum Expect {
     Equals(&'static str),
     /// Runs and releases nothing (every group was too small).
     Nothing,
+    /// Runs: the shape is harmless under the positive grammar (windows, set
+    /// operations and subqueries above vetted aggregations see released
+    /// rows only; a derived table may drop the unit, the host carries it).
+    Released,
 }
 
 async fn run(sql: &str) -> Execution {
@@ -65,7 +69,29 @@ async fn expect(sql: &str, expected: Expect) {
                 !want.is_empty(),
                 "{sql}: the reference must release something"
             );
-            assert_eq!(got, want, "{sql}");
+            // Sums of floats are added in another order by the vetting:
+            // equal to the last few ulps.
+            let close = |a: &String, b: &String| match (a.parse::<f64>(), b.parse::<f64>()) {
+                (Ok(x), Ok(y)) => (x - y).abs() <= 1e-9 * y.abs().max(1.0),
+                _ => a == b,
+            };
+            assert!(
+                got.len() == want.len()
+                    && got
+                        .iter()
+                        .zip(&want)
+                        .all(|(g, w)| g.len() == w.len()
+                            && g.iter().zip(w).all(|(a, b)| close(a, b))),
+                "{sql}: {got:?} vs {want:?}"
+            );
+        }
+        Expect::Released => {
+            assert_eq!(
+                execution.category,
+                Category::Ok,
+                "{sql}: {:?}",
+                execution.diagnostics
+            );
         }
         Expect::Nothing => {
             assert_eq!(
@@ -124,19 +150,19 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT LENGTH(name) AS l, COUNT(*) FROM enterprises GROUP BY LENGTH(name)",
-            Refused("identifier-used"),
+            Refused("expression-not-total"),
         ),
         (
             "SELECT SUBSTR(enterprise_id, 1, 8) AS p, COUNT(*) FROM enterprises GROUP BY SUBSTR(enterprise_id, 1, 8)",
-            Refused("identifier-used"),
+            Refused("expression-not-total"),
         ),
         (
             "SELECT COUNT(DISTINCT name) FROM enterprises",
-            Refused("identifier-used"),
+            Refused("aggregate-argument"),
         ),
         (
             "SELECT district, COUNT(*) FROM enterprises GROUP BY district ORDER BY MIN(enterprise_id)",
-            Refused("identifier-used"),
+            Refused("aggregate-not-allowed"),
         ),
         (
             "WITH x AS (SELECT enterprise_id AS k, district FROM enterprises) SELECT district, COUNT(*) FROM x WHERE k = '913100000001000000' GROUP BY district",
@@ -178,7 +204,7 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT FIRST_VALUE(employees ORDER BY employees) FROM enterprises",
-            Refused("aggregate-not-allowed"),
+            Refused("aggregate-argument"),
         ),
         (
             "SELECT SUM(CASE WHEN employees = 828 THEN registered_capital ELSE 0 END) FROM enterprises",
@@ -211,19 +237,19 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT district, COUNT(*) OVER (PARTITION BY district) FROM enterprises",
-            Refused("window-function"),
+            Refused("row-level-output"),
         ),
         (
             "SELECT district, RANK() OVER (ORDER BY COUNT(*)) FROM enterprises GROUP BY district",
-            Refused("window-function"),
+            Released,
         ),
         (
             "SELECT district, COUNT(*) FROM enterprises GROUP BY district UNION ALL SELECT district, COUNT(*) FROM enterprises WHERE industry = 'aquaculture' GROUP BY district",
-            Refused("set-operation"),
+            Released,
         ),
         (
             "SELECT DISTINCT district FROM enterprises",
-            Refused("distinct-rows"),
+            Refused("row-level-output"),
         ),
         (
             "SELECT COUNT(*) FROM enterprises WHERE employees = (SELECT MAX(employees) FROM enterprises)",
@@ -239,7 +265,7 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT district, (SELECT COUNT(*) FROM tax_records) AS n FROM enterprises GROUP BY district",
-            Refused("subquery-expression"),
+            Released,
         ),
         // Joins other than on declared keys.
         (
@@ -248,7 +274,7 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT COUNT(*) FROM enterprises e, tax_records t WHERE e.enterprise_id = t.enterprise_id",
-            Refused("identifier-used"),
+            Refused("join-not-on-declared-keys"),
         ),
         (
             "SELECT COUNT(*) FROM enterprises e CROSS JOIN tax_records t",
@@ -256,12 +282,12 @@ async fn attempts_to_get_rows_or_small_groups_out_fail() {
         ),
         (
             "SELECT COUNT(*) FROM enterprises e JOIN tax_records t ON e.enterprise_id = t.enterprise_id AND e.name = 'Firm 0001 Co. Ltd.'",
-            Refused("join-not-on-declared-keys"),
+            Refused("identifier-used"),
         ),
         // Derived tables that drop the privacy unit cannot be counted.
         (
             "SELECT district, COUNT(*) FROM (SELECT district FROM enterprises) s GROUP BY district",
-            Refused("privacy-unit-missing"),
+            Released,
         ),
         // EXPLAIN shows statistics.
         (

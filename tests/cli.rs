@@ -153,7 +153,7 @@ fn demo_runs_the_loop_end_to_end() {
         "secret-error  -> guest-error",
         "file read denied, socket denied, env vars 0",
         "loaded from Artifact cache",
-        "Chongming is not listed: groups with fewer than 10 privacy units are omitted",
+        "Chongming is not listed (fewer than 10 enterprises; a withheld group looks absent); counts carry cell-key perturbation",
         "A row-level query is refused before it runs: rejected (policy-rejected: row-level-output",
         "tax_records was not granted to fudan-lab: not-found",
         "another tenant asking for that output: not-found",

@@ -713,7 +713,7 @@ async fn fuzzed_queries_never_release_rows_small_groups_or_the_canary() {
     let statements: usize = std::env::var("DSB_FUZZ_STATEMENTS")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(4_000);
+        .unwrap_or(3_000);
     let mut rng = StdRng::seed_from_u64(
         std::env::var("DSB_FUZZ_SEED")
             .ok()
@@ -772,4 +772,138 @@ async fn the_same_aggregation_twice_in_one_statement_is_released_twice() {
     };
     assert_eq!(released.len(), 2);
     assert_eq!(released[0], released[1]);
+}
+
+/// Copy the shipped policies to `dir`, with the enterprise register's
+/// `[ledger]` replaced by `ledger`.
+fn policies_with_ledger(dir: &Path, ledger: &str) -> std::path::PathBuf {
+    let target = dir.join("policies");
+    std::fs::create_dir_all(target.join("agreements")).unwrap();
+    std::fs::create_dir_all(target.join("scoring")).unwrap();
+    for sub in ["", "agreements", "scoring"] {
+        for entry in std::fs::read_dir(repo().join("policies").join(sub)).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_file() {
+                std::fs::copy(&path, target.join(sub).join(path.file_name().unwrap())).unwrap();
+            }
+        }
+    }
+    let register = target.join("enterprises.toml");
+    let text = std::fs::read_to_string(&register).unwrap();
+    let start = text.find("[ledger]").unwrap();
+    let end = start + text[start..].find("\n\n").unwrap();
+    std::fs::write(
+        &register,
+        format!("{}[ledger]\n{ledger}{}", &text[..start], &text[end..]),
+    )
+    .unwrap();
+    target
+}
+
+#[tokio::test]
+async fn the_ledger_refuses_queries_past_its_limits_across_jobs() {
+    use datasandbox::release::ledger::QueryLedger;
+    let dir = tempfile::tempdir().unwrap();
+    let store = datasandbox::store::Store::open(&dir.path().join("store.db"))
+        .await
+        .unwrap();
+    let limits = PolicySet::load(
+        &policies_with_ledger(dir.path(), "tenant_queries_total = 2\n"),
+        None,
+    )
+    .unwrap()
+    .policy_for("enterprises")
+    .unwrap()
+    .ledger;
+    assert_eq!(limits.tenant_queries_total, Some(2));
+    let session = |tenant: &str, job: &str| {
+        let ledger = QueryLedger {
+            store: store.clone(),
+            tenant: tenant.into(),
+            job_id: job.into(),
+            limits: [("enterprises".to_string(), limits)].into_iter().collect(),
+        };
+        let tables = protected_samples();
+        async move {
+            QuerySession::open(&tables, &Default::default())
+                .await
+                .unwrap()
+                .with_ledger(Some(std::sync::Arc::new(ledger)))
+        }
+    };
+    let sql = "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district";
+    // Two queries in two jobs pass; the third is refused, in a third job.
+    for job in ["job-1", "job-2"] {
+        session("analyst", job)
+            .await
+            .run(sql, 1 << 20)
+            .await
+            .unwrap();
+    }
+    match session("analyst", "job-3").await.run(sql, 1 << 20).await {
+        Err(QueryError::Rejected(reason)) => {
+            assert!(reason.starts_with("query-limit: enterprises"), "{reason}")
+        }
+        other => panic!("expected a query-limit refusal, got {other:?}"),
+    }
+    // Open data and other tenants are not held back by this tenant's count.
+    session("another-analyst", "job-4")
+        .await
+        .run(sql, 1 << 20)
+        .await
+        .unwrap();
+    // The refusal is in the audit chain.
+    let entries = datasandbox::store::audit::entries(&store).await.unwrap();
+    let refused: Vec<_> = entries
+        .iter()
+        .filter(|e| e.action == "ledger.refused")
+        .collect();
+    assert_eq!(refused.len(), 1);
+    assert_eq!(refused[0].subject, "job-3");
+    assert_eq!(refused[0].actor, "analyst");
+}
+
+#[tokio::test]
+async fn an_exhausted_ledger_refuses_new_aggregate_jobs_up_front() {
+    let dir = tempfile::tempdir().unwrap();
+    catalog_with_samples(dir.path()).await;
+    let policies = policies_with_ledger(dir.path(), "tenant_queries_per_day = 1\n");
+    let service = datasandbox::service::Service::open(dir.path(), &policies)
+        .await
+        .unwrap();
+    let params = serde_json::json!({
+        "attack": "query",
+        "sql": "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district",
+    })
+    .to_string();
+    let hostile = guest("hostile");
+    let first = service
+        .run_analysis(
+            "analyst",
+            &hostile,
+            &["enterprises".into()],
+            &params,
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(first.execution.category, datasandbox::sandbox::Category::Ok);
+    // The receipt says the release is perturbed.
+    assert!(first.receipt.unwrap().body.privacy_cost.perturbed);
+    match service
+        .run_analysis(
+            "analyst",
+            &hostile,
+            &["enterprises".into()],
+            &params,
+            |_| {},
+        )
+        .await
+    {
+        Err(datasandbox::service::ServiceError::QueryLimit(reason)) => {
+            assert!(reason.contains("queries per tenant and day"), "{reason}")
+        }
+        Err(other) => panic!("expected query-limit, got {other}"),
+        Ok(result) => panic!("expected query-limit, got {:?}", result.execution.category),
+    }
 }

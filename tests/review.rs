@@ -81,7 +81,7 @@ async fn two_blind_approvals_release_with_a_receipt_naming_the_reviewers() {
         "{checks:?}"
     );
     // Reviewers see the context: module, the SQL with its outcome, the
-    // suppression report, the policy.
+    // release rule, the policy.
     let held = reviewer_a.held_output(&job).await.unwrap();
     assert_eq!(held.context["module_sha256"], module.as_str());
     assert!(
@@ -91,7 +91,7 @@ async fn two_blind_approvals_release_with_a_receipt_naming_the_reviewers() {
             .contains("GROUP BY district")
     );
     assert_eq!(held.context["queries"][0]["outcome"], "ok");
-    assert!(held.context["reports"][0]["metadata"]["datasandbox.suppression"].is_string());
+    assert!(held.context["reports"][0]["metadata"]["datasandbox.release"].is_string());
     assert!(held.outputs.is_array());
     assert_eq!(
         reviewer_a.decide(&job, "approve", "").await.unwrap(),

@@ -331,15 +331,42 @@ fn release_rule(combined: &Combined) -> ReleaseRule {
     }
 }
 
-/// Every aggregation whose input reads protected rows is a vetted
-/// aggregation; a protected scan reached otherwise is row-level output.
+/// Whether `plan` reads a protected table other than through an
+/// aggregation (which would be vetted on its own). Subqueries count: a
+/// region with one is refused, which fails closed.
+fn reaches_protected_rows(plan: &LogicalPlan, rules: &RulesByTable) -> bool {
+    match plan {
+        LogicalPlan::TableScan(scan) => rules.contains_key(scan.table_name.table()),
+        LogicalPlan::Aggregate(_) => false,
+        _ => {
+            let mut in_subquery = false;
+            let walked = plan.apply_subqueries(|subquery| {
+                if reads_protected(subquery, rules) {
+                    in_subquery = true;
+                    return Ok(TreeNodeRecursion::Stop);
+                }
+                Ok(TreeNodeRecursion::Continue)
+            });
+            in_subquery
+                || walked.is_err()
+                || plan
+                    .inputs()
+                    .into_iter()
+                    .any(|child| reaches_protected_rows(child, rules))
+        }
+    }
+}
+
+/// Every aggregation whose input reads protected rows directly is a vetted
+/// aggregation (aggregations above it see released rows only); a protected
+/// scan reached otherwise is row-level output.
 fn find_vetted(
     plan: &LogicalPlan,
     rules: &RulesByTable,
     found: &mut Vec<LogicalPlan>,
 ) -> Result<(), Rejection> {
     match plan {
-        LogicalPlan::Aggregate(aggregate) if reads_protected(&aggregate.input, rules) => {
+        LogicalPlan::Aggregate(aggregate) if reaches_protected_rows(&aggregate.input, rules) => {
             if !found.contains(plan) {
                 found.push(plan.clone());
             }
