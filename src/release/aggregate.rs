@@ -521,7 +521,7 @@ fn widened_column(arg: &Expr, region: &Region) -> Result<Option<Column>, Rejecti
                 .expr
                 .get_type(region.plan.schema().as_ref())
                 .map_err(|_| reject("plan", "a type could not be resolved"))?;
-            if grammar::widening(&from, &cast.field.data_type()) {
+            if grammar::widening(&from, cast.field.data_type()) {
                 widened_column(&cast.expr, region)
             } else {
                 Ok(None)

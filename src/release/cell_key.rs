@@ -155,7 +155,7 @@ impl CellKeyParams {
     /// Problems with the parameters, for the policy loader.
     pub fn check(&self, min_group_size: u32) -> Result<(), String> {
         let w = &self.count_weights;
-        if w.len() % 2 == 0 || w.len() > 41 {
+        if w.len().is_multiple_of(2) || w.len() > 41 {
             return Err(
                 "`count_weights` needs an odd number of weights (for −D…D), at most 41".into(),
             );

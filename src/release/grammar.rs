@@ -476,14 +476,14 @@ pub fn total_with(
         }
         Expr::Cast(cast) => {
             if literal(&cast.expr).is_ok() {
-                return fold_cast(&cast.expr, &cast.field.data_type());
+                return fold_cast(&cast.expr, cast.field.data_type());
             }
             recurse(&cast.expr)?;
             let from = cast
                 .expr
                 .get_type(schema)
                 .map_err(|_| reject("plan", "a type could not be resolved"))?;
-            if widening(&from, &cast.field.data_type()) {
+            if widening(&from, cast.field.data_type()) {
                 Ok(())
             } else {
                 Err(not_total(
@@ -554,7 +554,7 @@ fn literal(expr: &Expr) -> Result<(), Rejection> {
         Expr::Literal(..) => Ok(()),
         Expr::Cast(cast) => {
             literal(&cast.expr)?;
-            fold_cast(&cast.expr, &cast.field.data_type())
+            fold_cast(&cast.expr, cast.field.data_type())
         }
         Expr::Negative(inner) => match unalias(inner) {
             Expr::Literal(value, _) => value
@@ -577,7 +577,7 @@ fn fold_cast(expr: &Expr, to: &DataType) -> Result<(), Rejection> {
     let value = match unalias(expr) {
         Expr::Literal(value, _) => value.clone(),
         Expr::Cast(inner) => {
-            fold_cast(&inner.expr, &inner.field.data_type())?;
+            fold_cast(&inner.expr, inner.field.data_type())?;
             return Ok(());
         }
         Expr::Negative(inner) => match unalias(inner) {

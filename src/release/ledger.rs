@@ -82,6 +82,8 @@ impl QueryLedger {
     }
 }
 
+type Check<'a> = (Option<u32>, &'static str, Option<&'a str>, Option<i64>);
+
 /// Whether any of `limits` is reached for `tenant` on `dataset`: the limit's
 /// description, for the refusal.
 async fn exhausted(
@@ -91,7 +93,8 @@ async fn exhausted(
     day: i64,
     limits: LedgerLimits,
 ) -> Result<Option<&'static str>, StoreError> {
-    let checks: [(Option<u32>, &'static str, Option<&str>, Option<i64>); 4] = [
+    // (limit, its name, counted for this tenant only?, for this day only?)
+    let checks: [Check<'_>; 4] = [
         (
             limits.tenant_queries_per_day,
             "queries per tenant and day",
