@@ -294,9 +294,33 @@ pub async fn get(
         } else {
             serde_json::Value::Null
         },
-        context: parse("context")?,
+        // The author sees fixed pre-check codes with counts, never the
+        // context reviewers guard (queries, outcomes, metadata, names the
+        // guest wrote): a guest could put its whole output there.
+        context: if viewer.is_some() {
+            parse("context")?
+        } else {
+            author_context(&parse("context")?)
+        },
         state,
         decisions: visible,
+    })
+}
+
+/// What the author of a held output may see of its context: each pre-check
+/// code that fired and how often.
+fn author_context(context: &serde_json::Value) -> serde_json::Value {
+    let mut counts: std::collections::BTreeMap<String, u64> = Default::default();
+    for finding in context["prechecks"].as_array().into_iter().flatten() {
+        if let Some(check) = finding["check"].as_str() {
+            *counts.entry(check.to_string()).or_default() += 1;
+        }
+    }
+    serde_json::json!({
+        "prechecks": counts
+            .into_iter()
+            .map(|(check, count)| serde_json::json!({ "check": check, "count": count }))
+            .collect::<Vec<_>>(),
     })
 }
 

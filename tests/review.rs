@@ -80,6 +80,16 @@ async fn two_blind_approvals_release_with_a_receipt_naming_the_reviewers() {
         checks.contains(&"unrounded-small-count".to_string()),
         "{checks:?}"
     );
+    // Codes and counts only: none of the queries, outcomes, metadata or
+    // output names reviewers see.
+    assert_eq!(
+        mine.context.as_object().unwrap().keys().collect::<Vec<_>>(),
+        vec!["prechecks"]
+    );
+    for finding in mine.context["prechecks"].as_array().unwrap() {
+        assert_eq!(finding.as_object().unwrap().len(), 2, "{finding}");
+        assert!(finding["count"].as_u64().unwrap() >= 1);
+    }
     // Reviewers see the context: module, the SQL with its outcome, the
     // release rule, the policy.
     let held = reviewer_a.held_output(&job).await.unwrap();

@@ -140,19 +140,33 @@ async fn exhausted(
     Ok(None)
 }
 
-/// Whether `tenant` may still ask `dataset` anything today (for admission:
-/// a job that could not run a single query is refused up front).
+/// Whether `tenant` may still ask `dataset` anything (for admission: a job
+/// that could not run a single query is refused up front). A refusal is
+/// audited like one inside a job, with the tenant as subject.
 pub async fn has_room(
     store: &Store,
     dataset: &str,
     tenant: &str,
     limits: LedgerLimits,
 ) -> Result<Result<(), String>, StoreError> {
+    if limits == LedgerLimits::default() {
+        return Ok(Ok(()));
+    }
+    // A read first: admission stays cheap while there is room.
     let mut conn = store.pool().acquire().await?;
-    Ok(
-        match exhausted(&mut conn, dataset, tenant, day_of(now()), limits).await? {
-            Some(reason) => Err(format!("{dataset} has answered its {reason}")),
-            None => Ok(()),
-        },
+    let Some(reason) = exhausted(&mut conn, dataset, tenant, day_of(now()), limits).await? else {
+        return Ok(Ok(()));
+    };
+    drop(conn);
+    let mut tx = store.begin_write().await?;
+    audit::append(
+        &mut tx,
+        tenant,
+        "ledger.refused",
+        tenant,
+        serde_json::json!({ "dataset": dataset, "limit": reason, "at": "admission" }),
     )
+    .await?;
+    tx.commit().await?;
+    Ok(Err(format!("{dataset} has answered its {reason}")))
 }

@@ -4,14 +4,12 @@
 //! appear in a release, and a grammar-based query fuzzer over all of it.
 //!
 //! Statements run through the real `QuerySession` (DataFusion, the gate,
-//! the vetting) on real CSV files; `aggregate_release.rs` runs the same
-//! gate through a wasm guest.
-
-mod common;
+//! the vetting) on real CSV files; the parent module runs the same gate
+//! through a wasm guest.
 
 use std::path::Path;
 
-use common::*;
+use crate::common::*;
 use datafusion::arrow::array::RecordBatch;
 use datasandbox::catalog::Manifest;
 use datasandbox::dataset::{DataFormat, DatasetSource};
@@ -877,33 +875,26 @@ async fn an_exhausted_ledger_refuses_new_aggregate_jobs_up_front() {
     })
     .to_string();
     let hostile = guest("hostile");
-    let first = service
-        .run_analysis(
-            "analyst",
-            &hostile,
-            &["enterprises".into()],
-            &params,
-            |_| {},
-        )
-        .await
-        .unwrap();
+    let datasets = ["enterprises".to_string()];
+    let submit = || service.run_analysis("analyst", &hostile, &datasets, &params, |_| {});
+    let first = submit().await.unwrap();
     assert_eq!(first.execution.category, datasandbox::sandbox::Category::Ok);
     // The receipt says the release is perturbed.
     assert!(first.receipt.unwrap().body.privacy_cost.perturbed);
-    match service
-        .run_analysis(
-            "analyst",
-            &hostile,
-            &["enterprises".into()],
-            &params,
-            |_| {},
-        )
-        .await
-    {
+    match submit().await {
         Err(datasandbox::service::ServiceError::QueryLimit(reason)) => {
             assert!(reason.contains("queries per tenant and day"), "{reason}")
         }
         Err(other) => panic!("expected query-limit, got {other}"),
         Ok(result) => panic!("expected query-limit, got {:?}", result.execution.category),
     }
+    let entries = datasandbox::store::audit::entries(&service.store)
+        .await
+        .unwrap();
+    assert!(
+        entries
+            .iter()
+            .any(|e| e.action == "ledger.refused" && e.subject == "analyst"),
+        "the refused admission is audited"
+    );
 }
