@@ -557,6 +557,24 @@ impl Client {
         .await
     }
 
+    /// Approve a scorer module with its params for a policy and an
+    /// institution (admin).
+    pub async fn approve_scorer(
+        &self,
+        approval: &crate::scoring::approvals::NewApproval,
+    ) -> Result<crate::scoring::approvals::Approval, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/scoring/approvals")
+                .json(approval),
+        )
+        .await
+    }
+
+    /// A job's diagnostics (admin).
+    pub async fn job_diagnostics(&self, id: &str) -> Result<serde_json::Value, ClientError> {
+        Self::send(self.request(Method::GET, &format!("/v1/jobs/{id}/diagnostics"))).await
+    }
+
     pub async fn audit_verify(&self) -> Result<AuditVerdict, ClientError> {
         Self::send(self.request(Method::GET, "/v1/audit/verify")).await
     }

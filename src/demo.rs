@@ -523,7 +523,7 @@ async fn contest_step(
         "id = \"overdue-2024\"\ntitle = \"Which enterprises will be overdue on tax in 2024?\"\n\
          dataset = \"tax_overdue\"\nlabel = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
          split = {{ train = 0.6, public = 0.2, private = 0.2 }}\nopens = \"{}\"\ncloses = \"{}\"\n\
-         daily_limit = 5\nrelease = \"ladder\"\nladder_step = 0.005\n",
+         daily_limit = 5\nrelease = \"ladder\"\nstep = 0.005\n",
         at(-60),
         at(30 * 86_400)
     );
@@ -632,6 +632,18 @@ async fn scoring_step(
             Some("credit-risk"),
         )
         .await?;
+    // The administrator reviewed demo-bank's model and approves it, with
+    // its (empty) params, for both policies; no other scorer would run.
+    for policy in ["credit-risk", "credit-grade"] {
+        admin
+            .approve_scorer(&crate::scoring::approvals::NewApproval {
+                policy: policy.into(),
+                institution: "demo-bank".into(),
+                module: scorer.sha256.clone(),
+                params: serde_json::json!({}),
+            })
+            .await?;
+    }
     let batch = bank
         .score(&scorer.sha256, "credit-risk", &ids, serde_json::json!({}))
         .await?;

@@ -290,6 +290,9 @@ enum JobCommand {
     Output { id: String },
     /// Cancel a job (server).
     Cancel { id: String },
+    /// A job's diagnostics: trap, guest error and log, queries, resource
+    /// use (administrators; server, or the local data directory).
+    Diagnostics { id: String },
 }
 
 #[derive(Subcommand)]
@@ -558,6 +561,7 @@ fn run() -> anyhow::Result<()> {
                     JobCommand::Show { id } => remote.show(&id).await,
                     JobCommand::Output { id } => remote.output(&id).await,
                     JobCommand::Cancel { id } => remote.cancel(&id).await,
+                    JobCommand::Diagnostics { id } => remote.diagnostics(&id).await,
                     JobCommand::List => remote.list_jobs().await,
                     JobCommand::Run { .. } | JobCommand::Soak { .. } => unreachable!("matched above"),
                 }
@@ -1208,6 +1212,12 @@ async fn job_command(
         | JobCommand::Show { .. }
         | JobCommand::Output { .. }
         | JobCommand::Cancel { .. } => cli::needs_server("job submit/show/output/cancel")?,
+        JobCommand::Diagnostics { id } => {
+            match datasandbox::store::diagnostics::get(&service.store, &id).await? {
+                Some(diagnostics) => println!("{}", serde_json::to_string_pretty(&diagnostics)?),
+                None => anyhow::bail!("no diagnostics kept for job {id}"),
+            }
+        }
         JobCommand::List => {
             for job in jobs::all(&service.store).await? {
                 println!(

@@ -69,6 +69,9 @@ pub enum ServiceError {
     Params { max: usize },
     #[error("scoring: {0}")]
     Scoring(String),
+    /// The scorer (module and params) is not approved for the policy.
+    #[error("{0}")]
+    NotApproved(String),
     /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
     #[error("query-limit: {0}")]
     QueryLimit(String),
@@ -750,8 +753,8 @@ impl Service {
                 }
             }
             Plan::Contest(plan) => {
-                let outcome = tokio::select! {
-                    outcome = crate::contest::evaluate(
+                let (outcome, mut diagnostics) = tokio::select! {
+                    evaluated = crate::contest::evaluate(
                         &self.sandbox,
                         &job.module,
                         &job.env,
@@ -759,13 +762,13 @@ impl Service {
                         &plan.seed,
                         &plan.table,
                         &plan.privacy_unit,
-                    ) => outcome,
-                    () = cancel => Err(Category::Cancelled),
+                    ) => evaluated,
+                    () = cancel => (Err(Category::Cancelled), Default::default()),
                 };
                 let released =
                     crate::contest::record(&self.store, &plan.spec, &job.id, &job.tenant, &outcome)
                         .await?;
-                match (outcome, released) {
+                let mut execution = match (outcome, released) {
                     (Ok(_), Some(score)) => {
                         let mut execution = Execution::refused(&job.id, Category::Ok);
                         execution.outputs = vec![crate::sandbox::Output::Value {
@@ -774,9 +777,18 @@ impl Service {
                         }];
                         execution
                     }
-                    (Err(category), _) => Execution::refused(&job.id, category),
+                    (Err(category), _) => {
+                        let told = crate::contest::team_category(&category);
+                        let execution = Execution::refused(&job.id, told.clone());
+                        if told != category {
+                            diagnostics.withheld_category = Some(category.to_string());
+                        }
+                        execution
+                    }
                     (Ok(_), None) => Execution::refused(&job.id, Category::Internal),
-                }
+                };
+                execution.diagnostics = diagnostics;
+                execution
             }
         };
         // What the job's answers were charged (committed before each answer
@@ -873,12 +885,33 @@ impl Service {
         self.finish(&job.id, execution, cost).await
     }
 
+    /// End a running job `internal` after the host failed under it (a
+    /// panic outside the sandbox's own guard). Nothing is released; the
+    /// category is the host's, so quotas treat it as not the tenant's.
+    pub async fn fail_internal(&self, id: &str) -> Result<(), ServiceError> {
+        let execution = Execution::refused(id, Category::Internal);
+        self.finish(id, execution, PrivacyCost::default())
+            .await
+            .map(|_| ())
+    }
+
     async fn finish(
         &self,
         id: &str,
         execution: Execution,
         cost: PrivacyCost,
     ) -> Result<JobResult, ServiceError> {
+        // Administrators' record first: a job is never final without it.
+        if let Err(error) = crate::store::diagnostics::record(
+            &self.store,
+            id,
+            &execution.diagnostics,
+            crate::store::diagnostics::Retention::default(),
+        )
+        .await
+        {
+            tracing::error!(job = %id, %error, "cannot store the job's diagnostics");
+        }
         let signer = self.keys.signer()?;
         let receipt = jobs::finish(
             &self.store,

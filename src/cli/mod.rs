@@ -240,6 +240,19 @@ pub enum ScoreCommand {
         #[arg(long)]
         receipts: Option<PathBuf>,
     },
+    /// Approve a scorer module, with its exact params, for one scoring
+    /// policy and one institution (administrators, after review).
+    Approve {
+        #[arg(long, default_value = "credit-risk")]
+        policy: String,
+        #[arg(long)]
+        institution: String,
+        /// The scorer's sha256.
+        #[arg(long)]
+        module: String,
+        #[arg(long, default_value = "{}")]
+        params: String,
+    },
 }
 
 /// A job as `dsb job submit` describes it.
@@ -383,6 +396,12 @@ impl Remote {
                 if j.has_receipt { "yes" } else { "no" }
             )
         })
+    }
+
+    pub async fn diagnostics(&self, id: &str) -> anyhow::Result<()> {
+        let diagnostics = self.client.job_diagnostics(id).await?;
+        println!("{}", serde_json::to_string_pretty(&diagnostics)?);
+        Ok(())
     }
 
     pub async fn output(&self, id: &str) -> anyhow::Result<()> {
@@ -893,14 +912,40 @@ impl Remote {
     }
 
     pub async fn score(&self, command: ScoreCommand) -> anyhow::Result<()> {
-        let ScoreCommand::Batch {
-            module,
-            policy,
-            subjects,
-            params,
-            chunk,
-            receipts,
-        } = command;
+        let (module, policy, subjects, params, chunk, receipts) = match command {
+            ScoreCommand::Batch {
+                module,
+                policy,
+                subjects,
+                params,
+                chunk,
+                receipts,
+            } => (module, policy, subjects, params, chunk, receipts),
+            ScoreCommand::Approve {
+                policy,
+                institution,
+                module,
+                params,
+            } => {
+                let params: serde_json::Value =
+                    serde_json::from_str(&params).context("--params must be JSON")?;
+                let approval = self
+                    .client
+                    .approve_scorer(&datasandbox::scoring::approvals::NewApproval {
+                        policy,
+                        institution,
+                        module,
+                        params,
+                    })
+                    .await?;
+                return self.print(&approval, |a| {
+                    println!(
+                        "approved {} for {} under {} (params sha256 {})",
+                        a.module, a.institution, a.policy, a.params_sha256
+                    )
+                });
+            }
+        };
         let sha256 = if std::path::Path::new(&module).is_file() {
             self.client
                 .upload_module(std::fs::read(&module)?, None)

@@ -33,13 +33,44 @@ impl Metric {
         !matches!(self, Metric::Rmse | Metric::Mae)
     }
 
-    /// A prediction this metric can score.
+    /// Probabilities below this (or above one minus it) are clipped before
+    /// log-loss, which bounds its score by ln(1000) ≈ 6.91.
+    pub const LOG_LOSS_FLOOR: f64 = 1e-3;
+
+    /// A prediction the host accepts (it is clipped before scoring).
     pub fn valid(self, prediction: f64) -> bool {
         prediction.is_finite()
-            && match self {
-                Metric::LogLoss => (0.0..=1.0).contains(&prediction),
-                _ => true,
-            }
+    }
+
+    /// Clip a prediction to what this metric reads: probabilities to
+    /// [0, 1] (log-loss to [0.001, 0.999]), values and classes to the
+    /// label's declared range. A hostile model cannot move the score by
+    /// more than a prediction inside that range could, so predictions far
+    /// outside it carry nothing through the score.
+    pub fn clip(self, prediction: f64, label_range: Option<(f64, f64)>) -> f64 {
+        match self {
+            Metric::Accuracy | Metric::RocAuc | Metric::F1 => prediction.clamp(0.0, 1.0),
+            Metric::LogLoss => prediction.clamp(Self::LOG_LOSS_FLOOR, 1.0 - Self::LOG_LOSS_FLOOR),
+            Metric::MacroF1 | Metric::Rmse | Metric::Mae => match label_range {
+                Some((lo, hi)) => prediction.clamp(lo, hi),
+                None => prediction,
+            },
+        }
+    }
+
+    /// The scores this metric can give once predictions are clipped; the
+    /// released score is one of the steps of this range.
+    pub fn score_range(self, label_range: Option<(f64, f64)>) -> (f64, f64) {
+        match self {
+            Metric::Accuracy | Metric::RocAuc | Metric::F1 | Metric::MacroF1 => (0.0, 1.0),
+            Metric::LogLoss => (0.0, -Self::LOG_LOSS_FLOOR.ln()),
+            Metric::Rmse | Metric::Mae => (0.0, label_range.map_or(1.0, |(lo, hi)| hi - lo)),
+        }
+    }
+
+    /// Whether scoring needs the label's declared range.
+    pub fn needs_label_range(self) -> bool {
+        matches!(self, Metric::Rmse | Metric::Mae | Metric::MacroF1)
     }
 
     pub fn name(self) -> &'static str {
@@ -170,7 +201,28 @@ mod tests {
         );
         assert_eq!(Metric::Rmse.score(&[1.0, 3.0], &[0.0, 0.0]), 5f64.sqrt());
         assert_eq!(Metric::Mae.score(&[1.0, -3.0], &[0.0, 0.0]), 2.0);
-        assert!(!Metric::LogLoss.valid(1.5));
+        assert!(Metric::LogLoss.valid(1.5));
         assert!(!Metric::Rmse.valid(f64::NAN));
+        assert!(!Metric::Mae.valid(f64::INFINITY));
+    }
+
+    #[test]
+    fn clipping_bounds_every_score() {
+        assert_eq!(Metric::LogLoss.clip(1.5, None), 0.999);
+        assert_eq!(Metric::RocAuc.clip(-7.0, None), 0.0);
+        assert_eq!(Metric::Mae.clip(1e6 + 0.1234, Some((0.0, 1.0))), 1.0);
+        assert_eq!(Metric::Mae.clip(0.25, Some((0.0, 1.0))), 0.25);
+        let worst = Metric::LogLoss.score(
+            &[
+                Metric::LogLoss.clip(0.0, None),
+                Metric::LogLoss.clip(1.0, None),
+            ],
+            &[1.0, 0.0],
+        );
+        assert!(
+            (worst - Metric::LogLoss.score_range(None).1).abs() < 1e-9,
+            "{worst}"
+        );
+        assert_eq!(Metric::Mae.score_range(Some((2.0, 5.0))), (0.0, 3.0));
     }
 }

@@ -6,14 +6,20 @@
 //! team (a contestant token's tenant) submits a `model` component: one
 //! instance gets the training rows (features and label) through `train`,
 //! then the public and private test rows shuffled together, without labels
-//! or identifiers, through `predict`. The host scores the predictions
-//! against the hidden labels and releases only the public score, rounded
-//! and passed through the release rule (plain, or the Ladder mechanism of
-//! Blum & Hardt: a new score shows only if it beats the team's best by more
-//! than a step). Private scores show after the close, on the team's final
-//! picks (or its best public ones). Predictions, logs and errors never
-//! leave; failures are categories. Guest failures count against the quota,
-//! host failures (internal, interrupted, cancelled) do not.
+//! or identifiers, through `predict`. The host clips the predictions to
+//! what the metric reads (probabilities to [0, 1], values to the label's
+//! declared range), scores them against the hidden labels and releases only
+//! the public score, rounded to the contest's `step` and passed through the
+//! release rule (the Ladder mechanism of Blum & Hardt by default: a new
+//! score shows only if it beats the team's best by more than the step;
+//! or plain). A released score is one of at most `range / step + 1` values
+//! (201 by default: 7.65 bits). Private scores show after the close, on the
+//! team's final picks (or its best public ones). Predictions, logs and
+//! errors never leave; a failure the model caused is `not-scored` to the
+//! team whatever it was (the detail is the administrators'). Guest failures
+//! count against the quota, host failures (internal, interrupted,
+//! cancelled) do not; each contest also caps submissions a day across all
+//! teams.
 
 pub mod metrics;
 
@@ -30,7 +36,7 @@ use toml::Spanned;
 pub use metrics::Metric;
 
 use crate::dataset::{ColumnRole, DatasetSource};
-use crate::sandbox::{Category, GuestCall, JobEnv, LoadedModule, Returned, Sandbox};
+use crate::sandbox::{Category, Diagnostics, GuestCall, JobEnv, LoadedModule, Returned, Sandbox};
 use crate::store::{Store, StoreError, audit, now};
 
 /// Fractions of the labelled rows.
@@ -42,15 +48,16 @@ pub struct Split {
     pub private: f64,
 }
 
-/// How public scores are released.
+/// How public scores are released. Both round the score to the contest's
+/// `step` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum ReleaseRule {
     /// The rounded score.
-    #[default]
     Plain,
-    /// The Ladder: a new score only if it beats the team's best by more
-    /// than `ladder_step`; otherwise the best again.
+    /// The Ladder (the default): a new score only if it beats the team's
+    /// best by more than `step`; otherwise the best again.
+    #[default]
     Ladder,
 }
 
@@ -72,11 +79,17 @@ struct SpecFile {
     total_limit: u32,
     #[serde(default = "default_picks")]
     final_picks: u32,
-    #[serde(default = "default_decimals")]
-    decimals: Spanned<u32>,
+    /// Submissions a day from all teams together.
+    #[serde(default = "default_contest_daily")]
+    contest_daily_limit: u32,
     #[serde(default)]
     release: ReleaseRule,
-    ladder_step: Option<Spanned<f64>>,
+    /// The released score's step (and the Ladder's margin).
+    #[serde(alias = "ladder_step")]
+    step: Option<Spanned<f64>>,
+    /// The label's smallest and largest values: predictions are clipped to
+    /// them (required for rmse, mae and macro-f1).
+    label_range: Option<Spanned<[f64; 2]>>,
     fuel: Option<u64>,
     memory_mb: Option<u64>,
     timeout_seconds: Option<u64>,
@@ -91,8 +104,16 @@ fn default_total() -> u32 {
 fn default_picks() -> u32 {
     2
 }
-fn default_decimals() -> Spanned<u32> {
-    Spanned::new(0..0, 4)
+fn default_contest_daily() -> u32 {
+    1_000
+}
+
+/// Released scores take at most this many steps across the metric's range
+/// by default: log2(201) ≈ 7.65 bits a submission at most.
+const DEFAULT_STEPS: f64 = 200.0;
+
+fn default_step() -> f64 {
+    1.0 / DEFAULT_STEPS
 }
 
 /// A checked contest spec.
@@ -112,9 +133,16 @@ pub struct Spec {
     pub daily_limit: u32,
     pub total_limit: u32,
     pub final_picks: u32,
-    pub decimals: u32,
+    /// Submissions a day from all teams together.
+    #[serde(default = "default_contest_daily")]
+    pub contest_daily_limit: u32,
     pub release: ReleaseRule,
-    pub ladder_step: f64,
+    /// Released scores are multiples of this; the Ladder's margin.
+    #[serde(alias = "ladder_step", default = "default_step")]
+    pub step: f64,
+    /// Predictions are clipped to it (and to [0, 1] for probabilities).
+    #[serde(default)]
+    pub label_range: Option<(f64, f64)>,
     pub fuel: Option<u64>,
     pub memory_mb: Option<u64>,
     pub timeout_seconds: Option<u64>,
@@ -198,8 +226,23 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, ContestError> {
         (Some(o), Some(c)) if o >= c => problem(parsed.closes.span(), "closes: after opens"),
         _ => {}
     }
-    if *parsed.decimals.get_ref() > 8 {
-        problem(parsed.decimals.span(), "decimals: 0 to 8");
+    let label_range = parsed.label_range.as_ref().map(|r| {
+        let [lo, hi] = *r.get_ref();
+        (lo, hi)
+    });
+    match (&parsed.label_range, label_range) {
+        (Some(span), Some((lo, hi))) if !(lo.is_finite() && hi.is_finite() && lo < hi) => problem(
+            span.span(),
+            "label_range: [smallest, largest], finite, smallest first",
+        ),
+        (None, _) if parsed.metric.needs_label_range() => problem(
+            0..0,
+            "label_range = [smallest, largest] is required for rmse, mae and macro-f1: predictions are clipped to it",
+        ),
+        _ => {}
+    }
+    if parsed.contest_daily_limit < parsed.daily_limit {
+        problem(0..0, "contest_daily_limit at least daily_limit");
     }
     if parsed.daily_limit == 0 || parsed.total_limit < parsed.daily_limit || parsed.final_picks == 0
     {
@@ -208,15 +251,16 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, ContestError> {
             "daily_limit at least 1, total_limit at least daily_limit, final_picks at least 1",
         );
     }
-    let ladder_step = parsed.ladder_step.as_ref().map(|s| *s.get_ref());
-    match (parsed.release, ladder_step) {
-        (ReleaseRule::Ladder, Some(step)) if step.is_finite() && step > 0.0 => {}
-        (ReleaseRule::Ladder, _) => problem(0..0, "release = \"ladder\" needs ladder_step > 0"),
-        (ReleaseRule::Plain, Some(_)) => problem(
-            parsed.ladder_step.as_ref().expect("some").span(),
-            "ladder_step goes with release = \"ladder\"",
-        ),
-        _ => {}
+    let (low, high) = parsed.metric.score_range(label_range);
+    let step = parsed
+        .step
+        .as_ref()
+        .map_or((high - low) / DEFAULT_STEPS, |s| *s.get_ref());
+    if !(step.is_finite() && step > 0.0 && step <= high - low) {
+        problem(
+            parsed.step.as_ref().map_or(0..0, |s| s.span()),
+            "step: above 0 and at most the metric's range",
+        );
     }
     if !problems.is_empty() {
         return Err(ContestError::BadSpec(problems));
@@ -234,9 +278,10 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, ContestError> {
         daily_limit: parsed.daily_limit,
         total_limit: parsed.total_limit,
         final_picks: parsed.final_picks,
-        decimals: parsed.decimals.into_inner(),
+        contest_daily_limit: parsed.contest_daily_limit,
         release: parsed.release,
-        ladder_step: ladder_step.unwrap_or(0.0),
+        step,
+        label_range,
         fuel: parsed.fuel,
         memory_mb: parsed.memory_mb,
         timeout_seconds: parsed.timeout_seconds,
@@ -280,9 +325,23 @@ impl Spec {
         }
     }
 
+    /// The score on the step grid (cleaned of binary noise, so 0.505 shows
+    /// as 0.505).
     fn round(&self, score: f64) -> f64 {
-        let factor = 10f64.powi(self.decimals as i32);
-        (score * factor).round() / factor
+        let step = if self.step > 0.0 {
+            self.step
+        } else {
+            default_step()
+        };
+        let stepped = (score / step).round() * step;
+        (stepped * 1e9).round() / 1e9
+    }
+
+    /// Most bits one released score can carry: log2 of the number of steps
+    /// in the metric's range, plus one.
+    pub fn bits_per_submission(&self) -> f64 {
+        let (low, high) = self.metric.score_range(self.label_range);
+        ((high - low) / self.step + 1.0).log2()
     }
 
     /// Leaderboard order of two scores: the better one first.
@@ -436,6 +495,20 @@ pub async fn admit(
             spec.total_limit
         )));
     }
+    let contest_today: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND counted = 1 AND submitted_at >= ?",
+    )
+    .bind(&spec.id)
+    .bind(day_start)
+    .fetch_one(&mut *tx)
+    .await
+    .map_err(StoreError::from)?;
+    if contest_today >= i64::from(spec.contest_daily_limit) {
+        return Err(ContestError::Quota(format!(
+            "quota-exhausted: the contest takes {} submissions a day from all teams together; the next count from 00:00 UTC",
+            spec.contest_daily_limit
+        )));
+    }
     sqlx::query("INSERT INTO contest_submissions (id, contest_id, team, submitted_at, state, counted) VALUES (?, ?, ?, ?, 'queued', 1)")
         .bind(submission)
         .bind(&spec.id)
@@ -467,7 +540,9 @@ pub struct Scores {
     pub private: f64,
 }
 
-/// Split the labelled rows with the secret seed and run the model.
+/// Split the labelled rows with the secret seed, run the model and score
+/// its predictions, clipped to what the metric reads. The diagnostics are
+/// the administrators' (the detailed failure category among them).
 pub async fn evaluate(
     sandbox: &Sandbox,
     module: &LoadedModule,
@@ -476,13 +551,14 @@ pub async fn evaluate(
     seed: &str,
     table: &DatasetSource,
     privacy_unit: &str,
-) -> Result<Scores, Category> {
-    let split = split(spec, seed, table, privacy_unit)
-        .await
-        .map_err(|error| {
+) -> (Result<Scores, Category>, Diagnostics) {
+    let split = match split(spec, seed, table, privacy_unit).await {
+        Ok(split) => split,
+        Err(error) => {
             tracing::error!(job = %env.job_id, %error, "contest split");
-            Category::Internal
-        })?;
+            return (Err(Category::Internal), Diagnostics::default());
+        }
+    };
     let params = serde_json::json!({ "label": spec.label, "features": spec.features }).to_string();
     let execution = sandbox
         .run(
@@ -495,17 +571,22 @@ pub async fn evaluate(
             },
         )
         .await;
+    let diagnostics = execution.diagnostics;
     let predictions = match (execution.category, execution.returned) {
         (Category::Ok, Some(Returned::Vector(p))) => p,
-        (Category::Ok, _) => return Err(Category::Internal),
-        (category, _) => return Err(category),
+        (Category::Ok, _) => return (Err(Category::Internal), diagnostics),
+        (category, _) => return (Err(category), diagnostics),
     };
     if predictions.len() != split.labels.len() {
-        return Err(Category::WrongPredictionCount);
+        return (Err(Category::WrongPredictionCount), diagnostics);
     }
     if !predictions.iter().all(|p| spec.metric.valid(*p)) {
-        return Err(Category::InvalidPrediction);
+        return (Err(Category::InvalidPrediction), diagnostics);
     }
+    let predictions: Vec<f64> = predictions
+        .into_iter()
+        .map(|p| spec.metric.clip(p, spec.label_range))
+        .collect();
     let pick = |public: bool| -> (Vec<f64>, Vec<f64>) {
         split
             .is_public
@@ -517,10 +598,11 @@ pub async fn evaluate(
     };
     let (public_predictions, public_labels) = pick(true);
     let (private_predictions, private_labels) = pick(false);
-    Ok(Scores {
+    let scores = Scores {
         public: spec.metric.score(&public_predictions, &public_labels),
         private: spec.metric.score(&private_predictions, &private_labels),
-    })
+    };
+    (Ok(scores), diagnostics)
 }
 
 struct SplitData {
@@ -660,11 +742,7 @@ pub async fn record(
                     } else {
                         best - rounded
                     };
-                    if margin > spec.ladder_step {
-                        rounded
-                    } else {
-                        best
-                    }
+                    if margin > spec.step { rounded } else { best }
                 }
                 _ => rounded,
             };
@@ -680,10 +758,11 @@ pub async fn record(
         Err(category) => {
             let host = matches!(category, Category::Internal | Category::Cancelled);
             sqlx::query(
-                "UPDATE contest_submissions SET state = ?, counted = ?, category = ? WHERE id = ?",
+                "UPDATE contest_submissions SET state = ?, counted = ?, category = ?, category_detail = ? WHERE id = ?",
             )
             .bind(if host { "interrupted" } else { "failed" })
             .bind(i64::from(!host))
+            .bind(team_category(category).code())
             .bind(category.code())
             .bind(submission)
             .execute(&mut *tx)
@@ -693,6 +772,19 @@ pub async fn record(
     };
     tx.commit().await?;
     Ok(result)
+}
+
+/// What a team is told of a failed submission. The guest chose its failure
+/// after seeing the training rows (out of fuel, an error, a wrong count, a
+/// NaN, …: about three bits a submission), so every failure it can cause is
+/// one category, `not-scored`; the detail stays in the administrators'
+/// records. Host failures (internal, cancelled) keep their own category:
+/// the guest cannot choose them, and they are not charged.
+pub fn team_category(category: &Category) -> Category {
+    match category {
+        Category::Ok | Category::Internal | Category::Cancelled => category.clone(),
+        _ => Category::NotScored,
+    }
 }
 
 /// A team's submission as the team sees it.

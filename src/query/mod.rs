@@ -29,6 +29,8 @@ use datafusion::sql::sqlparser::ast::Statement as SqlStatement;
 use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
+pub mod bounds;
+
 use crate::dataset::{Classification, ColumnRole, DataFormat, DatasetSource};
 use crate::release::aggregate::{self, EnforceError, RELEASE_METADATA_KEY, RulesByTable};
 use crate::release::ledger::{LedgerError, QueryLedger};
@@ -42,6 +44,10 @@ pub struct QueryConfig {
     pub target_partitions: usize,
     /// Deepest SQL nesting the parser accepts (guards the host's stack).
     pub parser_recursion_limit: usize,
+    /// Longest statement accepted, checked before parsing.
+    pub max_sql_bytes: usize,
+    /// Deepest expression nesting accepted, checked on the parsed statement.
+    pub max_expression_depth: usize,
 }
 
 impl Default for QueryConfig {
@@ -50,6 +56,8 @@ impl Default for QueryConfig {
             memory_limit_bytes: 1 << 30,
             target_partitions: std::thread::available_parallelism().map_or(2, |n| n.get()),
             parser_recursion_limit: 64,
+            max_sql_bytes: 16 << 10,
+            max_expression_depth: 128,
         }
     }
 }
@@ -113,6 +121,8 @@ pub struct QuerySession {
     /// Per table with a column-limited grant: the columns it may not name.
     forbidden_columns: HashMap<String, Vec<String>>,
     parser_recursion_limit: usize,
+    max_sql_bytes: usize,
+    max_expression_depth: usize,
 }
 
 impl QuerySession {
@@ -188,6 +198,8 @@ impl QuerySession {
             ledger: None,
             forbidden_columns,
             parser_recursion_limit: config.parser_recursion_limit,
+            max_sql_bytes: config.max_sql_bytes,
+            max_expression_depth: config.max_expression_depth,
         })
     }
 
@@ -429,7 +441,10 @@ impl QuerySession {
 
     /// Parse, gate and plan one statement without running it.
     pub async fn plan(&self, sql: &str) -> Result<LogicalPlan, QueryError> {
+        let rejected = |r: crate::release::Rejection| QueryError::Rejected(r.to_string());
+        bounds::check_length(sql, self.max_sql_bytes).map_err(rejected)?;
         let statement = single_select(sql, self.parser_recursion_limit)?;
+        bounds::check_depth(&statement, self.max_expression_depth).map_err(rejected)?;
         let plan = self
             .ctx
             .state()
@@ -450,7 +465,8 @@ impl QuerySession {
             .verify_plan(&plan)
             .map_err(|_| QueryError::Rejected("only SELECT statements are allowed".into()))?;
         self.check_plan(&plan)?;
-        crate::release::refuse_volatile(&plan).map_err(|r| QueryError::Rejected(r.to_string()))?;
+        crate::release::refuse_volatile(&plan).map_err(rejected)?;
+        bounds::check_functions(&plan).map_err(rejected)?;
         Ok(plan)
     }
 

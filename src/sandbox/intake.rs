@@ -133,6 +133,8 @@ pub enum IntakeError {
     UnknownWorld,
     #[error("forbidden-import: {0}")]
     ForbiddenImport(String),
+    #[error("too-complex: {0}")]
+    TooComplex(&'static str),
     #[error("wrong-world: the job needs {expected}, the module targets {found}")]
     WrongWorld { expected: World, found: World },
     /// The module directory failed; a host problem, not the module's.
@@ -173,6 +175,90 @@ pub fn check_header(bytes: &[u8], max_bytes: usize) -> Result<(), IntakeError> {
     }
     if !wasmparser::Parser::is_component(bytes) {
         return Err(IntakeError::NotWasm);
+    }
+    Ok(())
+}
+
+/// What the compiler may be asked to do with one component. Cranelift's
+/// time and memory grow faster than linearly with control nesting and
+/// function size: a 31 KB module of nested loops took a minute and 1.4 GB
+/// to compile. These bounds are checked on the bytes, before compiling.
+#[derive(Debug, Clone, Copy)]
+pub struct Complexity {
+    /// Deepest nesting of `block`, `loop`, `if` and `try` in one function.
+    pub max_nesting: usize,
+    /// Largest function body, in bytes.
+    pub max_function_bytes: usize,
+    /// Functions across all core modules of the component.
+    pub max_functions: usize,
+    /// Locals of one function.
+    pub max_locals: u64,
+}
+
+impl Default for Complexity {
+    fn default() -> Self {
+        // The largest real guests (componentize-py's CPython) stay well
+        // under these: see the module-intake tests.
+        Complexity {
+            max_nesting: 1_000,
+            max_function_bytes: 2 << 20,
+            max_functions: 100_000,
+            max_locals: 50_000,
+        }
+    }
+}
+
+/// Walk every core module's code (nested modules included) and refuse a
+/// component past `bounds`, or one that does not parse.
+pub fn check_complexity(bytes: &[u8], bounds: Complexity) -> Result<(), IntakeError> {
+    use wasmparser::{Operator, Parser, Payload};
+    let mut functions = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        let Payload::CodeSectionEntry(body) = payload.map_err(|_| IntakeError::InvalidComponent)?
+        else {
+            continue;
+        };
+        functions += 1;
+        if functions > bounds.max_functions {
+            return Err(IntakeError::TooComplex("too many functions"));
+        }
+        if body.range().len() > bounds.max_function_bytes {
+            return Err(IntakeError::TooComplex("a function body is too large"));
+        }
+        let mut locals = 0u64;
+        for local in body
+            .get_locals_reader()
+            .map_err(|_| IntakeError::InvalidComponent)?
+        {
+            let (count, _) = local.map_err(|_| IntakeError::InvalidComponent)?;
+            locals += u64::from(count);
+            if locals > bounds.max_locals {
+                return Err(IntakeError::TooComplex("a function has too many locals"));
+            }
+        }
+        let mut depth = 0usize;
+        let mut operators = body
+            .get_operators_reader()
+            .map_err(|_| IntakeError::InvalidComponent)?;
+        while !operators.eof() {
+            match operators
+                .read()
+                .map_err(|_| IntakeError::InvalidComponent)?
+            {
+                Operator::Block { .. }
+                | Operator::Loop { .. }
+                | Operator::If { .. }
+                | Operator::Try { .. }
+                | Operator::TryTable { .. } => {
+                    depth += 1;
+                    if depth > bounds.max_nesting {
+                        return Err(IntakeError::TooComplex("control flow nests too deep"));
+                    }
+                }
+                Operator::End => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
     }
     Ok(())
 }
@@ -287,12 +373,17 @@ impl ModuleStore {
     }
 }
 
+/// Write through a uniquely named temporary file in the same directory and
+/// rename it into place: concurrent writers of one artifact (two loads in one
+/// process, or two processes sharing a store) never share a temporary file,
+/// and a crash leaves no torn file under the final name.
 fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut file = std::fs::File::create(&tmp)?;
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut file = tempfile::Builder::new().prefix(".tmp-").tempfile_in(dir)?;
     file.write_all(bytes)?;
-    file.sync_all()?;
-    std::fs::rename(&tmp, path)
+    file.as_file().sync_all()?;
+    file.persist(path).map_err(|e| e.error)?;
+    Ok(())
 }
 
 #[cfg(test)]

@@ -19,13 +19,14 @@ pub struct Limits {
     /// Wall-clock bound, including time spent in host calls. `timeout`.
     #[serde(with = "duration_ms", rename = "timeout_ms")]
     pub timeout: Duration,
-    /// Linear memory of the whole instance. `memory-limit`.
+    /// Linear memory of the whole component: all its memories together.
+    /// `memory-limit`.
     pub memory_bytes: usize,
     /// Core instances, tables and memories a component may create.
     pub instances: usize,
     pub tables: usize,
     pub memories: usize,
-    /// Elements per table.
+    /// Elements of all tables together.
     pub table_elements: usize,
     /// Bytes of all emitted tables together. `output-limit`.
     pub output_bytes: usize,
@@ -99,7 +100,12 @@ pub struct JobLimiter {
     memories: usize,
     /// The first limit that tripped, if any.
     pub hit: Option<LimitHit>,
-    /// The largest linear memory granted (bytes), for the diagnostics.
+    /// Linear memory granted to all memories together now (bytes).
+    memory_total: usize,
+    /// Table elements granted to all tables together now.
+    table_total: usize,
+    /// The most linear memory granted to all memories together (bytes),
+    /// for the diagnostics.
     pub peak_memory: usize,
 }
 
@@ -112,6 +118,8 @@ impl JobLimiter {
             tables: limits.tables,
             memories: limits.memories,
             hit: None,
+            memory_total: 0,
+            table_total: 0,
             peak_memory: 0,
         }
     }
@@ -120,30 +128,37 @@ impl JobLimiter {
 impl wasmtime::ResourceLimiter for JobLimiter {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
+        // The limit covers every memory of the component together: a
+        // component with four core instances gets one budget, not four.
+        let total = (self.memory_total - current.min(self.memory_total)).saturating_add(desired);
+        if total > self.memory_bytes {
             self.hit.get_or_insert(LimitHit::Memory);
             // An error traps the guest at once instead of letting its
             // allocator loop or abort with its own message.
             return Err(LimitHit::Memory.into());
         }
-        self.peak_memory = self.peak_memory.max(desired);
+        self.memory_total = total;
+        self.peak_memory = self.peak_memory.max(total);
         Ok(true)
     }
 
     fn table_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
+        // Elements of all tables together, like memory.
+        let total = (self.table_total - current.min(self.table_total)).saturating_add(desired);
+        if total > self.table_elements {
             self.hit.get_or_insert(LimitHit::Tables);
             return Err(LimitHit::Tables.into());
         }
+        self.table_total = total;
         Ok(true)
     }
 

@@ -50,12 +50,18 @@ pub struct SandboxConfig {
     pub module_dir: Option<PathBuf>,
     /// Largest module accepted.
     pub max_module_bytes: usize,
+    /// What the compiler may be asked to do with one module.
+    pub complexity: intake::Complexity,
     /// Wasm stack per call; deeper recursion ends as `stack-overflow`.
     pub max_wasm_stack: usize,
     /// Upper bound for any job's memory limit (the pooling allocator's slot).
     pub max_memory_bytes: usize,
     /// Component instances alive at once (pool size).
     pub concurrent_instances: u32,
+    /// Loaded modules kept in memory, bounded by the sum of their compiled
+    /// code and module bytes; the least recently used go first (a later
+    /// use reloads them from the module directory's artifact).
+    pub module_cache_bytes: usize,
     /// How often the epoch advances; guests yield to the executor this often.
     pub epoch_tick: Duration,
     /// DataFusion resources per job.
@@ -67,9 +73,11 @@ impl Default for SandboxConfig {
         SandboxConfig {
             module_dir: None,
             max_module_bytes: 64 << 20,
+            complexity: intake::Complexity::default(),
             max_wasm_stack: 512 << 10,
             max_memory_bytes: 1 << 30,
             concurrent_instances: 128,
+            module_cache_bytes: 1 << 30,
             epoch_tick: Duration::from_millis(10),
             query: QueryConfig::default(),
         }
@@ -90,6 +98,8 @@ pub struct LoadedModule {
     pub hash: String,
     pub world: World,
     pub size: usize,
+    /// What it costs the in-memory cache: module bytes plus compiled code.
+    cache_bytes: usize,
     pre: WorldPre,
 }
 
@@ -99,6 +109,61 @@ impl std::fmt::Debug for LoadedModule {
             .field("hash", &self.hash)
             .field("world", &self.world)
             .finish_non_exhaustive()
+    }
+}
+
+/// Loaded modules by hash, least recently used first out once their summed
+/// `cache_bytes` pass the bound. The module just inserted always stays (a
+/// module larger than the bound is still usable by the job that loaded it).
+struct ModuleCache {
+    map: HashMap<String, (Arc<LoadedModule>, u64)>,
+    bytes: usize,
+    limit: usize,
+    clock: u64,
+}
+
+impl ModuleCache {
+    fn new(limit: usize) -> Self {
+        ModuleCache {
+            map: HashMap::new(),
+            bytes: 0,
+            limit,
+            clock: 0,
+        }
+    }
+
+    fn get(&mut self, hash: &str) -> Option<Arc<LoadedModule>> {
+        self.clock += 1;
+        let clock = self.clock;
+        self.map.get_mut(hash).map(|(module, used)| {
+            *used = clock;
+            Arc::clone(module)
+        })
+    }
+
+    fn insert(&mut self, module: Arc<LoadedModule>) -> Arc<LoadedModule> {
+        if let Some(existing) = self.get(&module.hash) {
+            return existing;
+        }
+        self.clock += 1;
+        self.bytes += module.cache_bytes;
+        self.map
+            .insert(module.hash.clone(), (Arc::clone(&module), self.clock));
+        while self.bytes > self.limit && self.map.len() > 1 {
+            let Some(oldest) = self
+                .map
+                .iter()
+                .filter(|(hash, _)| **hash != module.hash)
+                .min_by_key(|(_, (_, used))| *used)
+                .map(|(hash, _)| hash.clone())
+            else {
+                break;
+            };
+            if let Some((evicted, _)) = self.map.remove(&oldest) {
+                self.bytes -= evicted.cache_bytes;
+            }
+        }
+        module
     }
 }
 
@@ -127,7 +192,14 @@ pub struct Sandbox {
     store: Option<intake::ModuleStore>,
     /// Loaded modules by hash. A `std` mutex: held only to look up or insert,
     /// never across an `.await` or a compilation.
-    modules: Mutex<HashMap<String, Arc<LoadedModule>>>,
+    modules: Mutex<ModuleCache>,
+    /// One lock per module hash being loaded, so concurrent loads of one
+    /// module compile it once (the others wait and take the cached result).
+    loading: Mutex<HashMap<String, Arc<Mutex<()>>>>,
+    /// One compilation at a time: Cranelift already spreads one module over
+    /// every core, and a second concurrent compile would only add its
+    /// memory. Uploads beyond it wait here, bounded by `Complexity`.
+    compiler: Mutex<()>,
     _ticker: EpochTicker,
 }
 
@@ -143,9 +215,11 @@ impl Sandbox {
         Ok(Sandbox {
             engine,
             linkers,
+            modules: Mutex::new(ModuleCache::new(config.module_cache_bytes)),
             config,
             store,
-            modules: Mutex::new(HashMap::new()),
+            loading: Mutex::new(HashMap::new()),
+            compiler: Mutex::new(()),
             _ticker: ticker,
         })
     }
@@ -164,6 +238,32 @@ impl Sandbox {
         if let Some(module) = self.cached(&hash) {
             return Ok((module, ModuleLoad::Memory));
         }
+        let gate = Arc::clone(
+            self.loading
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .entry(hash.clone())
+                .or_default(),
+        );
+        let loaded = {
+            let _one_loader = gate.lock().unwrap_or_else(|e| e.into_inner());
+            match self.cached(&hash) {
+                Some(module) => Ok((module, ModuleLoad::Memory)),
+                None => self.compile_and_cache(bytes, hash.clone()),
+            }
+        };
+        self.loading
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&hash);
+        loaded
+    }
+
+    fn compile_and_cache(
+        &self,
+        bytes: &[u8],
+        hash: String,
+    ) -> Result<(Arc<LoadedModule>, ModuleLoad), IntakeError> {
         let (component, load) = match self
             .store
             .as_ref()
@@ -171,6 +271,8 @@ impl Sandbox {
         {
             Some(component) => (component, ModuleLoad::Artifact),
             None => {
+                intake::check_complexity(bytes, self.config.complexity)?;
+                let _compiler = self.compiler.lock().unwrap_or_else(|e| e.into_inner());
                 let component = Component::new(&self.engine, bytes).map_err(|error| {
                     tracing::info!(%hash, error = %format!("{error:#}"), "module failed to compile");
                     IntakeError::InvalidComponent
@@ -188,14 +290,22 @@ impl Sandbox {
             tracing::info!(%hash, error = %format!("{error:#}"), "module failed to link");
             IntakeError::InvalidComponent
         })?;
+        let code = component.image_range();
         let module = Arc::new(LoadedModule {
             hash: hash.clone(),
             world,
             size: bytes.len(),
+            cache_bytes: bytes.len() + (code.end as usize - code.start as usize),
             pre,
         });
         let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-        Ok((Arc::clone(modules.entry(hash).or_insert(module)), load))
+        Ok((modules.insert(module), load))
+    }
+
+    /// Modules held in memory now and the bytes they are counted at.
+    pub fn cached_modules(&self) -> (usize, usize) {
+        let modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        (modules.map.len(), modules.bytes)
     }
 
     /// A module loaded earlier, by hash, from memory or the module directory.
@@ -214,7 +324,6 @@ impl Sandbox {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(hash)
-            .cloned()
     }
 
     fn pre_link(&self, world: World, component: &Component) -> wasmtime::Result<WorldPre> {
@@ -266,15 +375,24 @@ impl Sandbox {
         } else {
             None
         };
-        job::execute(
-            &self.engine,
-            module,
-            &env,
-            session,
-            call,
-            self.config.epoch_tick,
-        )
-        .await
+        // A panic anywhere below (a host function, the query engine, the
+        // decoder of a guest's table) ends this job `internal`; it never
+        // unwinds into the caller, which would leave the job's queue slot,
+        // pool slot and tenant counters behind.
+        let executed =
+            futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(job::execute(
+                &self.engine,
+                module,
+                &env,
+                session,
+                call,
+                self.config.epoch_tick,
+            )))
+            .await;
+        executed.unwrap_or_else(|_| {
+            tracing::error!(job = %env.job_id, "the host panicked running the job");
+            Execution::refused(&env.job_id, Category::Internal)
+        })
     }
 
     /// Load `bytes` and run `call`: intake refusals become `invalid-module`.

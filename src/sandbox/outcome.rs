@@ -38,8 +38,11 @@ pub enum Category {
     Cancelled,
     /// A model returned a different number of predictions than rows.
     WrongPredictionCount,
-    /// A model returned a prediction that is not a number or out of range.
+    /// A model returned a prediction that is not a finite number.
     InvalidPrediction,
+    /// What a contest team sees of any failure its model caused (the
+    /// detailed category stays with the administrators).
+    NotScored,
 }
 
 impl Category {
@@ -60,6 +63,7 @@ impl Category {
             Category::Cancelled => "cancelled",
             Category::WrongPredictionCount => "wrong-prediction-count",
             Category::InvalidPrediction => "invalid-prediction",
+            Category::NotScored => "not-scored",
         }
     }
 
@@ -162,11 +166,16 @@ pub struct Diagnostics {
     pub duration: Duration,
     /// Of `duration`, the time spent instantiating the module.
     pub instantiate: Duration,
-    /// The largest linear memory the instance reached, in bytes.
+    /// The most linear memory the component held at once, all its memories
+    /// together, in bytes.
     pub memory_peak_bytes: usize,
     pub queries: Vec<QueryRecord>,
     /// Where the module came from: compiled now, the artifact cache, or memory.
     pub module_load: Option<String>,
+    /// The detailed category when the submitter was told a coarser one
+    /// (a contest's `not-scored`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub withheld_category: Option<String>,
 }
 
 /// What the submitter of a job receives: nothing the guest wrote except,

@@ -17,8 +17,11 @@
 //! scores; each scored subject also gets its own receipt, the batch's body
 //! cut down to that subject's output (`subject` set), signed by the same
 //! key, so an institution can file one enterprise's score without showing
-//! the others'. A policy with a grade scale releases only grades.
+//! the others'. A policy with a grade scale releases only grades. Only a
+//! (module, params) pair an administrator approved for the policy and the
+//! institution runs (`approvals`).
 
+pub mod approvals;
 pub mod authorisations;
 pub mod policy;
 
@@ -61,8 +64,11 @@ pub struct ScoreRequest {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct SubjectScore {
     pub subject: String,
-    /// `scored`, `not-authorised`, `cap-reached`, `invalid-score` or the
-    /// guest's category (`out-of-fuel`, `guest-error`, …).
+    /// `scored`, `not-authorised`, `cap-reached`, `rate-limited` or
+    /// `not-scored`: whatever the scorer did wrong (a non-number, an error,
+    /// out of fuel, …) is that one outcome, since the scorer chose it after
+    /// reading the subject's rows. The detail is in the administrators'
+    /// diagnostics of the batch's job.
     pub outcome: String,
     /// The clamped, bucketed score when `scored` (absent under a grade
     /// scale).
@@ -193,37 +199,41 @@ fn day(at: i64) -> i64 {
     at.div_euclid(86_400)
 }
 
-/// Subjects this institution has had scored today.
-async fn used_today(service: &Service, tenant: &str) -> Result<u64, StoreError> {
+/// Take one subject from the institution's daily cap, durably and before
+/// the subject runs: a batch dropped half-way has still charged what it
+/// ran, and concurrent batches cannot both take the last place (one write
+/// transaction checks and counts). `false` once the cap is spent.
+async fn reserve_one(
+    service: &Service,
+    tenant: &str,
+    cap: Option<u64>,
+) -> Result<bool, StoreError> {
+    let mut tx = service.store.begin_write().await?;
+    let today = day(now());
     let used: Option<i64> =
         sqlx::query_scalar("SELECT scored FROM scoring_usage WHERE tenant = ? AND day = ?")
             .bind(tenant)
-            .bind(day(now()))
-            .fetch_optional(service.store.pool())
+            .bind(today)
+            .fetch_optional(&mut *tx)
             .await?;
-    Ok(used.unwrap_or(0) as u64)
-}
-
-async fn add_usage(service: &Service, tenant: &str, scored: u64) -> Result<(), StoreError> {
-    let mut tx = service.store.begin_write().await?;
-    let today = day(now());
-    let updated =
-        sqlx::query("UPDATE scoring_usage SET scored = scored + ? WHERE tenant = ? AND day = ?")
-            .bind(scored as i64)
+    if cap.is_some_and(|cap| used.unwrap_or(0) as u64 >= cap) {
+        return Ok(false);
+    }
+    if used.is_some() {
+        sqlx::query("UPDATE scoring_usage SET scored = scored + 1 WHERE tenant = ? AND day = ?")
             .bind(tenant)
             .bind(today)
             .execute(&mut *tx)
             .await?;
-    if updated.rows_affected() == 0 {
-        sqlx::query("INSERT INTO scoring_usage (tenant, day, scored) VALUES (?, ?, ?)")
+    } else {
+        sqlx::query("INSERT INTO scoring_usage (tenant, day, scored) VALUES (?, ?, 1)")
             .bind(tenant)
             .bind(today)
-            .bind(scored as i64)
             .execute(&mut *tx)
             .await?;
     }
     tx.commit().await?;
-    Ok(())
+    Ok(true)
 }
 
 /// Score a batch of subjects for `submitter`'s institution.
@@ -235,6 +245,15 @@ pub async fn score(
     if request.subjects.is_empty() || request.subjects.len() > MAX_SUBJECTS {
         return Err(ServiceError::Scoring(format!(
             "subjects: 1 to {MAX_SUBJECTS} per batch"
+        )));
+    }
+    // One subject twice in a batch would be scored twice by one module:
+    // refused, like any request that asks for more than one score a subject.
+    let mut seen = std::collections::HashSet::with_capacity(request.subjects.len());
+    if let Some(repeated) = request.subjects.iter().find(|s| !seen.insert(s.as_str())) {
+        return Err(ServiceError::Scoring(format!(
+            "subjects: {} is listed more than once",
+            &repeated[..repeated.len().min(64)]
         )));
     }
     let policy = service
@@ -260,10 +279,23 @@ pub async fn score(
         }
         versions.push(version);
     }
-    let params = match request.params {
-        serde_json::Value::Null => "{}".to_string(),
-        value => value.to_string(),
-    };
+    // Only a module an administrator approved, with exactly the approved
+    // parameters, for this policy and institution.
+    let params = approvals::params_text(&request.params);
+    if !approvals::is_approved(
+        &service.store,
+        &policy.name,
+        &submitter.tenant,
+        &module.hash,
+        &approvals::params_sha256(&params),
+    )
+    .await?
+    {
+        return Err(ServiceError::NotApproved(format!(
+            "module {} with these params is not approved for scoring policy {}",
+            module.hash, policy.name
+        )));
+    }
 
     // Authorisations first; data is read only for authorised subjects.
     let at = now();
@@ -314,10 +346,6 @@ pub async fn score(
     jobs::submit(&service.store, &job, &submitter.actor).await?;
     jobs::start(&service.store, &job.id).await?;
 
-    let cap_left = match policy.daily_cap {
-        Some(cap) => Some(cap.saturating_sub(used_today(service, &submitter.tenant).await?)),
-        None => None,
-    };
     // The rate is taken for the whole batch at once, so concurrent batches
     // of one institution share it.
     let rate_left = policy.per_minute.map(|per_minute| {
@@ -326,15 +354,16 @@ pub async fn score(
     let mut results = Vec::with_capacity(request.subjects.len());
     let mut outputs = Vec::new();
     let mut attempted = 0u64;
+    let mut failures = Vec::new();
     for (index, (subject, ok)) in request.subjects.iter().zip(&authorised).enumerate() {
         if !ok {
             results.push(SubjectScore::unscored(subject, "not-authorised"));
             continue;
         }
-        let stop = if cap_left.is_some_and(|cap| attempted >= cap) {
-            Some("cap-reached")
-        } else if rate_left.is_some_and(|rate| attempted >= rate) {
+        let stop = if rate_left.is_some_and(|rate| attempted >= rate) {
             Some("rate-limited")
+        } else if !reserve_one(service, &submitter.tenant, policy.daily_cap).await? {
+            Some("cap-reached")
         } else {
             None
         };
@@ -378,6 +407,10 @@ pub async fn score(
             (Category::Ok, _) => Err("invalid-score"),
             (category, _) => Err(category.code()),
         };
+        if let Err(detail) = released {
+            failures.push(serde_json::json!({ "subject_index": index, "category": detail }));
+        }
+        let released = released.map_err(|_| "not-scored");
         let mut result = SubjectScore::unscored(subject, "scored");
         match released {
             Ok(Released::Score(value)) => {
@@ -398,8 +431,18 @@ pub async fn score(
         }
         results.push(result);
     }
-    if attempted > 0 {
-        add_usage(service, &submitter.tenant, attempted).await?;
+    if !failures.is_empty() {
+        let record = serde_json::json!({ "scoring_failures": failures });
+        if let Err(error) = crate::store::diagnostics::record_value(
+            &service.store,
+            &job.id,
+            record,
+            crate::store::diagnostics::Retention::default(),
+        )
+        .await
+        {
+            tracing::error!(job = %job.id, %error, "cannot store the batch's diagnostics");
+        }
     }
     let category = if outputs.is_empty() {
         Category::PolicyRejected("no-score: no subject was scored".into())

@@ -80,6 +80,11 @@ pub fn router(state: AppState) -> (axum::Router, utoipa::openapi::OpenApi) {
         .routes(routes!(routes::list_keys))
         .routes(routes!(routes::audit_entries))
         .routes(routes!(routes::audit_verify))
+        .routes(routes!(routes::job_diagnostics))
+        .routes(routes!(
+            routes::approve_scorer,
+            routes::list_scorer_approvals
+        ))
         .routes(routes!(routes::audit_checkpoint))
         .routes(routes!(routes::create_token, routes::list_tokens))
         .routes(routes!(routes::revoke_token))

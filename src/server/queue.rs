@@ -58,6 +58,24 @@ pub struct JobQueue {
     drained: Notify,
 }
 
+/// A running job's hold on its queue: dropping it (normally or while a
+/// panic unwinds) returns the worker slot, the tenant's count and the
+/// running gauge, and wakes the job's waiters.
+struct Running {
+    queue: Arc<JobQueue>,
+    id: String,
+    tenant: String,
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.queue.metrics.running.dec();
+        self.queue.service.announce_end(&self.id);
+        self.queue.forget(&self.id);
+        self.queue.release(&self.tenant, false);
+    }
+}
+
 impl JobQueue {
     pub fn new(
         service: Arc<Service>,
@@ -214,17 +232,30 @@ impl JobQueue {
             };
             queue.started();
             queue.metrics.running.inc();
-            match queue.service.execute(job, cancel.notified()).await {
-                Ok(result) => queue.metrics.job_finished(&mode, &result.execution),
-                Err(crate::service::ServiceError::Store(
+            // From here the slot, the tenant's count and the metrics are
+            // given back on every path out, a panic included.
+            let _running = Running {
+                queue: Arc::clone(&queue),
+                id: id.clone(),
+                tenant,
+            };
+            let executed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                queue.service.execute(job, cancel.notified()),
+            ))
+            .await;
+            match executed {
+                Ok(Ok(result)) => queue.metrics.job_finished(&mode, &result.execution),
+                Ok(Err(crate::service::ServiceError::Store(
                     crate::store::StoreError::WrongState { .. },
-                )) => {} // cancelled or interrupted meanwhile
-                Err(error) => tracing::error!(job = %id, %error, "job failed in the host"),
+                ))) => {} // cancelled or interrupted meanwhile
+                Ok(Err(error)) => tracing::error!(job = %id, %error, "job failed in the host"),
+                Err(_) => {
+                    tracing::error!(job = %id, "the host panicked running the job");
+                    if let Err(error) = queue.service.fail_internal(&id).await {
+                        tracing::error!(job = %id, %error, "cannot end the panicked job");
+                    }
+                }
             }
-            queue.metrics.running.dec();
-            queue.service.announce_end(&id);
-            queue.forget(&id);
-            queue.release(&tenant, false);
         });
         Ok(id)
     }

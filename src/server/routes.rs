@@ -313,6 +313,23 @@ pub async fn show_job(
     Ok(ApiJson(JobView::from(&job)))
 }
 
+/// A job's diagnostics (admin): trap text, guest error and log, queries and
+/// their engine outcomes, resource use. Kept bounded for a retention
+/// period; 404 once dropped. Never shown to the job's submitter.
+#[utoipa::path(get, path = "/v1/jobs/{id}/diagnostics", tag = "jobs",
+    params(("id" = String, Path)),
+    responses((status = 200, body = Object), (status = 403, body = ErrorBody), (status = 404, body = ErrorBody)))]
+pub async fn job_diagnostics(
+    State(state): State<AppState>,
+    _admin: Admin,
+    ApiPath(id): ApiPath<String>,
+) -> ApiResult<ApiJson<serde_json::Value>> {
+    match crate::store::diagnostics::get(&state.service.store, &id).await? {
+        Some(diagnostics) => Ok(ApiJson(diagnostics)),
+        None => Err(ApiError::not_found("diagnostics")),
+    }
+}
+
 /// Cancel one of the caller's jobs (queued: at once; running: at the
 /// guest's next yield). 409 when it has already ended.
 #[utoipa::path(post, path = "/v1/jobs/{id}/cancel", tag = "jobs",
@@ -965,6 +982,52 @@ pub async fn revoke_authorisation(
     } else {
         Err(ApiError::not_found("authorisation"))
     }
+}
+
+/// Approve a scorer module with its exact params for one scoring policy
+/// and institution (admin, after reviewing the institution's model).
+#[utoipa::path(post, path = "/v1/scoring/approvals", tag = "scoring",
+    request_body = crate::scoring::approvals::NewApproval,
+    responses((status = 201, body = crate::scoring::approvals::Approval), (status = 400, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn approve_scorer(
+    State(state): State<AppState>,
+    Admin(admin): Admin,
+    ApiJson(body): ApiJson<crate::scoring::approvals::NewApproval>,
+) -> ApiResult<(StatusCode, ApiJson<crate::scoring::approvals::Approval>)> {
+    accounts::validate_tenant(&body.institution)
+        .map_err(|m| ApiError::bad_request("bad-approval", format!("institution: {m}")))?;
+    if !state
+        .service
+        .scoring_policies()?
+        .iter()
+        .any(|p| p.name == body.policy && p.institutions.contains(&body.institution))
+    {
+        return Err(ApiError::bad_request(
+            "bad-approval",
+            "no scoring policy of that name names that institution",
+        ));
+    }
+    if body.module.len() != 64 || !body.module.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(ApiError::bad_request(
+            "bad-approval",
+            "module: the scorer's SHA-256 in hex",
+        ));
+    }
+    let approval =
+        crate::scoring::approvals::approve(&state.service.store, &body, &admin.actor()).await?;
+    Ok((StatusCode::CREATED, ApiJson(approval)))
+}
+
+/// Every scorer approval (admin).
+#[utoipa::path(get, path = "/v1/scoring/approvals", tag = "scoring",
+    responses((status = 200, body = Vec<crate::scoring::approvals::Approval>), (status = 403, body = ErrorBody)))]
+pub async fn list_scorer_approvals(
+    State(state): State<AppState>,
+    _admin: Admin,
+) -> ApiResult<ApiJson<Vec<crate::scoring::approvals::Approval>>> {
+    Ok(ApiJson(
+        crate::scoring::approvals::list(&state.service.store).await?,
+    ))
 }
 
 /// Score subjects with one of the caller's `scorer` modules under a

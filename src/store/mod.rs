@@ -4,9 +4,11 @@
 //!
 //! Layout: `audit` (the hash-chained log and signed checkpoints), `jobs`
 //! (durable job records and releases with receipts), `modules` (who uploaded
-//! which module); tokens and grants are in [`crate::accounts`].
+//! which module), `diagnostics` (what administrators may read of a job);
+//! tokens and grants are in [`crate::accounts`].
 
 pub mod audit;
+pub mod diagnostics;
 pub mod jobs;
 pub mod modules;
 

@@ -7,6 +7,9 @@ use crate::sandbox::job::JobState;
 use crate::sandbox::limits::LimitHit;
 use crate::sandbox::outcome::Output;
 
+/// Columns one emitted table may have.
+const MAX_COLUMNS: usize = 1024;
+
 impl JobState {
     /// Count an emit; trap once the job has used all it may.
     fn count_emit(&mut self) -> wasmtime::Result<()> {
@@ -45,13 +48,19 @@ impl output::Host for JobState {
         if self.output_bytes.saturating_add(table.len()) > self.limits.output_bytes {
             return Err(self.trip(LimitHit::Output));
         }
-        let Ok((_, batches)) = arrow_ipc::decode(&table) else {
-            return Ok(Err(EmitError::InvalidTable));
+        let allowance = arrow_ipc::Allowance {
+            rows: self.limits.output_rows.saturating_sub(self.output_rows),
+            columns: MAX_COLUMNS,
+        };
+        let batches = match arrow_ipc::decode_untrusted(&table, allowance) {
+            Ok((_, batches)) => batches,
+            Err(arrow_ipc::Refusal::TooManyRows) => return Err(self.trip(LimitHit::Output)),
+            Err(refusal) => {
+                tracing::debug!(%refusal, "emitted table refused");
+                return Ok(Err(EmitError::InvalidTable));
+            }
         };
         let rows = arrow_ipc::row_count(&batches);
-        if self.output_rows.saturating_add(rows) > self.limits.output_rows {
-            return Err(self.trip(LimitHit::Output));
-        }
         self.output_bytes += table.len();
         self.output_rows += rows;
         self.outputs.push(Output::Table {

@@ -1,6 +1,6 @@
 //! `dsb` as a user runs it: `dev run` on local files and `demo`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 
@@ -325,33 +325,11 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
 /// (a graceful stop).
 #[test]
 fn the_cli_drives_a_served_data_directory() {
-    use std::io::BufRead;
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
-    let out = dsb(
-        &["token", "create", "--role", "admin", "--tenant", "platform"],
-        &data,
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let admin = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_dsb"))
-        .args(["serve", "--listen", "127.0.0.1:0"])
-        .env("DSB_DATA_DIR", &data)
-        .env("DSB_GRACE_PERIOD", "5")
-        .current_dir(repo())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
-    let url = lines
-        .by_ref()
-        .map_while(Result::ok)
-        .find_map(|l| l.strip_prefix("dsb serving on ").map(str::to_string))
-        .expect("the server announces its address");
+    let mut server = ServeProcess::start(&data);
+    let url = server.url.clone();
+    let admin = server.admin_token.clone();
     let client = |token: &str, args: &[&str]| {
         let out = Command::new(env!("CARGO_BIN_EXE_dsb"))
             .args(["--server", &url])
@@ -547,6 +525,28 @@ fn the_cli_drives_a_served_data_directory() {
     )
     .unwrap();
     let scorer = guests_dir().join("scorer_simple.wasm");
+    // The administrator approves the bank's scorer with its params first.
+    let sha256 = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(
+        std::fs::read(&scorer).unwrap(),
+    ));
+    let (code, stdout, stderr) = client(
+        &admin,
+        &[
+            "score",
+            "approve",
+            "--institution",
+            "bank-d",
+            "--module",
+            &sha256,
+            "--params",
+            r#"{"column":"employees"}"#,
+        ],
+    );
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
+    assert!(
+        stdout.starts_with(&format!("approved {sha256} for bank-d")),
+        "{stdout}"
+    );
     let (code, stdout, stderr) = client(
         bank.trim(),
         &[
@@ -587,15 +587,11 @@ fn the_cli_drives_a_served_data_directory() {
     assert!(stdout.contains("(subject 913100000001000000)"), "{stdout}");
     // SIGTERM: a graceful stop, exit status 0.
     let status = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
+        .args(["-TERM", &server.child.id().to_string()])
         .status()
         .unwrap();
     assert!(status.success());
-    let exit = server.wait().unwrap();
+    let (exit, log) = server.wait();
     assert!(exit.success(), "{exit:?}");
-    assert!(
-        lines
-            .map_while(Result::ok)
-            .any(|l| l.contains("dsb stopped"))
-    );
+    assert!(log.iter().any(|l| l.contains("dsb stopped")), "{log:?}");
 }

@@ -3,7 +3,7 @@
 //! and bucketed, and refusals look the same for existing and absent
 //! subjects.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, guest, samples};
 use datasandbox::accounts::Role;
@@ -83,6 +83,26 @@ async fn authorise(admin: &Client, terms: &serde_json::Value) -> Vec<serde_json:
     serde_json::from_slice(&bytes).unwrap()
 }
 
+/// Approve `module` with `params` for `policy` and `institution`, as an
+/// administrator does after reviewing the institution's model.
+async fn approve(
+    admin: &Client,
+    policy: &str,
+    institution: &str,
+    module: &str,
+    params: serde_json::Value,
+) {
+    admin
+        .approve_scorer(&datasandbox::scoring::approvals::NewApproval {
+            policy: policy.into(),
+            institution: institution.into(),
+            module: module.into(),
+            params,
+        })
+        .await
+        .unwrap();
+}
+
 /// The HTTP status of scoring subject "x" under `policy`.
 async fn refused_status(client: &Client, module: &str, policy: &str) -> reqwest::StatusCode {
     let body = serde_json::json!({"module": module, "policy": policy, "subjects": ["x"]});
@@ -107,6 +127,14 @@ async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike(
         .await
         .unwrap()
         .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
     let ids = enterprises(6);
     let t = now();
     let terms = serde_json::json!([
@@ -189,6 +217,14 @@ async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike(
         .await
         .unwrap()
         .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "demo-bank",
+        &other,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
     let batch = score(
         &other_bank,
         &other,
@@ -232,6 +268,16 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
         .await
         .unwrap()
         .sha256;
+    for kind in ["counter", "rows", "nan", "inf", "huge", "fail"] {
+        approve(
+            &server.admin,
+            "credit-risk",
+            "bank-d",
+            &probe,
+            serde_json::json!({"return": kind}),
+        )
+        .await;
+    }
     let ids = enterprises(20);
     let t = now();
     let csv = std::iter::once("subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri".to_string())
@@ -279,13 +325,14 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     for result in &batch.results {
         assert_eq!(result.score, Some(290.0), "{result:?}");
     }
-    // Values that are not numbers are refused; huge ones clamped; failures
-    // are a category and carry no guest text.
-    for (probe_kind, outcome, score_value) in [
-        ("nan", "invalid-score", None),
-        ("inf", "invalid-score", None),
-        ("huge", "scored", Some(1000.0)),
-        ("fail", "guest-error", None),
+    // Values that are not numbers are refused; huge ones clamped. Every
+    // failure the scorer can choose is one outcome, `not-scored`, with no
+    // guest text; the administrators' diagnostics keep the detail.
+    for (probe_kind, outcome, score_value, detail) in [
+        ("nan", "not-scored", None, Some("invalid-score")),
+        ("inf", "not-scored", None, Some("invalid-score")),
+        ("huge", "scored", Some(1000.0), None),
+        ("fail", "not-scored", None, Some("guest-error")),
     ] {
         let batch = score(
             &bank,
@@ -298,7 +345,34 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
         assert_eq!(batch.results[0].score, score_value, "{probe_kind}");
         let text = serde_json::to_string(&batch).unwrap();
         assert!(!text.contains("7f3a9c"), "guest text leaked: {text}");
+        if let Some(detail) = detail {
+            assert!(!text.contains(detail), "{text}");
+            let diagnostics = server.admin.job_diagnostics(&batch.job_id).await.unwrap();
+            assert_eq!(
+                diagnostics["scoring_failures"][0]["category"], detail,
+                "{diagnostics}"
+            );
+        }
     }
+    // One subject twice in a batch is refused before anything runs.
+    let body = serde_json::json!({
+        "module": probe, "policy": "credit-risk",
+        "subjects": [subjects[0], subjects[1], subjects[0]], "params": {},
+    });
+    let (status, _, bytes) = bank
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 400, "{}", String::from_utf8_lossy(&bytes));
+    assert!(
+        String::from_utf8_lossy(&bytes).contains("more than once"),
+        "{}",
+        String::from_utf8_lossy(&bytes)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -341,6 +415,14 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
         .await
         .unwrap()
         .sha256;
+    approve(
+        &server.admin,
+        "rated",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
     let ids: Vec<String> = enterprises(8).into_iter().map(|(id, _)| id).collect();
     let t = now();
     let terms: Vec<serde_json::Value> = ["bank-d", "bank-e"]
@@ -381,6 +463,14 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
         .await
         .unwrap()
         .sha256;
+    approve(
+        &server.admin,
+        "capped",
+        "bank-e",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
     let first = bank
         .score(&scorer, "capped", &ids[..5], params.clone())
         .await
@@ -427,6 +517,16 @@ async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
         .await
         .unwrap()
         .sha256;
+    for policy in ["credit-risk", "credit-grade"] {
+        approve(
+            &server.admin,
+            policy,
+            "demo-bank",
+            &model,
+            serde_json::json!({}),
+        )
+        .await;
+    }
     let ids = enterprises(300);
     let t = now();
     let terms: Vec<serde_json::Value> = ids
@@ -552,4 +652,99 @@ async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
     let status = refused_status(&other, &other_model, "credit-grade").await;
     assert_eq!(status, 404);
     server.stop().await.unwrap();
+}
+
+/// The scorer is pinned: a bank that could run any module, or one module
+/// with any params, on one consenting subject would read that subject's rows
+/// a few bits a batch (`{"slice": i}`). Only the approved (module, params)
+/// pair runs; anything else is refused before a row is read, and the
+/// approval is audited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn only_an_approved_scorer_with_its_approved_params_runs() {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let ids = enterprises(1);
+    let t = now();
+    authorise(
+        &server.admin,
+        &serde_json::json!([authorisation(
+            &ids[0].0,
+            "bank-d",
+            "credit-assessment",
+            t - 10,
+            t + 3600
+        )]),
+    )
+    .await;
+    let attempt = |params: serde_json::Value| {
+        let bank = bank.clone();
+        let scorer = scorer.clone();
+        let subject = ids[0].0.clone();
+        async move {
+            let body = serde_json::json!({
+                "module": scorer, "policy": "credit-risk", "subjects": [subject], "params": params,
+            });
+            let (status, _, bytes) = bank
+                .raw(
+                    Method::POST,
+                    "/v1/scoring",
+                    Some(("application/json", body.to_string().into_bytes())),
+                )
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&bytes).into_owned())
+        }
+    };
+    // Not approved at all.
+    let (status, body) = attempt(serde_json::json!({"column": "employees"})).await;
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("module-not-approved"), "{body}");
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    let (status, body) = attempt(serde_json::json!({"column": "employees"})).await;
+    assert_eq!(status, 200, "{body}");
+    // The slicing attack: the same module, other params, refused each time.
+    for slice in 0..3 {
+        let (status, body) =
+            attempt(serde_json::json!({"column": "employees", "slice": slice})).await;
+        assert_eq!(status, 403, "{body}");
+    }
+    // An approval for another institution does not carry over.
+    let other = server.client(Role::Institution, "demo-bank").await;
+    let theirs = other
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    assert_eq!(theirs, scorer);
+    let body = serde_json::json!({
+        "module": theirs, "policy": "credit-risk", "subjects": [ids[0].0], "params": {"column": "employees"},
+    });
+    let (status, _, _) = other
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    let actions: Vec<String> = datasandbox::store::audit::entries(&server.service.store)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.action)
+        .collect();
+    assert!(actions.contains(&"scoring.approved".to_string()));
 }

@@ -2,7 +2,7 @@
 //! the audit chain verifies, every acknowledged job exists, every released
 //! job has its receipt and audit entry, and no job is left running.
 
-mod common;
+use crate::common;
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};

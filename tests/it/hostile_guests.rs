@@ -1,7 +1,7 @@
 //! Every hostile fixture ends in its own category within its limit, the
 //! host stays up, and the next job on the same sandbox succeeds.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

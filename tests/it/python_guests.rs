@@ -4,7 +4,7 @@
 //! The components are built by `scripts/build-python-guests` (part of
 //! `scripts/test`) with `dsb guest build --python`.
 
-mod common;
+use crate::common;
 
 use std::process::Command;
 use std::time::Duration;

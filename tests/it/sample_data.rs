@@ -1,7 +1,7 @@
 //! The shipped sample datasets are exactly what the generator produces, and
 //! have the shape the demo and the policy tests rely on.
 
-mod common;
+use crate::common;
 
 use common::*;
 use datasandbox::sample_data;

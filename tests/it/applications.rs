@@ -3,7 +3,7 @@
 //! the grant before they run, expiry at once, rejection with a reason,
 //! working-day deadlines and the overdue flag.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, aggregate_job, guest};
 use datasandbox::accounts::Role;

@@ -3,7 +3,7 @@
 //! synthetic samples with no real row; `dsb policy check` catches bad
 //! policy files.
 
-mod common;
+use crate::common;
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -13,7 +13,7 @@ use common::*;
 use datasandbox::catalog::{Catalog, CatalogError, Manifest, synthetic};
 use datasandbox::policy::{PolicySet, PolicyStore};
 
-const MANIFEST: &str = include_str!("../data/samples/enterprises.toml");
+const MANIFEST: &str = include_str!("../../data/samples/enterprises.toml");
 
 fn manifest_errors(text: &str) -> Vec<String> {
     Manifest::parse(Path::new("m.toml"), text)

@@ -1,7 +1,7 @@
 //! Modules are validated before anything runs, refused with a stable code,
 //! and compiled once.
 
-mod common;
+use crate::common;
 
 use common::*;
 use datasandbox::sandbox::{
@@ -152,6 +152,64 @@ fn a_module_compiles_once_and_later_loads_its_cached_artifact() {
     assert_eq!(third.load_module(&bytes).unwrap().1, ModuleLoad::Compiled);
 }
 
+#[test]
+fn concurrent_loads_of_one_module_compile_it_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let bytes = guest("district_stats");
+    let sandbox = Sandbox::new(test_config(Some(dir.path().to_path_buf()))).unwrap();
+    let loads: Vec<ModuleLoad> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..6)
+            .map(|_| scope.spawn(|| sandbox.load_module(&bytes).unwrap().1))
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let compiled = loads.iter().filter(|l| **l == ModuleLoad::Compiled).count();
+    assert_eq!(compiled, 1, "{loads:?}");
+    assert!(
+        loads
+            .iter()
+            .all(|l| matches!(l, ModuleLoad::Compiled | ModuleLoad::Memory))
+    );
+    // No temporary file is left behind: only the module and its artifact.
+    let mut names: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    names.sort();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.iter().any(|n| n.ends_with(".cwasm")));
+    assert!(
+        names
+            .iter()
+            .any(|n| n.ends_with(".wasm") && !n.ends_with(".cwasm"))
+    );
+}
+
+#[test]
+fn the_module_cache_is_bounded_by_bytes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = Sandbox::new(SandboxConfig {
+        module_cache_bytes: 1,
+        ..test_config(Some(dir.path().to_path_buf()))
+    })
+    .unwrap();
+    let first = guest("district_stats");
+    let second = guest("block_mean");
+    assert_eq!(sandbox.load_module(&first).unwrap().1, ModuleLoad::Compiled);
+    let (count, bytes) = sandbox.cached_modules();
+    assert_eq!(count, 1);
+    assert!(bytes > first.len(), "compiled code is counted: {bytes}");
+    assert_eq!(
+        sandbox.load_module(&second).unwrap().1,
+        ModuleLoad::Compiled
+    );
+    // Over the bound, the least recently used module left memory; its
+    // artifact brings it back without compiling.
+    assert_eq!(sandbox.cached_modules().0, 1);
+    assert_eq!(sandbox.load_module(&first).unwrap().1, ModuleLoad::Artifact);
+    assert_eq!(sandbox.load_module(&first).unwrap().1, ModuleLoad::Memory);
+}
+
 #[tokio::test]
 async fn a_cached_module_runs_like_a_fresh_one() {
     let dir = tempfile::tempdir().unwrap();
@@ -210,4 +268,46 @@ async fn the_host_keeps_working_after_refusing_bad_modules() {
         )
         .await;
     assert_eq!(execution.category, Category::Ok);
+}
+
+/// A component whose one core function nests `depth` loops, written flat so
+/// the text parser does not recurse.
+fn nested_loops(depth: usize) -> Vec<u8> {
+    let body = format!("{}{}", "loop\n".repeat(depth), "end\n".repeat(depth));
+    wat::parse_str(format!("(component (core module (func {body})))")).unwrap()
+}
+
+#[test]
+fn compile_bombs_are_refused_before_compiling() {
+    // 20,000 nested loops in 40 KB: a minute and more than a gigabyte of
+    // compilation, refused on the bytes in milliseconds.
+    let bomb = nested_loops(20_000);
+    assert!(bomb.len() < 64 << 10);
+    let started = std::time::Instant::now();
+    let refused = refusal(&bomb);
+    assert!(matches!(refused, IntakeError::TooComplex(_)), "{refused:?}");
+    assert_eq!(
+        refused.to_string(),
+        "too-complex: control flow nests too deep"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(2));
+    // Within the bound it is compiled (and refused later for exporting no
+    // world, like any other component without one).
+    assert!(matches!(
+        refusal(&nested_loops(200)),
+        IntakeError::UnknownWorld
+    ));
+}
+
+#[test]
+fn real_guests_stay_within_the_complexity_bounds() {
+    let bounds = datasandbox::sandbox::intake::Complexity::default();
+    for name in ["district_stats", "hostile", "logistic_model", "credit_risk"] {
+        datasandbox::sandbox::intake::check_complexity(&guest(name), bounds)
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for name in ["district_stats", "logistic_model"] {
+        datasandbox::sandbox::intake::check_complexity(&python_guest(name), bounds)
+            .unwrap_or_else(|e| panic!("python {name}: {e}"));
+    }
 }

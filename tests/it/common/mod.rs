@@ -17,16 +17,20 @@ pub fn repo() -> &'static Path {
     Path::new(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// Builds the guest components once per test binary (a no-op when they are
-/// up to date) and returns their directory.
+/// The built guest components' directory. `scripts/test` builds them once
+/// before the tests and sets `DSB_GUESTS_BUILT`; without it (a bare
+/// `cargo test`), the first call in each test process runs
+/// `scripts/build-guests` (a no-op when they are up to date).
 pub fn guests_dir() -> &'static Path {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
-        let status = Command::new("bash")
-            .arg(repo().join("scripts/build-guests"))
-            .status()
-            .expect("running scripts/build-guests");
-        assert!(status.success(), "building the guest components failed");
+        if std::env::var_os("DSB_GUESTS_BUILT").is_none() {
+            let status = Command::new("bash")
+                .arg(repo().join("scripts/build-guests"))
+                .status()
+                .expect("running scripts/build-guests");
+            assert!(status.success(), "building the guest components failed");
+        }
         repo().join("sandbox-guests/target/wasm32-wasip2/release")
     })
 }
@@ -54,11 +58,21 @@ pub fn python_guests_dir() -> PathBuf {
     repo().join("sandbox-guests/target/python")
 }
 
-/// One sandbox per test binary: engines are meant to be shared, and each
-/// reserves virtual memory for its instance pool.
+/// One sandbox per test process: engines are meant to be shared, and each
+/// reserves virtual memory for its instance pool. Its module store is shared
+/// by every test process (`target/test-modules`), so a component is compiled
+/// once for the whole run, not once per test (an 18 MB Python component
+/// takes seconds in Cranelift).
 pub fn sandbox() -> &'static Sandbox {
     static SANDBOX: OnceLock<Sandbox> = OnceLock::new();
-    SANDBOX.get_or_init(|| Sandbox::new(test_config(None)).expect("starting the sandbox"))
+    SANDBOX.get_or_init(|| {
+        Sandbox::new(test_config(Some(shared_module_dir()))).expect("starting the sandbox")
+    })
+}
+
+/// The module store the test processes share.
+pub fn shared_module_dir() -> PathBuf {
+    repo().join("target/test-modules")
 }
 
 pub fn test_config(module_dir: Option<PathBuf>) -> SandboxConfig {
@@ -362,4 +376,88 @@ pub async fn aggregate_job(
         .await
         .unwrap();
     client.job(&job.id, 30).await.unwrap()
+}
+
+/// `dsb serve` as its own process over `data_dir` on a loopback port, with
+/// an admin token bootstrapped on the data directory first.
+pub struct ServeProcess {
+    pub child: std::process::Child,
+    pub url: String,
+    pub admin_token: String,
+    log: Option<std::thread::JoinHandle<Vec<String>>>,
+}
+
+impl ServeProcess {
+    pub fn start(data_dir: &Path) -> ServeProcess {
+        use std::io::BufRead;
+        let out = Command::new(env!("CARGO_BIN_EXE_dsb"))
+            .args(["token", "create", "--role", "admin", "--tenant", "platform"])
+            .env("DSB_DATA_DIR", data_dir)
+            .current_dir(repo())
+            .output()
+            .expect("running dsb token create");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let admin_token = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_dsb"))
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .env("DSB_DATA_DIR", data_dir)
+            .env("DSB_GRACE_PERIOD", "5")
+            .current_dir(repo())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("starting dsb serve");
+        let mut lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+        let url = lines
+            .by_ref()
+            .map_while(Result::ok)
+            .find_map(|l| l.strip_prefix("dsb serving on ").map(str::to_string))
+            .expect("the server announces its address");
+        // Keep draining the server's log so it never blocks on a full pipe.
+        let log = std::thread::spawn(move || lines.map_while(Result::ok).collect());
+        ServeProcess {
+            child,
+            url,
+            admin_token,
+            log: Some(log),
+        }
+    }
+
+    /// The server's peak resident set so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the server process is alive");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map(|kb| kb * 1024)
+            .expect("VmHWM in /proc/<pid>/status")
+    }
+
+    /// Wait for the process to exit; its status and what it logged.
+    pub fn wait(&mut self) -> (std::process::ExitStatus, Vec<String>) {
+        let status = self.child.wait().unwrap();
+        let log = self
+            .log
+            .take()
+            .map(|l| l.join().unwrap())
+            .unwrap_or_default();
+        (status, log)
+    }
+
+    /// Whether the process is still running (not exited, not killed).
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

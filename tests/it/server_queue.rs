@@ -2,7 +2,7 @@
 //! a responsive server while guests spin, cancellation, concurrent
 //! submissions, graceful shutdown.
 
-mod common;
+use crate::common;
 
 use std::time::{Duration, Instant};
 

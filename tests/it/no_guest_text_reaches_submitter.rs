@@ -2,7 +2,7 @@
 //! stdout or stderr reaches the administrators' diagnostics and never the
 //! submitter's report.
 
-mod common;
+use crate::common;
 
 use common::*;
 use datasandbox::sandbox::{Category, Execution};
@@ -89,4 +89,52 @@ async fn data_dependent_query_errors_reach_neither_guest_nor_submitter() {
         Some("query failed")
     );
     assert!(!submitter_text(&execution).contains("Firm"));
+}
+
+/// On the server the diagnostics are stored: administrators read them
+/// through the admin API after the job, the submitter cannot, and nothing
+/// in the submitter's view of the job carries the secret.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diagnostics_are_kept_for_administrators_only() {
+    use datasandbox::accounts::Role;
+    let server = TestServer::start().await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let hostile = analyst.upload_module(guest("hostile"), None).await.unwrap();
+    let job = analyst
+        .submit_job(
+            &hostile.sha256,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({"attack": "secret-error"}),
+        )
+        .await
+        .unwrap();
+    let ended = analyst
+        .wait_job(&job.id, std::time::Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(ended.category.as_deref(), Some("guest-error"));
+    assert!(!serde_json::to_string(&ended).unwrap().contains(SECRET));
+
+    let diagnostics = server.admin.job_diagnostics(&job.id).await.unwrap();
+    assert!(
+        diagnostics["guest_error"]
+            .as_str()
+            .is_some_and(|e| e.contains(SECRET)),
+        "{diagnostics}"
+    );
+    assert_eq!(
+        analyst.job_diagnostics(&job.id).await.unwrap_err().code(),
+        Some("forbidden")
+    );
+    assert_eq!(
+        server
+            .admin
+            .job_diagnostics("no-such-job")
+            .await
+            .unwrap_err()
+            .code(),
+        Some("not-found")
+    );
 }

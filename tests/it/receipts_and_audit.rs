@@ -3,7 +3,7 @@
 //! inserted and reordered entries, all with a real SQLite file and the real
 //! signer.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -2,7 +2,7 @@
 //! arguments, sockets, name lookups or stdin; a frozen wall clock, a counting
 //! monotonic clock, and randomness seeded from the job id.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! The example guest of every world runs through the host and returns the
 //! right numbers.
 
-mod common;
+use crate::common;
 
 use common::*;
 use datafusion::arrow::array::{Array, Float64Array, Int64Array};

@@ -2,7 +2,7 @@
 //! the output; two administrators other than the author approve it blind
 //! and the receipt names them; one rejection or a change request stops it.
 
-mod common;
+use crate::common;
 
 use common::{TestServer, aggregate_job, guest};
 use datasandbox::accounts::Role;

@@ -3,7 +3,7 @@
 //! leave, quotas hold, host failures are free, the Ladder hides small
 //! changes, and the private board waits for the close.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -24,7 +24,7 @@ fn spec(id: &str, closes_in: i64, extra: &str) -> String {
         "id = \"{id}\"\ntitle = \"Who will be overdue on tax in 2024?\"\ndataset = \"tax_overdue\"\n\
          label = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
          split = {{ train = 0.6, public = 0.2, private = 0.2 }}\n\
-         opens = \"{}\"\ncloses = \"{}\"\ndecimals = 4\n{extra}",
+         opens = \"{}\"\ncloses = \"{}\"\n{extra}",
         rfc3339(now() - 60),
         rfc3339(now() + closes_in)
     )
@@ -185,7 +185,10 @@ async fn quotas_count_guest_failures_but_not_host_failures() {
     }
     let team = server.client(Role::Contestant, "team-x").await;
     let probe = upload(&team, "model_probe").await;
-    for (contest, category) in [
+    // Four failures the model chose after seeing its training rows: the
+    // team is told one category for all of them; the administrators keep
+    // the detail.
+    for (contest, detail) in [
         ("count", "wrong-prediction-count"),
         ("nan", "invalid-prediction"),
         ("secret", "guest-error"),
@@ -193,11 +196,16 @@ async fn quotas_count_guest_failures_but_not_host_failures() {
     ] {
         let failed = submit(&team, contest, &probe).await;
         assert_eq!(failed.state, "failed", "{failed:?}");
-        assert_eq!(failed.category.as_deref(), Some(category));
+        assert_eq!(failed.category.as_deref(), Some("not-scored"));
         assert!(failed.counted);
         assert_eq!(failed.public_score, None);
-        let text = serde_json::to_string(&team.job(&failed.id, 0).await.unwrap()).unwrap();
+        let job = team.job(&failed.id, 0).await.unwrap();
+        assert_eq!(job.category.as_deref(), Some("not-scored"));
+        let text = serde_json::to_string(&job).unwrap();
         assert!(!text.contains(common::SECRET), "{text}");
+        assert!(!text.contains(detail), "{text}");
+        let diagnostics = server.admin.job_diagnostics(&failed.id).await.unwrap();
+        assert_eq!(diagnostics["withheld_category"], detail, "{diagnostics}");
     }
     // A guest failure counts: one more today, then the quota is spent.
     submit(&team, "secret", &probe).await;
@@ -255,11 +263,7 @@ async fn the_ladder_repeats_the_best_score_unless_clearly_beaten() {
     let mut server = TestServer::start().await;
     server
         .admin
-        .create_contest(spec(
-            "ladder",
-            3600,
-            "release = \"ladder\"\nladder_step = 0.02\n",
-        ))
+        .create_contest(spec("ladder", 3600, "release = \"ladder\"\nstep = 0.02\n"))
         .await
         .unwrap();
     let team = server.client(Role::Contestant, "team-l").await;
@@ -365,5 +369,88 @@ async fn a_team_tries_its_model_locally_on_synthetic_data_first() {
     // The local loop spends nothing: no submission was recorded.
     let team = server.client(Role::Contestant, "team-local").await;
     assert!(team.submissions("local").await.unwrap().is_empty());
+    server.stop().await.unwrap();
+}
+
+/// The classic regression-contest leak: predict a huge constant plus a value
+/// that packs a hidden feature, and read the value back from the score to
+/// four decimals. Predictions are clipped to the label's range and the score
+/// rounded to the step, so the released score is one of 201 values however
+/// the predictions were chosen.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn predictions_cannot_carry_hidden_values_out_through_the_score() {
+    let mut server = TestServer::start().await;
+    let contest = server
+        .admin
+        .create_contest(
+            spec(
+                "mae",
+                3600,
+                "features = [\"employees\", \"district\"]\nlabel_range = [0.0, 1.0]\n",
+            )
+            .replace("roc-auc", "mae"),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        contest.spec.release,
+        datasandbox::contest::ReleaseRule::Ladder
+    );
+    assert!((contest.spec.step - 0.005).abs() < 1e-12);
+    let team = server.client(Role::Contestant, "team-p").await;
+    // The probe "predicts" each hidden test row's head count: unclipped,
+    // the MAE would be about the mean head count (tens), to four decimals.
+    let probe = upload(&team, "model_probe").await;
+    let leak = submit(&team, "mae", &probe).await;
+    assert_eq!(leak.state, "scored", "{leak:?}");
+    let score = leak.public_score.unwrap();
+    assert!((0.0..=1.0).contains(&score), "{score}");
+    let steps = score / 0.005;
+    assert!(
+        (steps - steps.round()).abs() < 1e-9,
+        "{score} is not on the step grid"
+    );
+    // A label range is required where predictions are unbounded.
+    let refused = server
+        .admin
+        .create_contest(spec("mae-open", 3600, "").replace("roc-auc", "mae"))
+        .await
+        .unwrap_err();
+    assert!(refused.to_string().contains("label_range"), "{refused}");
+    server.stop().await.unwrap();
+}
+
+/// Label probing needs many submissions: besides each team's quota, a
+/// contest takes a fixed number a day from all teams together.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_contest_caps_submissions_across_teams() {
+    let mut server = TestServer::start().await;
+    server
+        .admin
+        .create_contest(spec(
+            "capped",
+            3600,
+            "daily_limit = 1\ncontest_daily_limit = 2\n",
+        ))
+        .await
+        .unwrap();
+    let mut refused = None;
+    for team in ["team-1", "team-2", "team-3"] {
+        let client = server.client(Role::Contestant, team).await;
+        let baseline = upload(&client, "model_baseline").await;
+        match client.submit_model("capped", &baseline).await {
+            Ok(job) => {
+                client
+                    .wait_job(&job.id, Duration::from_secs(120))
+                    .await
+                    .unwrap();
+            }
+            Err(error) => refused = Some((team, error)),
+        }
+    }
+    let (team, error) = refused.expect("the third team is refused");
+    assert_eq!(team, "team-3");
+    assert_eq!(error.code(), Some("quota-exhausted"));
+    assert!(error.to_string().contains("all teams"), "{error}");
     server.stop().await.unwrap();
 }

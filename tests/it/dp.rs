@@ -5,7 +5,7 @@
 //! never overspent, and an empirical audit finds no more privacy loss than
 //! configured.
 
-mod common;
+use crate::common;
 
 use std::collections::HashMap;
 use std::path::Path;

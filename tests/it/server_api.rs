@@ -1,7 +1,7 @@
 //! The HTTP API on a real loopback server: every endpoint by role and
 //! tenant, error shapes, request limits, tokens, OpenAPI, metrics.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 
@@ -258,6 +258,24 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
             Method::POST,
             "/v1/authorisations".into(),
             json(serde_json::json!([])),
+            [401, 401, 201, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            format!("/v1/jobs/{job}/diagnostics"),
+            None,
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
+        (
+            Method::GET,
+            "/v1/scoring/approvals".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
+        (
+            Method::POST,
+            "/v1/scoring/approvals".into(),
+            json(serde_json::json!({"policy": "credit-risk", "institution": "bank-d", "module": "a".repeat(64)})),
             [401, 401, 201, 403, 403, 403, 403],
         ),
         (
