@@ -157,6 +157,7 @@ fn main() {
                         store: store.clone(),
                         principal: "bench".into(),
                         job_id: format!("bench-{label}-{run}"),
+                        populations: Default::default(),
                     },
                 });
                 let started = Instant::now();

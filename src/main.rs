@@ -277,9 +277,15 @@ enum JobCommand {
         /// `name=lo:hi:default` (repeat for each, in the guest's order).
         #[arg(long = "dimension")]
         dimensions: Vec<String>,
-        /// `--mode sample-aggregate`: number of blocks (default n^0.4).
+        /// `--mode sample-aggregate`: number of blocks (default 20; never
+        /// derived from the data).
         #[arg(long)]
         blocks: Option<usize>,
+        /// `--mode sample-aggregate`: each block's time allowance in ms
+        /// (default 2000). The release waits for every block's full
+        /// allowance, so it comes at a time fixed by the declaration.
+        #[arg(long)]
+        block_millis: Option<u64>,
         /// Wait for the job to end and print its output.
         #[arg(long)]
         wait: bool,
@@ -541,10 +547,16 @@ fn run() -> anyhow::Result<()> {
                         epsilon,
                         dimensions,
                         blocks,
+                        block_millis,
                         wait,
                     } => {
                         let spec = if mode == "sample-aggregate" {
-                            Some(cli::sample_spec(&dimensions, epsilon, blocks)?)
+                            Some(cli::sample_spec(
+                                &dimensions,
+                                epsilon,
+                                blocks,
+                                block_millis,
+                            )?)
                         } else {
                             None
                         };
@@ -673,18 +685,53 @@ fn run() -> anyhow::Result<()> {
         Command::Policy {
             command: PolicyCommand::Check { dir, data_dir },
         } => {
-            let known = match &data_dir {
-                Some(dir) => Some(Catalog::open(&dir.join("catalog"))?.ids()?),
+            let catalog = match &data_dir {
+                Some(dir) => Some(Catalog::open(&dir.join("catalog"))?),
                 None => None,
             };
-            match PolicySet::load(&dir, known.as_deref()) {
-                Ok(set) => {
+            let known = match &catalog {
+                Some(catalog) => Some(catalog.ids()?),
+                None => None,
+            };
+            let result = PolicySet::load(&dir, known.as_deref()).and_then(|set| {
+                let mut notes = Vec::new();
+                if let (Some(catalog), Some(known)) = (&catalog, &known) {
+                    let mut populations = std::collections::BTreeMap::new();
+                    for id in known {
+                        let version = catalog.get(id).map_err(|e| {
+                            PolicyError(vec![datasandbox::policy::PolicyDiagnostic {
+                                file: dir.clone(),
+                                line: 0,
+                                message: format!("catalog: {e}"),
+                            }])
+                        })?;
+                        populations.insert(id.clone(), version.manifest.population().to_string());
+                    }
+                    let report = set.check_populations(&populations);
+                    if !report.problems.is_empty() {
+                        return Err(PolicyError(report.problems));
+                    }
+                    notes = report.notes;
+                }
+                Ok((set, notes))
+            });
+            match result {
+                Ok((set, notes)) => {
                     for policy in set.policies() {
                         println!(
                             "ok  {}  {}  sha256 {}",
                             policy.source.display(),
                             policy.dataset.as_deref().unwrap_or("(default)"),
                             &policy.hash[..16]
+                        );
+                    }
+                    for note in notes {
+                        println!("note  {note}");
+                    }
+                    if catalog.is_none() {
+                        println!(
+                            "note  populations (shared budgets, exact/noisy sides) are checked \
+                             with --data-dir"
                         );
                     }
                     Ok(())

@@ -338,22 +338,29 @@ pub async fn queue(store: &Store) -> Result<Vec<String>, StoreError> {
 pub enum Outcome {
     /// Waiting for another reviewer.
     Pending,
-    /// Two approvals: release with these reviewers' key ids.
-    Release {
-        outputs: Vec<Output>,
-        key_ids: Vec<String>,
-    },
+    /// Two approvals: the job was released (its receipt names the
+    /// reviewers' key ids).
+    Released(Option<Box<crate::receipt::Receipt>>),
     Rejected(String),
     ChangesRequested(String),
 }
 
-/// Record a reviewer's decision and say what follows.
+/// How a release after the second approval is signed and what it states.
+pub struct Finish<'a> {
+    pub privacy_cost: crate::receipt::PrivacyCost,
+    pub signer: &'a crate::receipt::Signer,
+}
+
+/// Record a reviewer's decision and carry out what follows: the decision,
+/// its audit entry and the job's release (or end) are one transaction, so
+/// a failure between them leaves nothing half done.
 pub async fn decide(
     store: &Store,
     job_id: &str,
     reviewer: &str,
     key_id: &str,
     decision: &NewDecision,
+    finish: Finish<'_>,
 ) -> Result<Outcome, ReviewError> {
     if !matches!(
         decision.decision.as_str(),
@@ -427,16 +434,42 @@ pub async fn decide(
         _ if approvals.len() >= 2 => {
             let outputs: Vec<Output> = serde_json::from_str(&row.get::<String, _>(2))
                 .map_err(|e| StoreError::Record(e.to_string()))?;
-            (
-                "released",
-                Outcome::Release {
-                    outputs,
-                    key_ids: approvals,
-                },
+            let receipt = crate::store::jobs::release_held_in(
+                &mut tx,
+                job_id,
+                &outputs,
+                finish.privacy_cost,
+                approvals,
+                finish.signer,
             )
+            .await?;
+            ("released", Outcome::Released(receipt.map(Box::new)))
         }
         _ => ("held", Outcome::Pending),
     };
+    match &outcome {
+        Outcome::Rejected(reason) => {
+            crate::store::jobs::end_review_in(
+                &mut tx,
+                job_id,
+                "rejected",
+                &format!("review-rejected: {reason}"),
+            )
+            .await?
+        }
+        // The job ends unreleased; the author resubmits after the changes
+        // (the review record keeps `changes-requested`).
+        Outcome::ChangesRequested(comment) => {
+            crate::store::jobs::end_review_in(
+                &mut tx,
+                job_id,
+                "rejected",
+                &format!("changes-requested: {comment}"),
+            )
+            .await?
+        }
+        Outcome::Pending | Outcome::Released(_) => {}
+    }
     if new_state != "held" {
         sqlx::query("UPDATE held_outputs SET state = ? WHERE job_id = ?")
             .bind(new_state)

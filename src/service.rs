@@ -72,6 +72,10 @@ pub enum ServiceError {
     /// The scorer (module and params) is not approved for the policy.
     #[error("{0}")]
     NotApproved(String),
+    /// The tenant is pinned to the other side of a population (exact or
+    /// noisy answers).
+    #[error("{0}")]
+    ModeConflict(String),
     /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
     #[error("query-limit: {0}")]
     QueryLimit(String),
@@ -138,6 +142,7 @@ struct SamplePlan {
     table: crate::dataset::DatasetSource,
     privacy_unit: String,
     rules: crate::policy::DpRules,
+    population: crate::dp::budget::Population,
 }
 
 /// A committed (`queued`) job with everything needed to run it.
@@ -153,7 +158,18 @@ pub struct QueuedJob {
     /// strictest minimum group size for the pre-checks, the smallest
     /// `review_cells_over` rule if every such policy has one).
     review: Option<(String, u32, Option<u64>)>,
+    /// Noisy and contest modes: the result is released exactly this long
+    /// after the job starts, whatever the guest and the data did (see
+    /// [`Service::execute`]).
+    release_hold: Option<std::time::Duration>,
+    /// A schedule instead: released at the first multiple of this after
+    /// the work ended (contests that choose speed over a fixed time).
+    release_every: Option<std::time::Duration>,
 }
+
+/// Time for a dp or contest job's host work after the guest's own limit
+/// (ending the instance, scoring, noise) inside the release hold.
+const HOLD_MARGIN: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub struct Service {
     pub data_dir: PathBuf,
@@ -461,6 +477,10 @@ impl Service {
         if let Some(seconds) = spec.timeout_seconds {
             job.env.limits.timeout = std::time::Duration::from_secs(seconds);
         }
+        job.release_hold = Some(job.env.limits.timeout + HOLD_MARGIN);
+        job.release_every = spec
+            .release_every_seconds
+            .map(|s| std::time::Duration::from_secs(s.max(1)));
         job.plan = Plan::Contest(Box::new(ContestPlan {
             privacy_unit: version.manifest.privacy_unit.clone(),
             spec,
@@ -497,6 +517,9 @@ impl Service {
                 ))
             })?;
         spec.check(&rules).map_err(ServiceError::Dp)?;
+        let population = self
+            .population_of(&version.id)?
+            .unwrap_or_else(|| crate::dp::budget::Population::solo(&version.id, rules.caps()));
         // The blocks get the rows; no query session is opened.
         let table = version.job_table(&policies);
         let mut job = self
@@ -510,11 +533,13 @@ impl Service {
                 None,
             )
             .await?;
+        job.release_hold = Some(spec.hold());
         job.plan = Plan::SampleAggregate(Box::new(SamplePlan {
             spec,
             table,
             privacy_unit: version.manifest.privacy_unit.clone(),
             rules,
+            population,
         }));
         Ok(job)
     }
@@ -604,6 +629,12 @@ impl Service {
                 }
             }
         }
+        let mut populations = std::collections::HashMap::new();
+        for table in dp_tables.values() {
+            if let Some(population) = self.population_of(&table.dataset)? {
+                populations.insert(population.id.clone(), population);
+            }
+        }
         let job_id = jobs::new_job_id();
         let dp = Arc::new(crate::dp::DpSession {
             tables: dp_tables,
@@ -612,6 +643,7 @@ impl Service {
                 store: self.store.clone(),
                 principal: submitter.tenant.clone(),
                 job_id: job_id.clone(),
+                populations,
             },
         });
         let mut job = self
@@ -626,6 +658,7 @@ impl Service {
             )
             .await?;
         job.env.dp = Some(dp);
+        job.release_hold = Some(job.env.limits.timeout + HOLD_MARGIN);
         Ok(job)
     }
 
@@ -672,12 +705,32 @@ impl Service {
                 version: version.hash.clone(),
             });
         }
+        let job_id = job_id.unwrap_or_else(jobs::new_job_id);
+        if let Some(side) = mode.side() {
+            for version in versions {
+                if version.manifest.classification == Classification::Open {
+                    continue;
+                }
+                crate::dp::sides::pin(
+                    &self.store,
+                    &submitter.tenant,
+                    version.manifest.population(),
+                    side,
+                    &job_id,
+                )
+                .await
+                .map_err(|e| match e {
+                    crate::dp::sides::PinError::Store(e) => ServiceError::from(e),
+                    conflict => ServiceError::ModeConflict(conflict.to_string()),
+                })?;
+            }
+        }
         let job = jobs::NewJob {
-            id: job_id.unwrap_or_else(jobs::new_job_id),
+            id: job_id,
             principal: submitter.tenant.clone(),
             module_sha256: module.hash.clone(),
             world: module.world.to_string(),
-            mode: mode_name(mode).into(),
+            mode: mode.name().into(),
             datasets: refs,
             policy_sha256: policy_hash,
             params: params.clone(),
@@ -696,6 +749,8 @@ impl Service {
             params,
             plan: Plan::Run,
             review,
+            release_hold: None,
+            release_every: None,
         })
     }
 
@@ -704,21 +759,34 @@ impl Service {
     /// guest is stopped and the job ends `cancelled`. Long-poll waiters are
     /// woken by [`Service::announce_end`], which the caller invokes once it
     /// has recorded what it needs (metrics).
+    ///
+    /// Jobs with a release hold (dp, sample-aggregate, contest) are released
+    /// at `start + hold`, a time fixed before any data is read, so how long
+    /// the guest or the query took does not show in when the result (or
+    /// the leaderboard entry) appears. `free_slot` is called when the work
+    /// is done and the job only waits, so a waiting job does not keep a
+    /// worker from other jobs.
     pub async fn execute(
         &self,
         job: QueuedJob,
         cancel: impl std::future::Future<Output = ()>,
+        free_slot: impl FnOnce(),
     ) -> Result<JobResult, ServiceError> {
         jobs::start(&self.store, &job.id).await?;
+        let started = tokio::time::Instant::now();
+        let mut free_slot = Some(free_slot);
         let execution = match &job.plan {
             Plan::Run => {
                 let call = GuestCall::Run {
                     params: job.params.clone(),
                 };
-                tokio::select! {
+                let execution = tokio::select! {
                     execution = self.sandbox.run(&job.module, &job.env, call) => execution,
                     () = cancel => Execution::refused(&job.id, Category::Cancelled),
-                }
+                };
+                self.hold(&job, &execution.category, started, &mut free_slot)
+                    .await;
+                execution
             }
             Plan::SampleAggregate(plan) => {
                 let run = crate::dp::sample_aggregate::run(crate::dp::sample_aggregate::Run {
@@ -732,6 +800,7 @@ impl Service {
                     params: &job.params,
                     store: &self.store,
                     principal: &job.tenant,
+                    population: plan.population.clone(),
                     report_defaulted: plan.rules.report_defaulted,
                 });
                 match tokio::select! {
@@ -747,6 +816,8 @@ impl Service {
                         );
                         let mut execution = Execution::refused(&job.id, release.category);
                         execution.outputs = release.outputs;
+                        self.hold(&job, &execution.category, started, &mut free_slot)
+                            .await;
                         execution
                     }
                     None => Execution::refused(&job.id, Category::Cancelled),
@@ -765,6 +836,12 @@ impl Service {
                     ) => evaluated,
                     () = cancel => (Err(Category::Cancelled), Default::default()),
                 };
+                // The leaderboard too shows the score only at the hold.
+                let ending = match &outcome {
+                    Ok(_) => Category::Ok,
+                    Err(category) => category.clone(),
+                };
+                self.hold(&job, &ending, started, &mut free_slot).await;
                 let released =
                     crate::contest::record(&self.store, &plan.spec, &job.id, &job.tenant, &outcome)
                         .await?;
@@ -971,33 +1048,42 @@ impl Service {
         decision: &crate::review::NewDecision,
     ) -> Result<String, ServiceError> {
         use crate::review::Outcome;
-        let outcome =
-            crate::review::decide(&self.store, job_id, reviewer, key_id, decision).await?;
-        let state = match outcome {
-            Outcome::Pending => "held",
-            Outcome::Release { outputs, key_ids } => {
-                let cost = crate::dp::budget::job_cost(&self.store, job_id).await?;
-                let record = jobs::get(&self.store, job_id).await?;
+        // What a release would state, read before the decision (a held
+        // job's charges and datasets no longer change).
+        let cost = crate::dp::budget::job_cost(&self.store, job_id).await?;
+        let perturbed = match jobs::get(&self.store, job_id).await {
+            Ok(record) => {
                 let policies = self.policies.current();
-                let perturbed = record.mode == "aggregate"
+                record.mode == "aggregate"
                     && record.datasets.iter().any(|d| {
                         policies
                             .policy_for(&d.id)
                             .is_some_and(|p| p.perturbation.is_some())
-                    });
-                let receipt = jobs::release_held(
-                    &self.store,
-                    job_id,
-                    &outputs,
-                    PrivacyCost {
-                        epsilon: cost.epsilon,
-                        delta: cost.delta,
-                        perturbed,
-                    },
-                    key_ids,
-                    &self.keys.signer()?,
-                )
-                .await?;
+                    })
+            }
+            Err(StoreError::UnknownJob(_)) => false,
+            Err(error) => return Err(error.into()),
+        };
+        let signer = self.keys.signer()?;
+        let outcome = crate::review::decide(
+            &self.store,
+            job_id,
+            reviewer,
+            key_id,
+            decision,
+            crate::review::Finish {
+                privacy_cost: PrivacyCost {
+                    epsilon: cost.epsilon,
+                    delta: cost.delta,
+                    perturbed,
+                },
+                signer: &signer,
+            },
+        )
+        .await?;
+        let state = match outcome {
+            Outcome::Pending => "held",
+            Outcome::Released(receipt) => {
                 if let Some(receipt) = &receipt {
                     let dir = self.data_dir.join("receipts");
                     std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
@@ -1007,28 +1093,8 @@ impl Service {
                 }
                 "released"
             }
-            Outcome::Rejected(reason) => {
-                jobs::end_review(
-                    &self.store,
-                    job_id,
-                    "rejected",
-                    &format!("review-rejected: {reason}"),
-                )
-                .await?;
-                "rejected"
-            }
-            Outcome::ChangesRequested(comment) => {
-                // The job ends unreleased; the author resubmits after the
-                // changes (the review record keeps `changes-requested`).
-                jobs::end_review(
-                    &self.store,
-                    job_id,
-                    "rejected",
-                    &format!("changes-requested: {comment}"),
-                )
-                .await?;
-                "changes-requested"
-            }
+            Outcome::Rejected(_) => "rejected",
+            Outcome::ChangesRequested(_) => "changes-requested",
         };
         Ok(state.to_string())
     }
@@ -1074,7 +1140,7 @@ impl Service {
         let policy = self.policies.current().policy_for(&version.id);
         let allowed: Vec<&str> = policy
             .as_ref()
-            .map(|p| p.modes.iter().map(|m| mode_name(*m)).collect())
+            .map(|p| p.modes.iter().map(|m| m.name()).collect())
             .unwrap_or_default();
         if request.modes.is_empty() || request.modes.iter().any(|m| !allowed.contains(&m.as_str()))
         {
@@ -1107,31 +1173,95 @@ impl Service {
         .await?)
     }
 
-    /// The budget caps of a dataset whose policy allows `dp`.
-    fn dp_caps(&self, dataset: &str) -> Option<crate::dp::budget::Caps> {
-        self.policies
-            .current()
-            .policy_for(dataset)
-            .filter(|p| p.allows(Mode::Dp))
-            .and_then(|p| p.dp)
-            .map(|rules| rules.caps())
+    /// Wait until the job's release time, if it has one. A cancelled job
+    /// ends at once (cancelling is the submitter's act, not the data's).
+    async fn hold(
+        &self,
+        job: &QueuedJob,
+        ending: &Category,
+        started: tokio::time::Instant,
+        free_slot: &mut Option<impl FnOnce()>,
+    ) {
+        let Some(hold) = job.release_hold else {
+            return;
+        };
+        if *ending == Category::Cancelled {
+            return;
+        }
+        if let Some(free) = free_slot.take() {
+            free();
+        }
+        let elapsed = started.elapsed();
+        let release = match job.release_every {
+            // The first tick of the schedule after the work ended.
+            Some(every) => {
+                let ticks = (elapsed.as_nanos() / every.as_nanos()).saturating_add(1);
+                every * u32::try_from(ticks).unwrap_or(u32::MAX)
+            }
+            None => {
+                if elapsed > hold {
+                    // Only a host stall gets here (the guest's limit is
+                    // inside the hold); the release is late and logged.
+                    tracing::warn!(job = %job.id, ?elapsed, ?hold, "job overran its release hold");
+                }
+                hold
+            }
+        };
+        tokio::time::sleep_until(started + release).await;
     }
 
-    /// A tenant's budgets on every registered dataset with a `dp` policy.
+    /// Every registered dataset's population.
+    pub fn populations(&self) -> Result<std::collections::BTreeMap<String, String>, ServiceError> {
+        let mut populations = std::collections::BTreeMap::new();
+        for id in self.catalog.ids()? {
+            let version = self.catalog.get(&id)?;
+            populations.insert(id, version.manifest.population().to_string());
+        }
+        Ok(populations)
+    }
+
+    /// The budget `dataset`'s noisy answers are charged to: its population,
+    /// every registered member, and the tightest caps their policies state.
+    /// `None` when no member's policy allows a noisy mode.
+    pub fn population_of(
+        &self,
+        dataset: &str,
+    ) -> Result<Option<crate::dp::budget::Population>, ServiceError> {
+        let populations = self.populations()?;
+        let Some(id) = populations.get(dataset).cloned() else {
+            return Ok(None);
+        };
+        let datasets: Vec<String> = populations
+            .iter()
+            .filter(|(_, p)| **p == id)
+            .map(|(d, _)| d.clone())
+            .collect();
+        Ok(self
+            .policies
+            .current()
+            .population_caps(&datasets)
+            .map(|caps| crate::dp::budget::Population { id, datasets, caps }))
+    }
+
+    /// A tenant's budgets on every population with a noisy mode.
     pub async fn budgets(
         &self,
         tenant: &str,
     ) -> Result<Vec<crate::dp::budget::Budget>, ServiceError> {
         let mut list = Vec::new();
+        let mut seen = std::collections::BTreeSet::new();
         for dataset in self.catalog.ids()? {
-            if let Some(caps) = self.dp_caps(&dataset) {
-                list.push(crate::dp::budget::budget(&self.store, tenant, &dataset, caps).await?);
+            if let Some(population) = self.population_of(&dataset)?
+                && seen.insert(population.id.clone())
+            {
+                list.push(crate::dp::budget::budget(&self.store, tenant, &population).await?);
             }
         }
         Ok(list)
     }
 
-    /// Raise a tenant's cap on a dataset (audited); returns the new budget.
+    /// Raise a tenant's cap on a dataset's population (audited); returns
+    /// the new budget.
     pub async fn grant_budget(
         &self,
         actor: &str,
@@ -1140,11 +1270,20 @@ impl Service {
         amount: crate::dp::budget::Cost,
         reason: &str,
     ) -> Result<crate::dp::budget::Budget, ServiceError> {
-        let caps = self
-            .dp_caps(dataset)
+        let population = self
+            .population_of(dataset)?
             .ok_or_else(|| ServiceError::NoAccess(dataset.to_string()))?;
-        crate::dp::budget::grant(&self.store, actor, tenant, dataset, amount, reason).await?;
-        Ok(crate::dp::budget::budget(&self.store, tenant, dataset, caps).await?)
+        crate::dp::budget::grant(
+            &self.store,
+            actor,
+            tenant,
+            &population,
+            dataset,
+            amount,
+            reason,
+        )
+        .await?;
+        Ok(crate::dp::budget::budget(&self.store, tenant, &population).await?)
     }
 
     /// Cancel a job that has not started. False if it already has.
@@ -1235,7 +1374,7 @@ impl Service {
                     .await?;
                 on_submitted(&job.id);
                 let id = job.id.clone();
-                let result = self.execute(job, std::future::pending()).await;
+                let result = self.execute(job, std::future::pending(), || ()).await;
                 self.announce_end(&id);
                 result
             }
@@ -1285,6 +1424,13 @@ impl Service {
     /// submitted from now on, and the change is audited with every policy's
     /// hash. On error the old set stays.
     pub async fn reload_policies(&self, actor: &str) -> Result<(), ServiceError> {
+        // A set whose noisy policies disagree on a population's caps is
+        // refused before anything changes.
+        let candidate = crate::policy::PolicySet::load(self.policies.dir(), None)?;
+        let report = candidate.check_populations(&self.populations()?);
+        if !report.problems.is_empty() {
+            return Err(PolicyError(report.problems).into());
+        }
         self.policies.reload(None)?;
         let hashes: serde_json::Map<String, serde_json::Value> = self
             .policies
@@ -1368,15 +1514,4 @@ pub async fn record_dataset_added(
     .await?;
     tx.commit().await?;
     Ok(())
-}
-
-/// A release mode as policies and jobs spell it.
-pub fn mode_name(mode: Mode) -> &'static str {
-    match mode {
-        Mode::Aggregate => "aggregate",
-        Mode::Dp => "dp",
-        Mode::SampleAggregate => "sample-aggregate",
-        Mode::Contest => "contest",
-        Mode::Scoring => "scoring",
-    }
 }

@@ -86,6 +86,10 @@ struct ManifestFile {
     time_coverage: Option<Spanned<TimeCoverage>>,
     classification: Classification,
     privacy_unit: Spanned<String>,
+    /// The population whose members the privacy unit names: datasets of
+    /// one population share one privacy budget per tenant. Defaults to the
+    /// dataset's id (a population of its own).
+    population: Option<Spanned<String>>,
     #[serde(default)]
     join_keys: Vec<Spanned<String>>,
     columns: Spanned<Vec<ColumnFile>>,
@@ -125,6 +129,9 @@ pub struct Manifest {
     pub time_coverage: Option<TimeCoverage>,
     pub classification: Classification,
     pub privacy_unit: String,
+    /// Empty when the file names none: see [`Manifest::population`].
+    #[serde(default)]
+    pub population: String,
     pub join_keys: Vec<String>,
     pub columns: Vec<ColumnSpec>,
     #[serde(skip)]
@@ -142,6 +149,16 @@ pub struct ManifestError {
 }
 
 impl Manifest {
+    /// The population this dataset's privacy units belong to: the
+    /// manifest's `population`, else the dataset's own id.
+    pub fn population(&self) -> &str {
+        if self.population.is_empty() {
+            &self.id
+        } else {
+            &self.population
+        }
+    }
+
     /// Parse and check a manifest on its own (the data is checked by
     /// [`Manifest::check_schema`]).
     pub fn parse(file: &Path, text: &str) -> Result<Self, Vec<ManifestError>> {
@@ -251,6 +268,21 @@ impl Manifest {
             )),
             Some(_) => {}
         }
+        if let Some(population) = &parsed.population {
+            let name = population.get_ref();
+            if name.is_empty()
+                || name.len() > 64
+                || !name
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+            {
+                problems.push(error(
+                    at(population.span()),
+                    "population",
+                    "1 to 64 of a-z, A-Z, 0-9, _ and -".into(),
+                ));
+            }
+        }
         for key in &parsed.join_keys {
             if !columns.iter().any(|c| &c.name == key.get_ref()) {
                 problems.push(error(
@@ -297,6 +329,10 @@ impl Manifest {
             time_coverage: parsed.time_coverage.map(Spanned::into_inner),
             classification: parsed.classification,
             privacy_unit: parsed.privacy_unit.into_inner(),
+            population: parsed
+                .population
+                .map(Spanned::into_inner)
+                .unwrap_or_default(),
             join_keys: parsed
                 .join_keys
                 .into_iter()

@@ -18,6 +18,9 @@ use serde::{Deserialize, Serialize};
 use super::manifest::{ColumnType, Manifest};
 use crate::dataset::{ColumnRole, DatasetSource};
 
+/// Counts in a published profile are multiples of this.
+pub const PUBLISHED_COUNT_GRAIN: u64 = 10;
+
 /// Category values rarer than this many privacy units stay out of the
 /// profile and the synthetic sample.
 pub const CATEGORY_MIN_UNITS: i64 = 10;
@@ -50,6 +53,82 @@ pub struct Profile {
     /// Share of columns with a description (and, for numbers, a unit).
     pub dictionary_completeness: f64,
     pub warnings: Vec<String>,
+}
+
+fn round_to_grain(n: u64) -> u64 {
+    (n + PUBLISHED_COUNT_GRAIN / 2) / PUBLISHED_COUNT_GRAIN * PUBLISHED_COUNT_GRAIN
+}
+
+impl Profile {
+    /// The profile as users (not administrators) see it: counts rounded to
+    /// [`PUBLISHED_COUNT_GRAIN`] (rates from the rounded counts), no
+    /// extremes of any column (an extreme is one unit's value), the observed
+    /// time coverage to the month, categories only those held by at least
+    /// [`CATEGORY_MIN_UNITS`] units (as computed), and warnings rebuilt
+    /// from the rounded figures. One firm more or less between two versions
+    /// moves a published count only when it crosses a rounding boundary.
+    pub fn published(&self) -> Profile {
+        let rows = round_to_grain(self.rows);
+        let rate = |n: u64| {
+            if rows == 0 {
+                0.0
+            } else {
+                n as f64 / rows as f64
+            }
+        };
+        let mut warnings = Vec::new();
+        let columns = self
+            .columns
+            .iter()
+            .map(|c| {
+                let (nulls, out_of_bounds) =
+                    (round_to_grain(c.nulls), round_to_grain(c.out_of_bounds));
+                if nulls > 0 {
+                    warnings.push(format!(
+                        "{}: about {:.0}% of values are missing",
+                        c.name,
+                        rate(nulls) * 100.0
+                    ));
+                }
+                if out_of_bounds > 0 {
+                    warnings.push(format!(
+                        "{}: about {:.0}% of values are outside the declared bounds",
+                        c.name,
+                        rate(out_of_bounds) * 100.0
+                    ));
+                }
+                ColumnProfile {
+                    name: c.name.clone(),
+                    nulls,
+                    null_rate: rate(nulls),
+                    distinct: round_to_grain(c.distinct),
+                    out_of_bounds,
+                    out_of_bounds_rate: rate(out_of_bounds),
+                    min: None,
+                    max: None,
+                    categories: c.categories.clone(),
+                }
+            })
+            .collect();
+        warnings.extend(
+            self.warnings
+                .iter()
+                .filter(|w| w.starts_with("dictionary:"))
+                .cloned(),
+        );
+        let month = |date: &String| date.chars().take(7).collect::<String>();
+        Profile {
+            rows,
+            privacy_units: round_to_grain(self.privacy_units),
+            columns,
+            observed_coverage: self
+                .observed_coverage
+                .as_ref()
+                .map(|(first, last)| (month(first), month(last))),
+            dictionary_completeness: self.dictionary_completeness,
+            warnings,
+        }
+    }
 }
 
 async fn scalar_row(

@@ -801,14 +801,15 @@ impl Remote {
         let print = |list: &Vec<datasandbox::dp::budget::Budget>| {
             for b in list {
                 println!(
-                    "{:<18} {:<12} ε spent {:.3} of {:.3}, {:.3} left   δ spent {:e} of {:e}",
-                    b.dataset,
+                    "{:<18} {:<12} ε spent {:.3} of {:.3}, {:.3} left   δ spent {:e} of {:e}   ({})",
+                    b.population,
                     b.principal,
                     b.spent.epsilon,
                     b.cap.epsilon,
                     b.remaining.epsilon,
                     b.spent.delta,
-                    b.cap.delta
+                    b.cap.delta,
+                    b.datasets.join(", ")
                 );
             }
         };
@@ -1057,11 +1058,12 @@ pub fn needs_server(what: &str) -> anyhow::Result<()> {
 }
 
 /// A sample-and-aggregate declaration from `--dimension name=lo:hi:default`
-/// flags, `--epsilon` and `--blocks`.
+/// flags, `--epsilon`, `--blocks` and `--block-millis`.
 pub fn sample_spec(
     dimensions: &[String],
     epsilon: Option<f64>,
     blocks: Option<usize>,
+    block_millis: Option<u64>,
 ) -> anyhow::Result<datasandbox::dp::sample_aggregate::Spec> {
     let epsilon = epsilon.context("--mode sample-aggregate needs --epsilon")?;
     if dimensions.is_empty() {
@@ -1093,5 +1095,6 @@ pub fn sample_spec(
         dimensions,
         epsilon,
         blocks,
+        block_millis,
     })
 }

@@ -93,6 +93,7 @@ struct SpecFile {
     fuel: Option<u64>,
     memory_mb: Option<u64>,
     timeout_seconds: Option<u64>,
+    release_every_seconds: Option<u64>,
 }
 
 fn default_daily() -> u32 {
@@ -146,6 +147,13 @@ pub struct Spec {
     pub fuel: Option<u64>,
     pub memory_mb: Option<u64>,
     pub timeout_seconds: Option<u64>,
+    /// Scores are released on a schedule from the submission's start:
+    /// at the first multiple of this many seconds after the run ended.
+    /// Unset: once, at the time limit (the run's duration shows nothing).
+    /// Shorter periods are faster and leak at most
+    /// log2(⌈limit / period⌉) bits of the run's duration a submission.
+    #[serde(default)]
+    pub release_every_seconds: Option<u64>,
 }
 
 /// Contest errors callers can act on.
@@ -285,6 +293,7 @@ pub fn parse_spec(file: &str, text: &str) -> Result<Spec, ContestError> {
         fuel: parsed.fuel,
         memory_mb: parsed.memory_mb,
         timeout_seconds: parsed.timeout_seconds,
+        release_every_seconds: parsed.release_every_seconds,
     })
 }
 

@@ -1,4 +1,9 @@
-//! Privacy budgets per (principal, dataset), in the store.
+//! Privacy budgets per (principal, population), in the store.
+//!
+//! A budget belongs to a **population**, not a dataset: datasets whose
+//! privacy units are the same firms (the manifest's `population`) share one
+//! ledger per principal and one cap over all principals, since a query on
+//! any of them spends the same firms' privacy.
 //!
 //! A charge is one `BEGIN IMMEDIATE` transaction: read what was spent,
 //! refuse if the charge would pass a cap, else write the charge and its
@@ -50,13 +55,67 @@ fn cost_of(epsilon: i64, delta: i64) -> Cost {
     }
 }
 
-/// The caps a dataset's policy sets.
+/// The caps a population's policies set.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Caps {
     /// Per principal.
     pub total: Cost,
     /// Over all principals together (ε), if set.
     pub dataset_epsilon: Option<f64>,
+    /// Over all principals together (δ), if set.
+    pub dataset_delta: Option<f64>,
+}
+
+impl Caps {
+    /// The tighter of two caps, field by field (a population whose
+    /// datasets' policies disagree gets the smallest of each).
+    pub fn tightest(self, other: Caps) -> Caps {
+        let min = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        Caps {
+            total: Cost {
+                epsilon: self.total.epsilon.min(other.total.epsilon),
+                delta: self.total.delta.min(other.total.delta),
+            },
+            dataset_epsilon: min(self.dataset_epsilon, other.dataset_epsilon),
+            dataset_delta: min(self.dataset_delta, other.dataset_delta),
+        }
+    }
+}
+
+/// Datasets that share one budget, and its caps.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Population {
+    pub id: String,
+    /// Its datasets (charges recorded under a member's id before
+    /// populations existed count too).
+    pub datasets: Vec<String>,
+    pub caps: Caps,
+}
+
+impl Population {
+    /// A dataset that is a population of its own.
+    pub fn solo(dataset: &str, caps: Caps) -> Population {
+        Population {
+            id: dataset.to_string(),
+            datasets: vec![dataset.to_string()],
+            caps,
+        }
+    }
+
+    /// `population = ? OR dataset IN (…)`, and its binds.
+    fn filter(&self) -> (String, Vec<&str>) {
+        let marks = vec!["?"; self.datasets.len().max(1)].join(", ");
+        let mut binds = vec![self.id.as_str()];
+        if self.datasets.is_empty() {
+            binds.push(self.id.as_str());
+        } else {
+            binds.extend(self.datasets.iter().map(String::as_str));
+        }
+        (format!("(population = ? OR dataset IN ({marks}))"), binds)
+    }
 }
 
 /// Why a charge was refused.
@@ -68,11 +127,13 @@ pub enum ChargeError {
     Store(#[from] StoreError),
 }
 
-/// One principal's budget on one dataset.
+/// One principal's budget on one population.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Budget {
     pub principal: String,
-    pub dataset: String,
+    pub population: String,
+    /// The population's datasets: a query on any of them spends this budget.
+    pub datasets: Vec<String>,
     pub cap: Cost,
     pub spent: Cost,
     pub remaining: Cost,
@@ -80,10 +141,12 @@ pub struct Budget {
 
 async fn sums(
     conn: &mut sqlx::SqliteConnection,
-    sql: &'static str,
+    sql: &str,
     binds: &[&str],
 ) -> Result<(i64, i64), StoreError> {
-    let mut query = sqlx::query(sql);
+    // Built from fixed text and `?` placeholders only (no value is ever
+    // spliced in): safe to hand over as an owned string.
+    let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
     for bind in binds {
         query = query.bind(*bind);
     }
@@ -97,12 +160,14 @@ async fn sums(
 async fn granted(
     conn: &mut sqlx::SqliteConnection,
     principal: &str,
-    dataset: &str,
+    population: &Population,
 ) -> Result<(i64, i64), StoreError> {
+    let (filter, mut binds) = population.filter();
+    binds.insert(0, principal);
     sums(
         conn,
-        "SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_budget_grants WHERE principal = ? AND dataset = ?",
-        &[principal, dataset],
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_budget_grants WHERE principal = ? AND {filter}"),
+        &binds,
     )
     .await
 }
@@ -110,61 +175,85 @@ async fn granted(
 async fn spent(
     conn: &mut sqlx::SqliteConnection,
     principal: &str,
-    dataset: &str,
+    population: &Population,
 ) -> Result<(i64, i64), StoreError> {
+    let (filter, mut binds) = population.filter();
+    binds.insert(0, principal);
     sums(
         conn,
-        "SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE principal = ? AND dataset = ?",
-        &[principal, dataset],
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE principal = ? AND {filter}"),
+        &binds,
     )
     .await
 }
 
-/// Charge `cost` to `principal` on `dataset` for `job_id`, with its audit
-/// entry, or refuse without writing anything.
+async fn spent_by_all(
+    conn: &mut sqlx::SqliteConnection,
+    population: &Population,
+) -> Result<(i64, i64), StoreError> {
+    let (filter, binds) = population.filter();
+    sums(
+        conn,
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE {filter}"),
+        &binds,
+    )
+    .await
+}
+
+/// Charge `cost` to `principal` on `population` (for a query on
+/// `dataset`) for `job_id`, with its audit entry, or refuse without writing
+/// anything.
 pub async fn charge(
     store: &Store,
     principal: &str,
+    population: &Population,
     dataset: &str,
     job_id: &str,
     cost: Cost,
-    caps: Caps,
 ) -> Result<(), ChargeError> {
+    let caps = population.caps;
     let (epsilon, delta) = charge_units(cost);
     let mut tx = store.begin_write().await?;
-    let (spent_epsilon, spent_delta) = spent(&mut tx, principal, dataset).await?;
-    let (granted_epsilon, granted_delta) = granted(&mut tx, principal, dataset).await?;
+    let (spent_epsilon, spent_delta) = spent(&mut tx, principal, population).await?;
+    let (granted_epsilon, granted_delta) = granted(&mut tx, principal, population).await?;
     let (cap_epsilon, cap_delta) = cap_units(caps.total);
     let (cap_epsilon, cap_delta) = (cap_epsilon + granted_epsilon, cap_delta + granted_delta);
     if spent_epsilon + epsilon > cap_epsilon || spent_delta + delta > cap_delta {
         let left = cost_of(cap_epsilon - spent_epsilon, cap_delta - spent_delta);
         return Err(ChargeError::Exhausted(format!(
-            "this query needs ε={} δ={:e}; {dataset} has ε={} δ={:e} left for you",
-            cost.epsilon, cost.delta, left.epsilon, left.delta
+            "this query needs ε={} δ={:e}; population {} has ε={} δ={:e} left for you",
+            cost.epsilon, cost.delta, population.id, left.epsilon, left.delta
         )));
     }
-    if let Some(dataset_cap) = caps.dataset_epsilon {
-        let (all_epsilon, _) = sums(
-            &mut tx,
-            "SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE dataset = ?",
-            &[dataset],
-        )
-        .await?;
-        if all_epsilon + epsilon
-            > cap_units(Cost {
-                epsilon: dataset_cap,
-                delta: 0.0,
-            })
-            .0
-        {
+    if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
+        let (all_epsilon, all_delta) = spent_by_all(&mut tx, population).await?;
+        let over_epsilon = caps.dataset_epsilon.is_some_and(|cap| {
+            all_epsilon + epsilon
+                > cap_units(Cost {
+                    epsilon: cap,
+                    delta: 0.0,
+                })
+                .0
+        });
+        let over_delta = caps.dataset_delta.is_some_and(|cap| {
+            all_delta + delta
+                > cap_units(Cost {
+                    epsilon: 0.0,
+                    delta: cap,
+                })
+                .1
+        });
+        if over_epsilon || over_delta {
             return Err(ChargeError::Exhausted(format!(
-                "{dataset}'s budget over all users is spent"
+                "the budget of population {} over all users is spent",
+                population.id
             )));
         }
     }
-    sqlx::query("INSERT INTO dp_charges (principal, dataset, job_id, epsilon_micro, delta_femto, charged_at) VALUES (?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO dp_charges (principal, dataset, population, job_id, epsilon_micro, delta_femto, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
         .bind(principal)
         .bind(dataset)
+        .bind(&population.id)
         .bind(job_id)
         .bind(epsilon)
         .bind(delta)
@@ -180,6 +269,7 @@ pub async fn charge(
         serde_json::json!({
             "principal": principal,
             "dataset": dataset,
+            "population": population.id,
             "epsilon": cost_of(epsilon, delta).epsilon,
             "delta": cost_of(epsilon, delta).delta,
         }),
@@ -189,20 +279,23 @@ pub async fn charge(
     Ok(())
 }
 
-/// Add budget on top of the policy's cap (an administrator's action).
+/// Add budget on top of the policy's cap on a population (an
+/// administrator's action, named by one of its datasets).
 pub async fn grant(
     store: &Store,
     actor: &str,
     principal: &str,
+    population: &Population,
     dataset: &str,
     amount: Cost,
     reason: &str,
 ) -> Result<(), StoreError> {
     let (epsilon, delta) = cap_units(amount);
     let mut tx = store.begin_write().await?;
-    sqlx::query("INSERT INTO dp_budget_grants (principal, dataset, epsilon_micro, delta_femto, reason, actor, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO dp_budget_grants (principal, dataset, population, epsilon_micro, delta_femto, reason, actor, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(principal)
         .bind(dataset)
+        .bind(&population.id)
         .bind(epsilon)
         .bind(delta)
         .bind(reason)
@@ -214,29 +307,29 @@ pub async fn grant(
         &mut tx,
         actor,
         "budget.granted",
-        &format!("{principal}/{dataset}"),
-        serde_json::json!({ "epsilon": amount.epsilon, "delta": amount.delta, "reason": reason }),
+        &format!("{principal}/{}", population.id),
+        serde_json::json!({ "epsilon": amount.epsilon, "delta": amount.delta, "reason": reason, "dataset": dataset }),
     )
     .await?;
     tx.commit().await?;
     Ok(())
 }
 
-/// A principal's budget on a dataset under `caps`.
+/// A principal's budget on a population.
 pub async fn budget(
     store: &Store,
     principal: &str,
-    dataset: &str,
-    caps: Caps,
+    population: &Population,
 ) -> Result<Budget, StoreError> {
     let mut conn = store.pool().acquire().await?;
-    let (spent_epsilon, spent_delta) = spent(&mut conn, principal, dataset).await?;
-    let (granted_epsilon, granted_delta) = granted(&mut conn, principal, dataset).await?;
-    let (cap_epsilon, cap_delta) = cap_units(caps.total);
+    let (spent_epsilon, spent_delta) = spent(&mut conn, principal, population).await?;
+    let (granted_epsilon, granted_delta) = granted(&mut conn, principal, population).await?;
+    let (cap_epsilon, cap_delta) = cap_units(population.caps.total);
     let (cap_epsilon, cap_delta) = (cap_epsilon + granted_epsilon, cap_delta + granted_delta);
     Ok(Budget {
         principal: principal.to_string(),
-        dataset: dataset.to_string(),
+        population: population.id.clone(),
+        datasets: population.datasets.clone(),
         cap: cost_of(cap_epsilon, cap_delta),
         spent: cost_of(spent_epsilon, spent_delta),
         remaining: cost_of(

@@ -14,6 +14,7 @@
 pub mod budget;
 pub mod noise;
 pub mod sample_aggregate;
+pub mod sides;
 pub mod sql;
 
 use std::collections::HashMap;
@@ -33,6 +34,8 @@ pub struct DpTable {
     pub dataset: String,
     /// Always the manifest's; a query cannot change it.
     pub privacy_unit: String,
+    /// The population whose budget the table's queries spend.
+    pub population: String,
     pub identifiers: Vec<String>,
     /// Declared clamping bounds of numeric columns.
     pub bounds: HashMap<String, (f64, f64)>,
@@ -48,6 +51,7 @@ impl DpTable {
         DpTable {
             dataset: manifest.id.clone(),
             privacy_unit: manifest.privacy_unit.clone(),
+            population: manifest.population().to_string(),
             identifiers: manifest.identifiers(),
             bounds: manifest
                 .columns
@@ -71,6 +75,26 @@ pub struct Ledger {
     pub store: Store,
     pub principal: String,
     pub job_id: String,
+    /// The populations of the job's tables, with their members and caps
+    /// (resolved from the catalog and the policies when the job is
+    /// committed).
+    pub populations: HashMap<String, budget::Population>,
+}
+
+impl Ledger {
+    /// The budget `table`'s queries are charged to. A table whose
+    /// population was not resolved is a population of its own under its
+    /// policy's caps.
+    pub fn population(&self, table: &DpTable) -> budget::Population {
+        self.populations
+            .get(&table.population)
+            .cloned()
+            .unwrap_or_else(|| budget::Population {
+                id: table.population.clone(),
+                datasets: vec![table.dataset.clone()],
+                caps: table.rules.caps(),
+            })
+    }
 }
 
 /// A job's DP context: its tables, the ε of each query, its ledger.

@@ -2,33 +2,51 @@
 //! differential privacy for arbitrary code, after GUPT and Airavat.
 //!
 //! The submitter declares the output's dimensions, each with a range
-//! `[lo, hi]` and a default, and the ε of the release. The host
+//! `[lo, hi]` and a default, the ε of the release, and optionally the number
+//! of blocks k and each block's time allowance. The host
 //!
-//! 1. charges ε to the submitter's budget on the dataset (committed, with
-//!    its audit entry, before anything runs);
-//! 2. splits the dataset into k disjoint blocks by privacy unit (all rows of
-//!    a unit in one block; units shuffled with the thread's CSPRNG and dealt
-//!    round-robin, so blocks differ in size by at most one unit), with k the
-//!    declared count or ⌈n^0.4⌉ for n units;
-//! 3. runs a **fresh instance per block** with the same fuel, memory and
-//!    time allowance; a block that fails in any way, returns the wrong
-//!    number of values or a non-finite one gets the declared default;
-//! 4. clamps every block's vector to the ranges, averages, and adds OpenDP
-//!    Laplace noise per dimension with sensitivity (hi − lo)/k (one unit
-//!    changes one block) and ε/d each.
+//! 1. charges ε to the submitter's budget on the dataset's population
+//!    (committed, with its audit entry, before anything runs);
+//! 2. splits the dataset into k disjoint blocks by privacy unit: each unit
+//!    goes to block `H(seed, unit) mod k`, with H = SHA-256 and a fresh
+//!    random seed per job, so all rows of a unit share a block and every
+//!    unit is placed independently of every other;
+//! 3. runs a **fresh instance per block**, `PARALLEL_BLOCKS` at a time, each
+//!    with the same fuel, memory and its own time allowance counted from
+//!    its own start; a block that fails in any way, returns the wrong number
+//!    of values or a non-finite one gets the declared default;
+//! 4. clamps every block's vector to the ranges, averages over k, and adds
+//!    OpenDP Laplace noise per dimension with ε/d each.
 //!
-//! Only the noisy vector is released (and, if the policy says so, how many
-//! blocks were defaulted). Per-block outcomes, logs and timings stay with
-//! the host. Residual channel, documented: the job's wall time (shown in
-//! whole seconds) depends on how long the blocks ran; fuel is the same
-//! allowance for every block, not the same consumption.
-
-use std::collections::HashMap;
+//! **Why (hi − lo)/k is the sensitivity.** k is the declared count or
+//! [`DEFAULT_BLOCKS`], never a function of the data, so neighbouring
+//! datasets (one unit more or less) have the same k. The placement of every
+//! other unit does not depend on the added unit (each unit's block is a
+//! function of the seed and its own id only), so under the same seed the
+//! two datasets' blocks are identical except the one block that holds the
+//! added unit. That block's clamped output moves by at most hi − lo in each
+//! dimension, the others not at all, and the mean moves by at most
+//! (hi − lo)/k: Laplace noise of scale d·(hi − lo)/(k·ε) per dimension
+//! gives ε-DP for the vector. (An earlier version derived k from n and
+//! dealt units round-robin after a shuffle: one unit more changed k and
+//! moved every later unit to another block, and the bound did not hold.)
+//! Block outcomes must depend on the block's rows only, so each block's
+//! time allowance starts when the block starts, not at a shared deadline a
+//! slow neighbour could eat into.
+//!
+//! Only the noisy vector is released, and, if the policy says so
+//! (`report_defaulted`), a noisy count of defaulted blocks (one unit changes
+//! one block, so sensitivity 1; it takes a (d+1)-th share of ε). Per-block
+//! outcomes, logs and timings stay with the host. The release waits until
+//! [`Spec::hold`] after the job's start, a time computed from k, the
+//! allowance and the parallelism before any data is read, so the job's
+//! duration does not carry how long the blocks ran (what remains is in the
+//! README).
 
 use datafusion::arrow::array::{Array, RecordBatch, StringArray, UInt32Array};
 use datafusion::arrow::compute::{cast, concat_batches, take_record_batch};
 use datafusion::arrow::datatypes::DataType;
-use rand::seq::SliceRandom;
+use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 
 use super::budget::{self, ChargeError, Cost};
@@ -59,9 +77,43 @@ pub struct Spec {
     pub dimensions: Vec<Dimension>,
     /// ε of the whole release.
     pub epsilon: f64,
-    /// Number of blocks (default ⌈n^0.4⌉ for n privacy units).
+    /// Number of blocks (default [`DEFAULT_BLOCKS`]; never derived from
+    /// the data).
     #[serde(default)]
     pub blocks: Option<usize>,
+    /// Each block's wall-time allowance in milliseconds (default
+    /// [`DEFAULT_BLOCK_MILLIS`]; at most the job's timeout).
+    #[serde(default)]
+    pub block_millis: Option<u64>,
+}
+
+/// Blocks when the submitter declares none.
+pub const DEFAULT_BLOCKS: usize = 20;
+/// A block's time allowance when the submitter declares none.
+pub const DEFAULT_BLOCK_MILLIS: u64 = 2_000;
+/// Blocks run at the same time (a constant, not the machine's load).
+pub const PARALLEL_BLOCKS: usize = 2;
+/// Time allowed for splitting the table and drawing the noise.
+const OVERHEAD: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl Spec {
+    /// The number of blocks the run uses.
+    pub fn k(&self) -> usize {
+        self.blocks.unwrap_or(DEFAULT_BLOCKS)
+    }
+
+    /// Each block's time allowance.
+    pub fn block_time(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.block_millis.unwrap_or(DEFAULT_BLOCK_MILLIS))
+    }
+
+    /// When, after the job's start, the release happens: every round of
+    /// [`PARALLEL_BLOCKS`] blocks at its full allowance, plus the overhead.
+    /// A function of the declaration only.
+    pub fn hold(&self) -> std::time::Duration {
+        let rounds = self.k().div_ceil(PARALLEL_BLOCKS) as u32;
+        self.block_time() * rounds + OVERHEAD
+    }
 }
 
 impl Spec {
@@ -84,9 +136,14 @@ impl Spec {
             return Err(format!("epsilon: within [{low}, {high}]"));
         }
         if let Some(k) = self.blocks
-            && !(2..=10_000).contains(&k)
+            && !(2..=1_000).contains(&k)
         {
-            return Err("blocks: 2 to 10000".into());
+            return Err("blocks: 2 to 1000".into());
+        }
+        if let Some(ms) = self.block_millis
+            && !(50..=60_000).contains(&ms)
+        {
+            return Err("block_millis: 50 to 60000".into());
         }
         Ok(())
     }
@@ -113,6 +170,8 @@ pub struct Run<'a> {
     pub params: &'a str,
     pub store: &'a Store,
     pub principal: &'a str,
+    /// The budget the release is charged to.
+    pub population: budget::Population,
     /// Release the number of defaulted blocks (policy `report_defaulted`).
     pub report_defaulted: bool,
 }
@@ -128,13 +187,13 @@ pub async fn run(run: Run<'_>) -> Release {
     match budget::charge(
         run.store,
         run.principal,
+        &run.population,
         &run.table.name,
         &run.env.job_id,
         Cost {
             epsilon: run.spec.epsilon,
             delta: 0.0,
         },
-        run.rules.caps(),
     )
     .await
     {
@@ -149,50 +208,58 @@ pub async fn run(run: Run<'_>) -> Release {
             return refused(Category::Internal);
         }
     }
-    let blocks = match split(run.table, run.privacy_unit, run.spec.blocks).await {
+    let k = run.spec.k();
+    let blocks = match split(run.table, run.privacy_unit, k).await {
         Ok(blocks) => blocks,
         Err(error) => {
             tracing::error!(job = %run.env.job_id, %error, "splitting the dataset into blocks");
             return refused(Category::Internal);
         }
     };
-    let k = blocks.len();
     let dims = &run.spec.dimensions;
+    // A fresh instance per block, the same fuel and memory for each and its
+    // own time allowance from its own start.
+    let (sandbox, module, job_env) = (run.sandbox, run.module, run.env);
+    let block_time = run.spec.block_time().min(job_env.limits.timeout);
+    let outcomes: Vec<Option<Vec<f64>>> = futures::stream::iter(blocks.into_iter().enumerate())
+        .map(|(index, block)| {
+            let mut env = JobEnv::new(format!("{}-block-{index}", job_env.job_id));
+            env.limits = job_env.limits.clone();
+            env.limits.timeout = block_time;
+            env.logical_time = job_env.logical_time;
+            let call = GuestCall::Analyze {
+                block,
+                params: run.params.to_string(),
+            };
+            async move {
+                let execution = sandbox.run(module, &env, call).await;
+                match (&execution.category, execution.returned) {
+                    (Category::Ok, Some(Returned::Vector(v)))
+                        if v.len() == dims.len() && v.iter().all(|x| x.is_finite()) =>
+                    {
+                        Some(v)
+                    }
+                    _ => None,
+                }
+            }
+        })
+        .buffer_unordered(PARALLEL_BLOCKS)
+        .collect()
+        .await;
     let mut sums = vec![0.0; dims.len()];
-    let mut defaulted = 0;
-    for (index, block) in blocks.into_iter().enumerate() {
-        // A fresh instance per block, same allowance for each.
-        let mut env = JobEnv::new(format!("{}-block-{index}", run.env.job_id));
-        env.limits = run.env.limits.clone();
-        env.logical_time = run.env.logical_time;
-        let execution = run
-            .sandbox
-            .run(
-                run.module,
-                &env,
-                GuestCall::Analyze {
-                    block,
-                    params: run.params.to_string(),
-                },
-            )
-            .await;
-        let vector = match (&execution.category, execution.returned) {
-            (Category::Ok, Some(Returned::Vector(v)))
-                if v.len() == dims.len() && v.iter().all(|x| x.is_finite()) =>
-            {
-                v
-            }
-            _ => {
-                defaulted += 1;
-                dims.iter().map(|d| d.default).collect()
-            }
-        };
+    let mut defaulted = 0usize;
+    for outcome in outcomes {
+        let vector = outcome.unwrap_or_else(|| {
+            defaulted += 1;
+            dims.iter().map(|d| d.default).collect()
+        });
         for ((sum, value), d) in sums.iter_mut().zip(vector).zip(dims) {
             *sum += value.clamp(d.lo, d.hi);
         }
     }
-    let epsilon_each = run.spec.epsilon / dims.len() as f64;
-    let mut outputs = Vec::with_capacity(dims.len() + 1);
+    let shares = dims.len() + usize::from(run.report_defaulted);
+    let epsilon_each = run.spec.epsilon / shares as f64;
+    let mut outputs = Vec::with_capacity(shares);
     for (sum, d) in sums.iter().zip(dims) {
         let mean = sum / k as f64;
         let sensitivity = (d.hi - d.lo) / k as f64;
@@ -208,10 +275,17 @@ pub async fn run(run: Run<'_>) -> Release {
         }
     }
     if run.report_defaulted {
-        outputs.push(Output::Value {
-            name: "defaulted_blocks".into(),
-            value: defaulted as f64,
-        });
+        // One unit changes one block: the count moves by at most 1.
+        match noise::laplace_counts(&[defaulted as i64], 1, epsilon_each) {
+            Ok((noisy, _)) => outputs.push(Output::Value {
+                name: "defaulted_blocks".into(),
+                value: noisy[0].clamp(0, k as i64) as f64,
+            }),
+            Err(error) => {
+                tracing::error!(job = %run.env.job_id, %error, "sample-and-aggregate noise");
+                return refused(Category::Internal);
+            }
+        }
     }
     Release {
         category: Category::Ok,
@@ -221,11 +295,24 @@ pub async fn run(run: Run<'_>) -> Release {
     }
 }
 
-/// The dataset's rows as Arrow IPC blocks, disjoint by privacy unit.
+/// The block of a privacy unit under `seed`: SHA-256 of the seed and the
+/// unit's id, modulo k. Independent across units given the seed.
+fn block_of(seed: &[u8; 32], unit: &str, k: usize) -> usize {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::new()
+        .chain_update(seed)
+        .chain_update(unit.as_bytes())
+        .finalize();
+    let value = u64::from_le_bytes(digest[..8].try_into().expect("8 bytes"));
+    (value % k as u64) as usize
+}
+
+/// The dataset's rows as k Arrow IPC blocks, disjoint by privacy unit,
+/// placed by [`block_of`] under a fresh random seed.
 async fn split(
     table: &DatasetSource,
     privacy_unit: &str,
-    blocks: Option<usize>,
+    k: usize,
 ) -> Result<Vec<Vec<u8>>, String> {
     let (schema, batches) = crate::query::read_table(table)
         .await
@@ -241,23 +328,13 @@ async fn split(
         .as_any()
         .downcast_ref::<StringArray>()
         .expect("cast to Utf8");
-    let mut rows: HashMap<&str, Vec<u32>> = HashMap::new();
+    let seed: [u8; 32] = rand::random();
+    let mut assigned: Vec<Vec<u32>> = vec![Vec::new(); k];
     for i in 0..units.len() {
         // Rows without a privacy unit cannot be bounded: dropped.
         if units.is_valid(i) {
-            rows.entry(units.value(i)).or_default().push(i as u32);
+            assigned[block_of(&seed, units.value(i), k)].push(i as u32);
         }
-    }
-    let mut order: Vec<&str> = rows.keys().copied().collect();
-    order.sort_unstable();
-    order.shuffle(&mut rand::rng());
-    let n = order.len().max(1);
-    let k = blocks
-        .unwrap_or_else(|| (n as f64).powf(0.4).ceil() as usize)
-        .clamp(2, n.max(2));
-    let mut assigned: Vec<Vec<u32>> = vec![Vec::new(); k];
-    for (i, unit) in order.iter().enumerate() {
-        assigned[i % k].extend(&rows[unit]);
     }
     assigned
         .into_iter()
@@ -267,4 +344,51 @@ async fn split(
             crate::arrow_ipc::encode(&schema, &[block]).map_err(|e| e.to_string())
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_unit_added_changes_no_other_units_block() {
+        let seed = [7u8; 32];
+        let units: Vec<String> = (0..2_000).map(|i| format!("9131{i:014}")).collect();
+        let before: Vec<usize> = units.iter().map(|u| block_of(&seed, u, 20)).collect();
+        // The same units placed again, with a newcomer among them: the
+        // placement of each is its own.
+        let mut with = units.clone();
+        with.insert(1_000, "canary".into());
+        let after: Vec<usize> = with
+            .iter()
+            .filter(|u| *u != "canary")
+            .map(|u| block_of(&seed, u, 20))
+            .collect();
+        assert_eq!(before, after);
+        // Blocks are roughly balanced: 2,000 units in 20 blocks, 100 each
+        // on average; none is below 50 or above 150.
+        let mut sizes = [0usize; 20];
+        for b in &before {
+            sizes[*b] += 1;
+        }
+        assert!(sizes.iter().all(|s| (50..150).contains(s)), "{sizes:?}");
+    }
+
+    #[test]
+    fn the_hold_is_a_function_of_the_declaration() {
+        let spec = |blocks, block_millis| Spec {
+            dimensions: Vec::new(),
+            epsilon: 1.0,
+            blocks,
+            block_millis,
+        };
+        assert_eq!(
+            spec(Some(21), Some(500)).hold(),
+            std::time::Duration::from_millis(11 * 500) + OVERHEAD
+        );
+        assert_eq!(
+            spec(None, None).hold(),
+            std::time::Duration::from_millis(10 * 2_000) + OVERHEAD
+        );
+    }
 }

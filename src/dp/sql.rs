@@ -9,13 +9,18 @@
 //!
 //! The host, not the guest, decides everything that matters for privacy:
 //!
-//! 1. Contribution bounding. A privacy unit keeps at most
-//!    `max_rows_per_group` rows per group (chosen uniformly at random with
-//!    DataFusion's `row_number() OVER (PARTITION BY unit, keys ORDER BY
-//!    random())`) and at most `max_groups_per_unit` groups (a uniform random
-//!    subset). Rows without a privacy unit are dropped. Values are clamped
-//!    to the manifest's bounds.
-//! 2. True aggregates by DataFusion, per (unit, group), then per group.
+//! 1. Contribution bounding, in DataFusion, in two stages (no per-unit
+//!    state in Rust, so it scales with DataFusion): per (unit, group) each
+//!    measure's partial is computed on values clamped to the manifest's
+//!    bounds and then capped as if the unit kept at most
+//!    `max_rows_per_group` rows there (counts at most that many, sums within
+//!    `max_rows_per_group·[min(lo,0), max(hi,0)]`); then each unit keeps at
+//!    most `max_groups_per_unit` of its groups, a uniform random subset
+//!    (`row_number() OVER (PARTITION BY unit ORDER BY random())`). Rows
+//!    without a privacy unit are dropped. A unit therefore moves any sum by
+//!    at most `groups·rows·max(|lo|,|hi|)` in L1 and any count by
+//!    `groups·rows`, the sensitivities the noise is scaled to.
+//! 2. True aggregates per group by DataFusion.
 //! 3. The ε of the query is split evenly over the noisy quantities (AVG is
 //!    a noisy sum over a noisy count: two) and charged, with δ when keys
 //!    are thresholded, **before** any noise is drawn; a refused charge
@@ -27,6 +32,15 @@
 //! 5. Noise from OpenDP (see [`super::noise`]); the answer's schema
 //!    metadata ([`super::DP_METADATA_KEY`]) gives ε, δ and per column the
 //!    noise scale and a 95% interval half-width.
+//!
+//! After the charge nothing but the noisy answer depends on the data:
+//! every expression below the aggregation is total (the release gate's
+//! rule, checked before the charge, so `1 / (predicate - 1)` is refused,
+//! not run), values are clamped with a total order (NaN and ±∞ land on a
+//! bound), and a non-finite partial counts as zero. What can still fail
+//! after the charge is the host itself (the store, the job's memory pool);
+//! such a failure gives the guest the same bare `failed` whatever the data,
+//! and the charge stays.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -44,7 +58,6 @@ use datafusion::logical_expr::{
     Aggregate, Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, col, lit, when,
 };
 use datafusion::prelude::SessionContext;
-use rand::seq::index::sample;
 use serde::Serialize;
 
 use super::budget::{self, ChargeError, Cost};
@@ -453,10 +466,10 @@ async fn noisy_aggregate(
     budget::charge(
         &session.ledger.store,
         &session.ledger.principal,
+        &session.ledger.population(table),
         &table.dataset,
         &session.ledger.job_id,
         cost,
-        rules.caps(),
     )
     .await
     .map_err(|e| match e {
@@ -466,68 +479,16 @@ async fn noisy_aggregate(
         ChargeError::Store(e) => failed(e),
     })?;
 
-    // True aggregates per (unit, group) after bounding rows per group. With
-    // one row per unit there is nothing to bound: aggregate per group
-    // directly and count the rows as units.
-    let unique = table.unit_is_unique;
-    let mut keys: Vec<Expr> = if unique {
-        Vec::new()
-    } else {
-        vec![Expr::Column(unit.clone())]
-    };
-    keys.extend(groups.iter().map(|g| Expr::Column(g.clone())));
-    let mut builder = LogicalPlanBuilder::from(input);
-    if unique {
-        builder = builder
-            .filter(Expr::Column(unit.clone()).is_not_null())
-            .map_err(failed)?;
-    } else {
-        let rank = datafusion::functions_window::expr_fn::row_number()
-            .partition_by(keys.clone())
-            .order_by(vec![
-                datafusion::functions::expr_fn::random().sort(true, false),
-            ])
-            .build()
-            .map_err(failed)?
-            .alias("__dsb_rn");
-        builder = builder
-            .window(vec![rank])
-            .and_then(|b| b.filter(col("__dsb_rn").lt_eq(lit(i64::from(max_rows)))))
-            .map_err(failed)?;
-    }
-    let mut partials = Vec::new();
-    for (i, m) in measures.iter().enumerate() {
-        match m {
-            Measure::Count(None) => partials.push(count(lit(1i64)).alias(format!("__dsb_p{i}"))),
-            Measure::Count(Some(c)) => {
-                partials.push(count(Expr::Column(c.clone())).alias(format!("__dsb_p{i}")))
-            }
-            Measure::Units => {}
-            Measure::Sum { column, lo, hi } => {
-                partials.push(sum(clamp(column, *lo, *hi)?).alias(format!("__dsb_p{i}")))
-            }
-            Measure::Avg { column, lo, hi } => {
-                partials.push(sum(clamp(column, *lo, *hi)?).alias(format!("__dsb_p{i}")));
-                partials.push(count(Expr::Column(column.clone())).alias(format!("__dsb_q{i}")));
-            }
-        }
-    }
-    if unique {
-        partials.push(count(lit(1i64)).alias("__dsb_units"));
-    }
-    let plan = builder
-        .aggregate(keys, partials)
-        .and_then(|b| b.build())
-        .map_err(failed)?;
-    let batches = ctx
-        .execute_logical_plan(plan)
-        .await
-        .map_err(failed)?
-        .collect()
-        .await
-        .map_err(failed)?;
-
-    // Per unit, its groups; at most `max_groups` of them, chosen at random.
+    // Contribution bounding and the true aggregates, all in DataFusion.
+    // With one row per unit every unit is in one group with one row:
+    // aggregate per group directly. Otherwise, in two stages:
+    //   1. per (unit, group): each measure's partial, bounded as if the unit
+    //      kept at most `max_rows` rows there: counts capped at max_rows,
+    //      sums of clamped values clamped to max_rows·[min(lo,0), max(hi,0)];
+    //   2. per unit, at most `max_groups` of its groups, a uniform random
+    //      subset (row_number over the unit ordered by random()), skipped
+    //      when the published keys are no more than max_groups;
+    //   3. per group: the partials summed and the units counted.
     let width = measures
         .iter()
         .map(|m| match m {
@@ -536,7 +497,105 @@ async fn noisy_aggregate(
             _ => 1,
         })
         .sum::<usize>();
-    let mut per_unit: HashMap<String, Vec<(Key, Vec<f64>)>> = HashMap::new();
+    let group_exprs: Vec<Expr> = groups.iter().map(|g| Expr::Column(g.clone())).collect();
+    let partial_names: Vec<String> = (0..width).map(|i| format!("__dsb_p{i}")).collect();
+    let unique = table.unit_is_unique;
+    let rows_cap = f64::from(max_rows);
+    // Each partial: its aggregate, and the interval stage 1 caps it to.
+    let mut raw: Vec<(Expr, (f64, f64))> = Vec::new();
+    for m in measures {
+        match m {
+            Measure::Count(None) => raw.push((count(lit(1i64)), (0.0, rows_cap))),
+            Measure::Count(Some(c)) => raw.push((count(Expr::Column(c.clone())), (0.0, rows_cap))),
+            Measure::Units => {}
+            Measure::Sum { column, lo, hi } => raw.push((
+                sum(clamp(column, *lo, *hi)?),
+                (rows_cap * lo.min(0.0), rows_cap * hi.max(0.0)),
+            )),
+            Measure::Avg { column, lo, hi } => {
+                raw.push((
+                    sum(clamp(column, *lo, *hi)?),
+                    (rows_cap * lo.min(0.0), rows_cap * hi.max(0.0)),
+                ));
+                raw.push((count(Expr::Column(column.clone())), (0.0, rows_cap)));
+            }
+        }
+    }
+    let aggregates: Vec<Expr> = raw
+        .iter()
+        .zip(&partial_names)
+        .map(|((expr, _), name)| expr.clone().alias(name.clone()))
+        .collect();
+    let mut builder = LogicalPlanBuilder::from(input)
+        .filter(Expr::Column(unit.clone()).is_not_null())
+        .map_err(failed)?;
+    let published_keys = public
+        .as_ref()
+        .map(|lists| lists.iter().map(|l| l.len()).product::<usize>());
+    if unique {
+        let mut all = aggregates;
+        all.push(count(lit(1i64)).alias("__dsb_units"));
+        builder = builder
+            .aggregate(group_exprs.clone(), all)
+            .map_err(failed)?;
+    } else {
+        // Stage 1: per (unit, group), then each partial capped.
+        let mut unit_keys = vec![Expr::Column(unit.clone())];
+        unit_keys.extend(group_exprs.iter().cloned());
+        builder = builder
+            .aggregate(unit_keys.clone(), aggregates)
+            .map_err(failed)?;
+        let mut capped = unit_keys;
+        for ((_, (low, high)), name) in raw.iter().zip(&partial_names) {
+            let value = datafusion::prelude::cast(
+                Expr::Column(Column::new_unqualified(name.clone())),
+                DataType::Float64,
+            );
+            capped.push(
+                when(value.clone().lt(lit(*low)), lit(*low))
+                    .when(value.clone().gt(lit(*high)), lit(*high))
+                    .otherwise(value)
+                    .map_err(failed)?
+                    .alias(name.clone()),
+            );
+        }
+        builder = builder.project(capped).map_err(failed)?;
+        // Stage 2: at most max_groups groups per unit.
+        if published_keys.is_none_or(|keys| keys > max_groups as usize) {
+            let rank = datafusion::functions_window::expr_fn::row_number()
+                .partition_by(vec![Expr::Column(unit.clone())])
+                .order_by(vec![
+                    datafusion::functions::expr_fn::random().sort(true, false),
+                ])
+                .build()
+                .map_err(failed)?
+                .alias("__dsb_rn");
+            builder = builder
+                .window(vec![rank])
+                .and_then(|b| b.filter(col("__dsb_rn").lt_eq(lit(i64::from(max_groups)))))
+                .map_err(failed)?;
+        }
+        // Stage 3: per group.
+        let mut totals = partial_names
+            .iter()
+            .map(|name| {
+                sum(Expr::Column(Column::new_unqualified(name.clone()))).alias(name.clone())
+            })
+            .collect::<Vec<_>>();
+        totals.push(count(lit(1i64)).alias("__dsb_units"));
+        builder = builder
+            .aggregate(group_exprs.clone(), totals)
+            .map_err(failed)?;
+    }
+    let plan = builder.build().map_err(failed)?;
+    let batches = ctx
+        .execute_logical_plan(plan)
+        .await
+        .map_err(failed)?
+        .collect()
+        .await
+        .map_err(failed)?;
+
     let mut totals: HashMap<Key, Totals> = HashMap::new();
     for batch in &batches {
         let text = |i: usize| -> Result<StringArray, QueryError> {
@@ -555,66 +614,31 @@ async fn noisy_aggregate(
                 .expect("cast to Float64")
                 .clone())
         };
-        let first = usize::from(!unique);
-        let key_columns = (first..first + groups.len())
-            .map(text)
-            .collect::<Result<Vec<_>, _>>()?;
-        let value_columns = (first + groups.len()..first + groups.len() + width)
+        let key_columns = (0..groups.len()).map(text).collect::<Result<Vec<_>, _>>()?;
+        let value_columns = (groups.len()..groups.len() + width)
             .map(number)
             .collect::<Result<Vec<_>, _>>()?;
-        if unique {
-            let units = number(groups.len() + width)?;
-            for row in 0..batch.num_rows() {
-                let key: Key = key_columns
-                    .iter()
-                    .map(|c| c.is_valid(row).then(|| c.value(row).to_string()))
-                    .collect();
-                let entry = totals.entry(key).or_insert_with(|| Totals {
-                    units: 0,
-                    partials: vec![0.0; width],
-                });
-                entry.units += units.value(row) as i64;
-                for (total, column) in entry.partials.iter_mut().zip(&value_columns) {
-                    if column.is_valid(row) {
-                        *total += column.value(row);
-                    }
-                }
-            }
-            continue;
-        }
-        let units = text(0)?;
+        let units = number(groups.len() + width)?;
         for row in 0..batch.num_rows() {
-            if units.is_null(row) {
-                continue;
-            }
-            let key = key_columns
+            let key: Key = key_columns
                 .iter()
                 .map(|c| c.is_valid(row).then(|| c.value(row).to_string()))
                 .collect();
-            let values = value_columns
-                .iter()
-                .map(|c| if c.is_valid(row) { c.value(row) } else { 0.0 })
-                .collect();
-            per_unit
-                .entry(units.value(row).to_string())
-                .or_default()
-                .push((key, values));
-        }
-    }
-    let mut rng = rand::rng();
-    for (_, mut unit_groups) in per_unit {
-        if unit_groups.len() > max_groups as usize {
-            let keep = sample(&mut rng, unit_groups.len(), max_groups as usize).into_vec();
-            unit_groups = keep.into_iter().map(|i| unit_groups[i].clone()).collect();
-        }
-        for (key, values) in unit_groups {
             let entry = totals.entry(key).or_insert_with(|| Totals {
                 units: 0,
                 partials: vec![0.0; width],
             });
-            entry.units += 1;
-            for (total, value) in entry.partials.iter_mut().zip(values) {
-                *total += value;
+            entry.units += units.value(row) as i64;
+            for (total, column) in entry.partials.iter_mut().zip(&value_columns) {
+                if column.is_valid(row) {
+                    // Non-finite partials cannot come from clamped values;
+                    // should one appear, it counts as nothing rather than
+                    // failing after the charge.
+                    let value = column.value(row);
+                    if value.is_finite() {
+                        *total += value;
+                    }
+                }
             }
         }
     }

@@ -30,6 +30,56 @@ pub enum Mode {
     Scoring,
 }
 
+impl Mode {
+    pub fn name(self) -> &'static str {
+        match self {
+            Mode::Aggregate => "aggregate",
+            Mode::Dp => "dp",
+            Mode::SampleAggregate => "sample-aggregate",
+            Mode::Contest => "contest",
+            Mode::Scoring => "scoring",
+        }
+    }
+
+    /// Which side of a population the mode answers on: exact answers
+    /// (`aggregate`, `contest`) or noisy ones under a privacy budget (`dp`,
+    /// `sample-aggregate`). `scoring` is neither: it answers only about
+    /// subjects that authorised the institution, by their consent.
+    pub fn side(self) -> Option<Side> {
+        match self {
+            Mode::Aggregate | Mode::Contest => Some(Side::Exact),
+            Mode::Dp | Mode::SampleAggregate => Some(Side::Noisy),
+            Mode::Scoring => None,
+        }
+    }
+}
+
+/// The two kinds of answers a population can give. A tenant that has seen
+/// exact answers about a population would make ε meaningless there, so each
+/// tenant is pinned to one side per population by its first job on it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Side {
+    Exact,
+    Noisy,
+}
+
+impl Side {
+    pub fn name(self) -> &'static str {
+        match self {
+            Side::Exact => "exact",
+            Side::Noisy => "noisy",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<Side> {
+        match name {
+            "exact" => Some(Side::Exact),
+            "noisy" => Some(Side::Noisy),
+            _ => None,
+        }
+    }
+}
+
 /// Aggregate functions a policy can allow in `aggregate` mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -140,6 +190,9 @@ struct PolicyFile {
     max_queries_per_job: Option<Spanned<u32>>,
     max_output_rows: Option<Spanned<u32>>,
     max_output_bytes: Option<Spanned<u64>>,
+    /// A job's wall-time limit in seconds. Noisy and contest jobs are
+    /// released at this limit after their start, whatever they did.
+    max_job_seconds: Option<Spanned<u32>>,
     #[serde(default)]
     review: Review,
     /// Review only outputs with more than this many cells (table cells and
@@ -176,6 +229,7 @@ struct DpSection {
     #[serde(default)]
     delta_total: f64,
     epsilon_dataset: Option<f64>,
+    delta_dataset: Option<f64>,
     #[serde(default = "default_query_epsilon")]
     query_epsilon: [f64; 2],
     #[serde(default = "default_delta_per_query")]
@@ -219,8 +273,11 @@ pub struct DpRules {
     /// administrator's grant.
     pub epsilon_total: f64,
     pub delta_total: f64,
-    /// ε all principals together may spend (against colluding accounts).
+    /// ε all principals together may spend on the dataset's population
+    /// (against colluding accounts).
     pub epsilon_dataset: Option<f64>,
+    /// δ all principals together may spend on the population.
+    pub delta_dataset: Option<f64>,
     /// Smallest and largest ε one query may ask for.
     pub query_epsilon: (f64, f64),
     /// δ of one query that selects group keys by a noisy threshold.
@@ -243,6 +300,7 @@ impl DpRules {
                 delta: self.delta_total,
             },
             dataset_epsilon: self.epsilon_dataset,
+            dataset_delta: self.delta_dataset,
         }
     }
 }
@@ -263,6 +321,11 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
     {
         return Err("dp.epsilon_dataset: at least epsilon_total".into());
     }
+    if let Some(all) = section.delta_dataset
+        && !(all.is_finite() && all >= section.delta_total && all < 1e-2)
+    {
+        return Err("dp.delta_dataset: at least delta_total, below 1e-2".into());
+    }
     if !(section.delta_total.is_finite() && (0.0..1e-3).contains(&section.delta_total)) {
         return Err("dp.delta_total: from 0 to below 1e-3".into());
     }
@@ -278,6 +341,7 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
         epsilon_total: section.epsilon_total,
         delta_total: section.delta_total,
         epsilon_dataset: section.epsilon_dataset,
+        delta_dataset: section.delta_dataset,
         query_epsilon: (low, high),
         delta_per_query: section.delta_per_query,
         max_groups_per_unit: section.max_groups_per_unit,
@@ -318,6 +382,8 @@ pub struct Policy {
     pub max_queries_per_job: Option<u32>,
     pub max_output_rows: Option<u32>,
     pub max_output_bytes: Option<u64>,
+    /// Wall-time limit of a job (and the release time of noisy jobs).
+    pub max_job_seconds: Option<u32>,
     pub review: Review,
     /// With `review = "required"`: hold only outputs over this many cells
     /// or with model coefficients (`None`: every output).
@@ -429,6 +495,88 @@ impl PolicySet {
     }
 }
 
+/// What checking policies against the catalog's populations found.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PopulationReport {
+    /// Errors: the set is refused.
+    pub problems: Vec<PolicyDiagnostic>,
+    /// Facts an administrator should read (populations answered on both
+    /// sides, and the rule that applies to them).
+    pub notes: Vec<String>,
+}
+
+impl PolicySet {
+    /// The tightest budget caps over `datasets` (one population) whose
+    /// policies allow a noisy mode; `None` when none does.
+    pub fn population_caps(&self, datasets: &[String]) -> Option<crate::dp::budget::Caps> {
+        datasets
+            .iter()
+            .filter_map(|d| self.policy_for(d))
+            .filter(|p| p.allows(Mode::Dp) || p.allows(Mode::SampleAggregate))
+            .filter_map(|p| p.dp.map(|rules| rules.caps()))
+            .reduce(|a, b| a.tightest(b))
+    }
+
+    /// Check the set against the catalog's populations (`dataset →
+    /// population`): the noisy modes of one population share one budget,
+    /// so their policies must state the same caps; and a population
+    /// answered on both sides is reported with the per-tenant rule.
+    pub fn check_populations(&self, populations: &BTreeMap<String, String>) -> PopulationReport {
+        let mut members: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for (dataset, population) in populations {
+            members.entry(population).or_default().push(dataset);
+        }
+        let mut report = PopulationReport::default();
+        for (population, datasets) in members {
+            let mut caps: Vec<(&str, Arc<Policy>, crate::dp::budget::Caps)> = Vec::new();
+            let mut sides: BTreeMap<Side, Vec<String>> = BTreeMap::new();
+            for dataset in &datasets {
+                let Some(policy) = self.policy_for(dataset) else {
+                    continue;
+                };
+                for mode in &policy.modes {
+                    if let Some(side) = mode.side() {
+                        sides
+                            .entry(side)
+                            .or_default()
+                            .push(format!("{} on {dataset}", mode.name()));
+                    }
+                }
+                if (policy.allows(Mode::Dp) || policy.allows(Mode::SampleAggregate))
+                    && let Some(rules) = policy.dp
+                {
+                    caps.push((dataset, Arc::clone(&policy), rules.caps()));
+                }
+            }
+            if let Some((first, _, expected)) = caps.first() {
+                for (dataset, policy, found) in &caps[1..] {
+                    if found != expected {
+                        report.problems.push(PolicyDiagnostic {
+                            file: policy.source.clone(),
+                            line: 1,
+                            message: format!(
+                                "[dp] of {dataset} states other budget caps than {first}'s \
+                                 ({found:?} against {expected:?}); both are in population \
+                                 {population}, which has one budget"
+                            ),
+                        });
+                    }
+                }
+            }
+            if let (Some(exact), Some(noisy)) = (sides.get(&Side::Exact), sides.get(&Side::Noisy)) {
+                report.notes.push(format!(
+                    "population {population} answers exactly ({}) and with noise ({}): \
+                     each tenant is pinned to one side by its first job on the population \
+                     and is refused the other (mode-conflict)",
+                    exact.join(", "),
+                    noisy.join(", ")
+                ));
+            }
+        }
+        report
+    }
+}
+
 fn parse_policy(
     file: &Path,
     known_datasets: Option<&[String]>,
@@ -516,6 +664,13 @@ fn parse_policy(
                 .max_output_bytes
                 .as_ref()
                 .map(|v| (*v.get_ref(), v.span())),
+        ),
+        (
+            "max_job_seconds",
+            parsed
+                .max_job_seconds
+                .as_ref()
+                .map(|v| (u64::from(*v.get_ref()), v.span())),
         ),
     ] {
         if let Some((0, span)) = value {
@@ -645,6 +800,7 @@ fn parse_policy(
         max_queries_per_job: parsed.max_queries_per_job.map(Spanned::into_inner),
         max_output_rows: parsed.max_output_rows.map(Spanned::into_inner),
         max_output_bytes: parsed.max_output_bytes.map(Spanned::into_inner),
+        max_job_seconds: parsed.max_job_seconds.map(Spanned::into_inner),
         review: parsed.review,
         review_cells_over: parsed.review_cells_over,
         dp,
@@ -700,6 +856,11 @@ impl Policy {
         }
         if let Some(rows) = self.max_output_rows {
             limits.output_rows = limits.output_rows.min(rows as usize);
+        }
+        if let Some(seconds) = self.max_job_seconds {
+            limits.timeout = limits
+                .timeout
+                .min(std::time::Duration::from_secs(u64::from(seconds)));
         }
         if let Some(bytes) = self.max_output_bytes {
             limits.output_bytes = limits

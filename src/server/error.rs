@@ -279,6 +279,9 @@ impl From<ServiceError> for ApiError {
                     .join("\n"),
             ),
             ServiceError::QueryLimit(message) => ApiError::too_many("query-limit", message, 3600),
+            ServiceError::ModeConflict(message) => {
+                ApiError::new(StatusCode::FORBIDDEN, "mode-conflict", message)
+            }
             ServiceError::NotApproved(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "module-not-approved", message)
             }

@@ -224,7 +224,7 @@ impl JobQueue {
                 permit = Arc::clone(&queue.permits).acquire_owned() => permit.ok(),
                 () = cancel.notified() => None,
             };
-            let Some(_permit) = permit else {
+            let Some(permit) = permit else {
                 // Cancelled while queued: the cancel request ended the job.
                 queue.forget(&id);
                 queue.release(&tenant, true);
@@ -239,10 +239,15 @@ impl JobQueue {
                 id: id.clone(),
                 tenant,
             };
+            // A job waiting for its release time gives its worker back.
+            let permit = std::sync::Mutex::new(Some(permit));
             let executed = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
-                queue.service.execute(job, cancel.notified()),
+                queue.service.execute(job, cancel.notified(), || {
+                    drop(permit.lock().unwrap_or_else(|e| e.into_inner()).take());
+                }),
             ))
             .await;
+            drop(permit);
             match executed {
                 Ok(Ok(result)) => queue.metrics.job_finished(&mode, &result.execution),
                 Ok(Err(crate::service::ServiceError::Store(

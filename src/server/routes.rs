@@ -60,9 +60,11 @@ pub async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Prometheus metrics (text exposition format).
-#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "metrics", content_type = "text/plain")))]
-pub async fn metrics(State(state): State<AppState>) -> Response {
+/// Prometheus metrics (text exposition format), for administrators only:
+/// job counts and durations per mode are timing about other tenants' jobs
+/// (a dp or contest job's duration could carry a private value).
+#[utoipa::path(get, path = "/metrics", tag = "system", responses((status = 200, description = "metrics", content_type = "text/plain"), (status = 401, body = ErrorBody), (status = 403, body = ErrorBody)))]
+pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Response {
     match crate::applications::overdue(&state.service.store).await {
         Ok(n) => {
             state.metrics.applications_overdue.set(n);
@@ -186,11 +188,22 @@ pub struct JobView {
     pub module: String,
     #[schema(value_type = Vec<Object>)]
     pub datasets: Vec<crate::receipt::DatasetRef>,
+    /// Seconds since the epoch, rounded down to [`TIME_GRAIN_SECONDS`].
     pub created_at: i64,
     pub started_at: Option<i64>,
     pub finished_at: Option<i64>,
     /// Whether a signed receipt is available.
     pub has_receipt: bool,
+}
+
+/// Job times are shown in whole tens of seconds. A job's own duration is
+/// fixed for noisy and contest modes (their release hold), but the wait in
+/// the queue depends on other jobs' running times; the administrators'
+/// diagnostics keep the exact figures.
+pub const TIME_GRAIN_SECONDS: i64 = 10;
+
+fn coarse(at: i64) -> i64 {
+    at - at.rem_euclid(TIME_GRAIN_SECONDS)
 }
 
 impl From<&jobs::JobRecord> for JobView {
@@ -203,9 +216,9 @@ impl From<&jobs::JobRecord> for JobView {
             world: job.world.clone(),
             module: job.module_sha256.clone(),
             datasets: job.datasets.clone(),
-            created_at: job.created_at,
-            started_at: job.started_at,
-            finished_at: job.finished_at,
+            created_at: coarse(job.created_at),
+            started_at: job.started_at.map(coarse),
+            finished_at: job.finished_at.map(coarse),
             has_receipt: job.receipt.is_some(),
         }
     }
@@ -468,7 +481,7 @@ pub async fn list_datasets(
             version: version.hash,
             title: version.manifest.title,
             classification: version.manifest.classification.to_string(),
-            rows: version.profile.rows,
+            rows: version.profile.published().rows,
             accessible,
         });
     }
@@ -485,11 +498,21 @@ pub async fn show_dataset(
     ApiPath(id): ApiPath<String>,
 ) -> ApiResult<ApiJson<DatasetDetail>> {
     let (version, accessible) = visible_version(&state, &caller, &id).await?;
+    // Administrators see the profile as computed; users who may use the
+    // dataset (and everyone, for open data) the published one; others
+    // only the dictionary.
+    let profile = if caller.0.role == crate::accounts::Role::Admin {
+        serde_json::to_value(&version.profile).map_err(spawn_error)?
+    } else if accessible || version.manifest.classification == Classification::Open {
+        serde_json::to_value(version.profile.published()).map_err(spawn_error)?
+    } else {
+        serde_json::Value::Null
+    };
     Ok(ApiJson(DatasetDetail {
         id: version.id,
         version: version.hash,
         manifest: serde_json::to_value(&version.manifest).map_err(spawn_error)?,
-        profile: serde_json::to_value(&version.profile).map_err(spawn_error)?,
+        profile,
         accessible,
     }))
 }
@@ -514,7 +537,12 @@ pub async fn dataset_sample(
 ) -> ApiResult<Response> {
     let (version, _) = visible_version(&state, &caller, &id).await?;
     let rows = query.rows.unwrap_or(200).clamp(1, 10_000);
-    let csv = crate::catalog::synthetic::sample_csv(&version.manifest, &version.profile, rows, 0);
+    let csv = crate::catalog::synthetic::sample_csv(
+        &version.manifest,
+        &version.profile.published(),
+        rows,
+        0,
+    );
     Ok(([(axum::http::header::CONTENT_TYPE, "text/csv")], csv).into_response())
 }
 
@@ -670,11 +698,7 @@ fn policy_summary(policy: &crate::policy::Policy) -> PolicySummary {
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
         sha256: policy.hash.clone(),
-        modes: policy
-            .modes
-            .iter()
-            .map(|m| crate::service::mode_name(*m).to_string())
-            .collect(),
+        modes: policy.modes.iter().map(|m| m.name().to_string()).collect(),
         min_group_size: policy.min_group_size,
     }
 }
@@ -719,6 +743,10 @@ pub struct PolicyCheck {
     pub ok: bool,
     /// `file:line: message`, one per problem.
     pub problems: Vec<String>,
+    /// What an administrator should know (populations answered exactly
+    /// and with noise, and the per-tenant rule that applies).
+    #[serde(default)]
+    pub notes: Vec<String>,
 }
 
 /// Check the policy directory as it is on disk now, without applying it
@@ -730,14 +758,24 @@ pub async fn check_policies(
     _admin: Admin,
 ) -> ApiResult<ApiJson<PolicyCheck>> {
     let known = state.service.catalog.ids()?;
-    let problems = match crate::policy::PolicySet::load(state.service.policies.dir(), Some(&known))
-    {
-        Ok(_) => Vec::new(),
-        Err(error) => error.0.iter().map(|d| d.to_string()).collect(),
-    };
+    let (problems, notes) =
+        match crate::policy::PolicySet::load(state.service.policies.dir(), Some(&known)) {
+            Ok(set) => {
+                let report = set.check_populations(&state.service.populations()?);
+                (
+                    report.problems.iter().map(|d| d.to_string()).collect(),
+                    report.notes,
+                )
+            }
+            Err(error) => (
+                error.0.iter().map(|d| d.to_string()).collect::<Vec<_>>(),
+                Vec::new(),
+            ),
+        };
     Ok(ApiJson(PolicyCheck {
         ok: problems.is_empty(),
         problems,
+        notes,
     }))
 }
 
@@ -1296,9 +1334,10 @@ pub async fn contest_sample(
     let (spec, _) = crate::contest::get(&state.service.store, &id).await?;
     let version = state.service.catalog.get(&spec.dataset)?;
     let rows = query.rows.unwrap_or(500).clamp(1, 10_000);
+    // The contest dataset's dictionary and published profile only.
     let csv = crate::catalog::synthetic::sample_csv(
         &version.manifest,
-        &version.profile,
+        &version.profile.published(),
         rows,
         query.seed.unwrap_or(0),
     );

@@ -159,16 +159,20 @@ pub async fn finish(
 }
 
 /// `held → released`: two reviewers approved; the receipt names them.
-pub async fn release_held(
-    store: &Store,
+///
+/// Runs inside the caller's transaction (the review decision's), so the
+/// decision, the release and their audit entries commit together or not
+/// at all.
+pub async fn release_held_in(
+    tx: &mut sqlx::SqliteConnection,
     id: &str,
     outputs: &[Output],
     privacy_cost: PrivacyCost,
     reviewers: Vec<String>,
     signer: &Signer,
 ) -> Result<Option<Receipt>, StoreError> {
-    end(
-        store,
+    end_in(
+        tx,
         id,
         "held",
         &Category::Ok,
@@ -204,18 +208,35 @@ pub async fn hold(store: &Store, id: &str) -> Result<(), StoreError> {
 }
 
 /// `held → rejected` or `held → changes-requested` after a review.
-pub async fn end_review(
-    store: &Store,
+/// Inside the caller's transaction, like [`release_held_in`].
+pub async fn end_review_in(
+    tx: &mut sqlx::SqliteConnection,
     id: &str,
     state: &str,
     category: &str,
 ) -> Result<(), StoreError> {
-    sqlx::query("UPDATE jobs SET state = ?, category = ? WHERE id = ? AND state = 'held'")
-        .bind(state)
-        .bind(category)
-        .bind(id)
-        .execute(store.pool())
-        .await?;
+    let updated =
+        sqlx::query("UPDATE jobs SET state = ?, category = ? WHERE id = ? AND state = 'held'")
+            .bind(state)
+            .bind(category)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+    if updated.rows_affected() == 0 {
+        return Err(StoreError::WrongState {
+            id: id.into(),
+            state: "not held".into(),
+            expected: "held",
+        });
+    }
+    audit::append(
+        tx,
+        "system",
+        "job.review-ended",
+        id,
+        serde_json::json!({ "state": state, "category": category }),
+    )
+    .await?;
     Ok(())
 }
 
@@ -231,6 +252,32 @@ async fn end(
     signer: &Signer,
 ) -> Result<Option<Receipt>, StoreError> {
     let mut tx = store.begin_write().await?;
+    let receipt = end_in(
+        &mut tx,
+        id,
+        expected,
+        category,
+        outputs,
+        privacy_cost,
+        reviewers,
+        signer,
+    )
+    .await?;
+    tx.commit().await?;
+    Ok(receipt)
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn end_in(
+    tx: &mut sqlx::SqliteConnection,
+    id: &str,
+    expected: &'static str,
+    category: &Category,
+    outputs: &[Output],
+    privacy_cost: PrivacyCost,
+    reviewers: Option<Vec<String>>,
+    signer: &Signer,
+) -> Result<Option<Receipt>, StoreError> {
     let row = sqlx::query("SELECT state, module_sha256, world, mode, datasets, policy_sha256, params_sha256 FROM jobs WHERE id = ?")
         .bind(id)
         .fetch_optional(&mut *tx)
@@ -273,7 +320,7 @@ async fn end(
             output_sha256: output_sha256.clone(),
             output: embedded.then(|| output_json.clone()),
             released_at: finished as u64,
-            audit_position: audit::next_seq(&mut tx).await? as u64,
+            audit_position: audit::next_seq(&mut *tx).await? as u64,
             reviewers: reviewers.clone(),
             key_id: signer.key_id.clone(),
         };
@@ -286,7 +333,7 @@ async fn end(
         });
         receipt = Some(signed);
     }
-    let entry = audit::append(&mut tx, "system", action, id, details).await?;
+    let entry = audit::append(&mut *tx, "system", action, id, details).await?;
     if let Some(receipt) = &receipt
         && receipt.body.audit_position != entry.seq as u64
     {
@@ -303,7 +350,6 @@ async fn end(
         .bind(id)
         .execute(&mut *tx)
         .await?;
-    tx.commit().await?;
     Ok(receipt)
 }
 

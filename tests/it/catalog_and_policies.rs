@@ -53,7 +53,7 @@ fn manifest_errors_name_file_line_and_field() {
         errors[0].contains(": columns.bounds: bounds of employees must be finite with low < high"),
         "{errors:?}"
     );
-    assert!(errors[0].starts_with("m.toml:58:"), "{errors:?}");
+    assert!(errors[0].starts_with("m.toml:60:"), "{errors:?}");
 
     let no_bounds = MANIFEST.replace("bounds = [0, 100000]\n", "");
     assert!(manifest_errors(&no_bounds)[0].contains("numeric column employees needs bounds"));
@@ -81,7 +81,7 @@ async fn data_that_does_not_match_its_manifest_is_refused() {
         "{error}"
     );
     assert!(
-        error.contains("enterprises.toml:53: columns.type"),
+        error.contains("enterprises.toml:55: columns.type"),
         "{error}"
     );
 
@@ -397,4 +397,42 @@ fn reload_swaps_policies_but_a_running_job_keeps_its_own() {
             .min_group_size,
         25
     );
+}
+
+#[tokio::test]
+async fn published_profiles_do_not_tell_two_versions_one_firm_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
+    let manifest = samples().join("enterprises.toml");
+    let plain = catalog
+        .add(&samples().join("enterprises.csv"), &manifest)
+        .await
+        .unwrap();
+    // The next version has one firm more, with values nobody else has.
+    let csv = std::fs::read_to_string(samples().join("enterprises.csv")).unwrap();
+    let updated = dir.path().join("enterprises.csv");
+    std::fs::write(
+        &updated,
+        format!(
+            "{csv}913199999999999999,Canary Co. Ltd.,Pudong,it-services,large,99999,9999999.5,1999-01-01\n"
+        ),
+    )
+    .unwrap();
+    let canary = catalog.add(&updated, &manifest).await.unwrap();
+    // As computed, the two differ by exactly one firm.
+    assert_eq!(canary.profile.rows, plain.profile.rows + 1);
+    // As published: rounded counts (the same here; one firm shows only
+    // where a count crosses a multiple of 10), no extremes.
+    let (a, b) = (plain.profile.published(), canary.profile.published());
+    assert_eq!((a.rows, a.privacy_units), (b.rows, b.privacy_units));
+    assert_eq!(a.rows % 10, 0);
+    for (x, y) in a.columns.iter().zip(&b.columns) {
+        assert_eq!(x.categories, y.categories, "{}", x.name);
+        assert_eq!(x.distinct % 10, 0);
+    }
+    assert!(a.columns.iter().all(|c| c.min.is_none() && c.max.is_none()));
+    let text = serde_json::to_string(&b).unwrap();
+    for secret in ["99999", "9999999.5", "1999-01-01", "Canary"] {
+        assert!(!text.contains(secret), "{secret} in {text}");
+    }
 }

@@ -161,21 +161,22 @@ fn demo_runs_the_loop_end_to_end() {
         "with one field changed: bad signature",
         "audit chain intact",
         "dataset.added 5",
-        "module.uploaded 8",
-        "token.created 9",
+        "module.uploaded 9",
+        "token.created 10",
         "authorisation.added 3",
         "913100030001023757  not-authorised",
         "913100000001000000  scored            820  B",
         "3 per-subject receipts verified",
         "In dp mode (ε = 1 per query) the same module gets all 16 published districts",
-        "the receipt states ε = 1; fudan-lab has ε = 9 of 10 left on enterprises",
+        "fudan-lab asking for dp answers on enterprises after exact ones: mode-conflict",
+        "the receipt states ε = 1; sufe-lab has ε = 9 of 10 left on the enterprise population",
         "team-fudan submitted model_baseline (Rust): scored (public ROC AUC 0.5)",
         "team-sjtu submitted logistic_model.py (Python, componentize-py): scored (public ROC AUC 0.",
         "the admin approved it narrowed to month and paid_late for 30 days: approved",
         "Review: the job ended held (utility_payments requires review",
         "two administrators approved it blind; released; the receipt names reviewers",
         "Contest overdue-2024 on tax_overdue (9 features, label hidden",
-        "Sample-and-aggregate (any code, world block-analysis): block-mean ran in a fresh instance on each of ⌈2000^0.4⌉ = 21 disjoint blocks",
+        "Sample-and-aggregate (any code, world block-analysis): block-mean ran in a fresh instance on each of 21 disjoint blocks of enterprises (k declared",
     ] {
         assert!(
             stdout.contains(expected),
@@ -271,7 +272,7 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
     let out = dsb(&["audit", "verify", "--data-dir", data], dir.path());
     assert!(
         String::from_utf8_lossy(&out.stdout)
-            .starts_with("audit chain intact: 6 entries, 1 signed checkpoints")
+            .starts_with("audit chain intact: 7 entries, 1 signed checkpoints")
     );
     let out = dsb(&["key", "rotate", "--data-dir", data], dir.path());
     assert!(out.status.success());
@@ -285,7 +286,7 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
     );
     let out = dsb(&["audit", "export", "--data-dir", data], dir.path());
     let export = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert_eq!(export.lines().count(), 7);
+    assert_eq!(export.lines().count(), 8);
     // An export verifies on its own; an edited one names the entry.
     let file = dir.path().join("audit.jsonl");
     std::fs::write(&file, &export).unwrap();
@@ -405,9 +406,44 @@ fn the_cli_drives_a_served_data_directory() {
     let (_, listed, _) = client(&analyst, &["job", "list", "--json"]);
     let listed: serde_json::Value = serde_json::from_str(&listed).unwrap();
     assert_eq!(listed[0]["id"], job.as_str());
-    // The same guest in dp mode: noisy answers, charged to the budget.
+    // The same guest in dp mode: lab-a has seen exact answers about the
+    // enterprise population, so it is refused noisy ones (ε would mean
+    // nothing); another lab gets them, charged to its budget.
+    let dp_args = [
+        "job",
+        "submit",
+        "--module",
+        module.to_str().unwrap(),
+        "--dataset",
+        "enterprises",
+        "--mode",
+        "dp",
+        "--epsilon",
+        "0.5",
+        "--wait",
+    ];
+    let (code, _, stderr) = client(&analyst, &dp_args);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("mode-conflict"), "{stderr}");
+    let (_, noisy, _) = client(
+        &admin,
+        &["token", "create", "--role", "analyst", "--tenant", "lab-n"],
+    );
+    let noisy = noisy.trim().to_string();
+    let (code, _, stderr) = client(
+        &admin,
+        &[
+            "grant",
+            "add",
+            "--tenant",
+            "lab-n",
+            "--dataset",
+            "enterprises",
+        ],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
     let (code, stdout, stderr) = client(
-        &analyst,
+        &noisy,
         &[
             "job",
             "submit",
@@ -427,10 +463,10 @@ fn the_cli_drives_a_served_data_directory() {
         stdout.contains("released: ok") && stdout.contains("Chongming"),
         "{stdout}"
     );
-    let (code, stdout, stderr) = client(&analyst, &["budget", "show"]);
+    let (code, stdout, stderr) = client(&noisy, &["budget", "show"]);
     assert_eq!(code, Some(0), "{stderr}");
     assert!(
-        stdout.contains("enterprises") && stdout.contains("ε spent 0.500 of 10.000, 9.500 left"),
+        stdout.contains("enterprise ") && stdout.contains("ε spent 0.500 of 10.000, 9.500 left"),
         "{stdout}"
     );
     let receipt = dir.path().join("receipt.json");

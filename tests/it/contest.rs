@@ -24,9 +24,16 @@ fn spec(id: &str, closes_in: i64, extra: &str) -> String {
         "id = \"{id}\"\ntitle = \"Who will be overdue on tax in 2024?\"\ndataset = \"tax_overdue\"\n\
          label = \"overdue_2024\"\nmetric = \"roc-auc\"\n\
          split = {{ train = 0.6, public = 0.2, private = 0.2 }}\n\
-         opens = \"{}\"\ncloses = \"{}\"\n{extra}",
+         opens = \"{}\"\ncloses = \"{}\"\n{schedule}{extra}",
         rfc3339(now() - 60),
-        rfc3339(now() + closes_in)
+        rfc3339(now() + closes_in),
+        // Scores come on a 1 s schedule here (the default, a fixed time at
+        // the limit, is what `scores_appear_at_a_fixed_time` checks).
+        schedule = if extra.contains("release_every_seconds") {
+            ""
+        } else {
+            "release_every_seconds = 1\n"
+        }
     )
 }
 

@@ -34,6 +34,16 @@ fn enterprise_caps(policies: &PolicySet) -> budget::Caps {
         .caps()
 }
 
+/// The enterprise population as the direct (no-server) tests charge it: the
+/// register alone, under its policy's caps.
+fn enterprise_population(caps: budget::Caps) -> budget::Population {
+    budget::Population {
+        id: "enterprise".into(),
+        datasets: vec!["enterprises".into()],
+        caps,
+    }
+}
+
 fn repo_policies() -> PolicySet {
     PolicySet::load(&repo().join("policies"), None).unwrap()
 }
@@ -67,6 +77,7 @@ fn session(
             store: store.clone(),
             principal: tenant.into(),
             job_id: job.into(),
+            populations: Default::default(),
         },
     })
 }
@@ -172,9 +183,13 @@ async fn published_keys_are_all_released_with_noise_of_the_stated_scale() {
         );
     }
     // The charge is on the ledger, with its audit entry.
-    let spent = budget::budget(&store, "lab", "enterprises", enterprise_caps(&policies))
-        .await
-        .unwrap();
+    let spent = budget::budget(
+        &store,
+        "lab",
+        &enterprise_population(enterprise_caps(&policies)),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         spent.spent,
         Cost {
@@ -226,9 +241,13 @@ async fn unpublished_keys_pass_only_a_noisy_threshold() {
     assert!(singles > 50);
     assert!(released.iter().all(|k| exact[k] > 1.0));
     // The threshold's δ is charged too.
-    let spent = budget::budget(&store, "lab", "enterprises", enterprise_caps(&policies))
-        .await
-        .unwrap();
+    let spent = budget::budget(
+        &store,
+        "lab",
+        &enterprise_population(enterprise_caps(&policies)),
+    )
+    .await
+    .unwrap();
     assert!(spent.spent.delta > 0.0);
 }
 
@@ -411,6 +430,7 @@ async fn an_exhausted_budget_refuses_the_query_and_the_job_releases_nothing() {
         &store,
         "admin",
         "lab",
+        &enterprise_population(caps),
         "enterprises",
         Cost {
             epsilon: 2.0,
@@ -420,7 +440,7 @@ async fn an_exhausted_budget_refuses_the_query_and_the_job_releases_nothing() {
     )
     .await
     .unwrap();
-    let now = budget::budget(&store, "lab", "enterprises", caps)
+    let now = budget::budget(&store, "lab", &enterprise_population(caps))
         .await
         .unwrap();
     assert_eq!(now.spent.epsilon, 10.0);
@@ -543,7 +563,7 @@ fn upper_tail(n: u64, k: u64, p: f64) -> f64 {
 }
 
 /// One-sided Clopper–Pearson bounds at confidence 1 − α for k of n.
-fn clopper_pearson(k: u64, n: u64, alpha: f64) -> (f64, f64) {
+pub(crate) fn clopper_pearson(k: u64, n: u64, alpha: f64) -> (f64, f64) {
     let solve = |f: &dyn Fn(f64) -> bool| {
         let (mut lo, mut hi) = (0.0f64, 1.0f64);
         for _ in 0..60 {
@@ -686,7 +706,10 @@ async fn dp_jobs_over_http_state_their_cost_in_the_receipt_and_the_budget() {
     assert_eq!(receipt.body.mode, "dp");
     assert_eq!(receipt.body.privacy_cost.epsilon, 1.0);
     let budgets = analyst.budgets(None).await.unwrap();
-    let enterprises = budgets.iter().find(|b| b.dataset == "enterprises").unwrap();
+    let enterprises = budgets
+        .iter()
+        .find(|b| b.datasets.iter().any(|d| d == "enterprises"))
+        .unwrap();
     assert_eq!(
         (enterprises.spent.epsilon, enterprises.remaining.epsilon),
         (1.0, 9.0)
@@ -728,6 +751,78 @@ async fn dp_jobs_over_http_state_their_cost_in_the_receipt_and_the_budget() {
         .await
         .unwrap();
     assert_eq!((raised.cap.epsilon, raised.remaining.epsilon), (15.0, 14.0));
+    // tax_records has the same population: one budget. A dp job on it is
+    // charged to the same ledger the enterprise register's job was.
+    assert_eq!(raised.population, "enterprise");
+    assert!(
+        raised.datasets.contains(&"tax_records".to_string()),
+        "{raised:?}"
+    );
+    server.admin.grant("lab-a", "tax_records").await.unwrap();
+    let hostile = analyst
+        .upload_module(guest("hostile"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = analyst
+        .submit_dp_job(
+            &hostile,
+            &["tax_records".into()],
+            serde_json::json!({
+                "attack": "query",
+                "sql": "SELECT quarter, COUNT(*) AS n FROM tax_records GROUP BY quarter"
+            }),
+            0.5,
+        )
+        .await
+        .unwrap();
+    let job = analyst.job(&job.id, 30).await.unwrap();
+    assert_eq!(job.state, "released", "{job:?}");
+    let budgets = analyst.budgets(None).await.unwrap();
+    assert_eq!(budgets.len(), 1, "one population, one budget: {budgets:?}");
+    assert_eq!(
+        (budgets[0].spent.epsilon, budgets[0].cap.epsilon),
+        (1.5, 15.0)
+    );
+    // lab-a has had noisy answers about the enterprise population: exact
+    // ones on any of its datasets are refused, and the refusal is typed.
+    let error = analyst
+        .submit_job(
+            &module,
+            "aggregate",
+            &["tax_records".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("mode-conflict"), "{error}");
+    // A tenant whose first job was exact is refused noisy ones.
+    let exact = server.client(Role::Analyst, "lab-exact").await;
+    server
+        .admin
+        .grant("lab-exact", "enterprises")
+        .await
+        .unwrap();
+    let module = exact
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = exact
+        .submit_job(
+            &module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    exact.job(&job.id, 30).await.unwrap();
+    let error = exact
+        .submit_dp_job(&module, &["enterprises".into()], serde_json::json!({}), 1.0)
+        .await
+        .unwrap_err();
+    assert_eq!(error.code(), Some("mode-conflict"), "{error}");
     let actions: Vec<String> = datasandbox::store::audit::entries(&server.service.store)
         .await
         .unwrap()
@@ -767,18 +862,21 @@ async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_
             },
         ],
         epsilon: 1.0,
-        blocks: None,
+        blocks: Some(20),
+        block_millis: Some(300),
     };
     let run = |params: serde_json::Value| {
         let analyst = analyst.clone();
         let module = module.clone();
         let spec = spec.clone();
         async move {
+            let submitted = std::time::Instant::now();
             let job = analyst
                 .submit_sample_aggregate_job(&module, &["enterprises".into()], params, &spec)
                 .await
                 .unwrap();
             let job = analyst.job(&job.id, 60).await.unwrap();
+            let took = submitted.elapsed();
             assert_eq!(job.state, "released", "{job:?}");
             let output = analyst.job_output(&job.id).await.unwrap();
             let values: HashMap<String, f64> = output
@@ -789,13 +887,13 @@ async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_
                     other => panic!("{other:?}"),
                 })
                 .collect();
-            (job, values)
+            (job, values, took)
         }
     };
-    let (job, values) = run(serde_json::json!({"column": "employees"})).await;
-    // 2,000 enterprises in ⌈2000^0.4⌉ = 21 blocks of about 95: each
-    // block's mean head count, clamped, averaged, plus noise of scale
-    // (200/21)/(ε/2) ≈ 19 per dimension.
+    let (job, values, took) = run(serde_json::json!({"column": "employees"})).await;
+    // 2,000 enterprises in 20 blocks of about 100: each block's mean head
+    // count, clamped, averaged, plus noise of scale (200/20)/(ε/2) = 20 per
+    // dimension.
     assert_eq!(values.len(), 2, "only the declared dimensions: {values:?}");
     let exact = truth(
         "SELECT 'all', AVG(employees) FROM enterprises",
@@ -806,14 +904,19 @@ async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_
         (values["mean_employees"] - exact).abs() < 120.0,
         "{values:?} vs {exact}"
     );
-    assert!((values["rows"] - 2000.0 / 21.0).abs() < 120.0, "{values:?}");
+    assert!((values["rows"] - 2000.0 / 20.0).abs() < 120.0, "{values:?}");
+    // Released at the time the declaration fixes (10 rounds of 300 ms plus
+    // 2 s), whatever the blocks did; the submitter sees times in tens of
+    // seconds.
+    assert!(took >= std::time::Duration::from_secs(5), "{took:?}");
+    assert_eq!(job.started_at.unwrap() % 10, 0);
     let receipt = analyst.receipt(&job.id).await.unwrap();
     assert_eq!(receipt.body.mode, "sample-aggregate");
     assert_eq!(receipt.body.privacy_cost.epsilon, 1.0);
     // A guest that fails on every block: each gets the default, nothing of
     // the failure (or its text) reaches the submitter; the release is noise
     // around the defaults.
-    let (_, values) = run(serde_json::json!({})).await;
+    let (_, values, _) = run(serde_json::json!({})).await;
     assert_eq!(values.len(), 2);
     assert!(values["rows"].abs() < 120.0, "{values:?}");
     let job_text = serde_json::to_string(&values).unwrap();
@@ -848,7 +951,7 @@ async fn sample_and_aggregate_runs_any_code_per_block_and_releases_only_a_noisy_
     let budgets = analyst.budgets(None).await.unwrap();
     let spent = budgets
         .iter()
-        .find(|b| b.dataset == "enterprises")
+        .find(|b| b.datasets.iter().any(|d| d == "enterprises"))
         .unwrap()
         .spent
         .epsilon;
@@ -872,7 +975,7 @@ async fn a_crash_after_the_charge_leaves_it_charged() {
         store.pool().close().await;
     }
     let reopened = store(dir.path()).await;
-    let budget = budget::budget(&reopened, "lab", "enterprises", caps)
+    let budget = budget::budget(&reopened, "lab", &enterprise_population(caps))
         .await
         .unwrap();
     assert_eq!(budget.spent.epsilon, 2.0);

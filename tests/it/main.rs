@@ -13,6 +13,7 @@ mod contest;
 mod crash_safety;
 mod data_path;
 mod dp;
+mod dp_channels;
 mod guest_cannot_escape;
 mod guest_worlds;
 mod hostile_guests;

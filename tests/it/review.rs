@@ -315,3 +315,67 @@ async fn the_dominance_check_flags_a_cell_one_unit_owns() {
         "SELECT sector, SUM(revenue) AS revenue FROM firms WHERE sector = 'b' GROUP BY sector";
     assert_eq!(session.dominated_cells(clean).await.unwrap(), 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_that_fails_leaves_the_decision_unrecorded() {
+    let policies = reviewed_policies();
+    let mut server = TestServer::start_in(policies.path(), |_| {}).await;
+    server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "lab-a").await;
+    let reviewer_a = server.client(Role::Admin, "platform").await;
+    let reviewer_b = server.client(Role::Admin, "platform").await;
+    let module = analyst
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = held_job(&analyst, &module).await;
+    assert_eq!(
+        reviewer_a.decide(&job, "approve", "").await.unwrap(),
+        "held"
+    );
+    // The job's row no longer says `held` (as if a crash had moved it):
+    // the second approval's release fails, and with it the whole decision.
+    sqlx::query("UPDATE jobs SET state = 'failed' WHERE id = ?")
+        .bind(&job)
+        .execute(server.service.store.pool())
+        .await
+        .unwrap();
+    let entries_before = datasandbox::store::audit::entries(&server.service.store)
+        .await
+        .unwrap()
+        .len();
+    assert!(reviewer_b.decide(&job, "approve", "fine").await.is_err());
+    let held: String = sqlx::query_scalar("SELECT state FROM held_outputs WHERE job_id = ?")
+        .bind(&job)
+        .fetch_one(server.service.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(held, "held", "the held output was not marked released");
+    let decisions: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM reviews WHERE job_id = ?")
+        .bind(&job)
+        .fetch_one(server.service.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(decisions, 1, "the second decision was not recorded");
+    let entries_after = datasandbox::store::audit::entries(&server.service.store)
+        .await
+        .unwrap()
+        .len();
+    assert_eq!(
+        entries_before, entries_after,
+        "no audit entry for a rolled-back decision"
+    );
+    // Put back, the same approval releases in one step.
+    sqlx::query("UPDATE jobs SET state = 'held' WHERE id = ?")
+        .bind(&job)
+        .execute(server.service.store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        reviewer_b.decide(&job, "approve", "fine").await.unwrap(),
+        "released"
+    );
+    assert_eq!(analyst.job(&job, 0).await.unwrap().state, "released");
+    server.stop().await.unwrap();
+}

@@ -92,7 +92,12 @@ async fn access_matrix_every_endpoint_by_role_and_tenant() {
         serde_json::json!({ "module": module, "mode": "aggregate", "datasets": ["enterprises"] });
     let rows: Vec<Row> = vec![
         (Method::GET, "/healthz".into(), None, [200; 7]),
-        (Method::GET, "/metrics".into(), None, [200; 7]),
+        (
+            Method::GET,
+            "/metrics".into(),
+            None,
+            [401, 401, 200, 403, 403, 403, 403],
+        ),
         (Method::GET, "/v1/openapi.json".into(), None, [200; 7]),
         (Method::GET, "/v1/keys".into(), None, [200; 7]),
         (
@@ -757,7 +762,34 @@ async fn datasets_grants_and_restricted_visibility() {
         .await
         .unwrap_err();
     assert_eq!(error.code(), Some("not-found"));
+    // Without a grant the dictionary is there, the profile is not; with
+    // one, the published profile (rounded, no extremes); administrators see
+    // it as computed.
+    let detail = analyst.dataset("enterprises").await.unwrap();
+    assert!(detail.profile.is_null(), "{}", detail.profile);
+    assert!(detail.manifest["columns"].is_array());
     server.admin.grant("lab-a", "enterprises").await.unwrap();
+    let detail = analyst.dataset("enterprises").await.unwrap();
+    assert_eq!(detail.profile["rows"], 2000);
+    assert!(
+        detail.profile["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|c| c["min"].is_null() && c["max"].is_null()),
+        "{}",
+        detail.profile
+    );
+    let full = server.admin.dataset("enterprises").await.unwrap();
+    assert!(
+        full.profile["columns"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| !c["min"].is_null()),
+        "{}",
+        full.profile
+    );
     assert!(
         analyst
             .datasets()
