@@ -305,7 +305,7 @@ fn job_run_writes_a_receipt_that_dsb_verifies_offline() {
     };
     let out = verify_export(&file);
     assert!(
-        String::from_utf8_lossy(&out.stdout).starts_with("audit chain intact: 6 entries"),
+        String::from_utf8_lossy(&out.stdout).starts_with("audit chain intact: 7 entries"),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
