@@ -153,6 +153,8 @@ fn main() {
                 let session = Arc::new(DpSession {
                     tables: HashMap::from([("bench".to_string(), table.dp.clone().unwrap())]),
                     epsilon,
+
+                    accuracy: None,
                     ledger: Ledger {
                         store: store.clone(),
                         principal: "bench".into(),

@@ -195,6 +195,28 @@ impl Client {
         .await
     }
 
+    /// Submit a `dp` job whose queries each spend the least ε that keeps
+    /// their noise within `accuracy`.
+    pub async fn submit_dp_job_within(
+        &self,
+        module: &str,
+        datasets: &[String],
+        params: serde_json::Value,
+        accuracy: crate::dp::Accuracy,
+    ) -> Result<JobView, ClientError> {
+        Self::send(
+            self.request(Method::POST, "/v1/jobs")
+                .json(&serde_json::json!({
+                    "module": module,
+                    "mode": "dp",
+                    "datasets": datasets,
+                    "params": params,
+                    "accuracy": accuracy,
+                })),
+        )
+        .await
+    }
+
     /// Submit a `sample-aggregate` job (a `block-analysis` module).
     pub async fn submit_sample_aggregate_job(
         &self,

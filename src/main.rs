@@ -273,6 +273,14 @@ enum JobCommand {
         /// the ε of the release.
         #[arg(long)]
         epsilon: Option<f64>,
+        /// `--mode dp`, instead of --epsilon: each query's noise stays within
+        /// ± this with probability --confidence; the host spends the least ε
+        /// that does it.
+        #[arg(long, conflicts_with = "epsilon")]
+        within: Option<f64>,
+        /// With --within (default 0.95).
+        #[arg(long, requires = "within", default_value_t = 0.95)]
+        confidence: f64,
         /// `--mode sample-aggregate`: an output dimension as
         /// `name=lo:hi:default` (repeat for each, in the guest's order).
         #[arg(long = "dimension")]
@@ -545,6 +553,8 @@ fn run() -> anyhow::Result<()> {
                         mode,
                         params,
                         epsilon,
+                        within,
+                        confidence,
                         dimensions,
                         blocks,
                         block_millis,
@@ -566,6 +576,10 @@ fn run() -> anyhow::Result<()> {
                             datasets: &datasets,
                             params: &params,
                             epsilon,
+                            accuracy: within.map(|within| datasandbox::dp::Accuracy {
+                                within,
+                                confidence,
+                            }),
                             sample: spec,
                         };
                         remote.submit(submission, wait).await

@@ -114,6 +114,9 @@ pub struct JobRequest {
     pub params: String,
     /// `dp` mode: the ε each query spends.
     pub epsilon: Option<f64>,
+    /// `dp` mode, instead of `epsilon`: an error bound; each query spends
+    /// the least ε that reaches it.
+    pub accuracy: Option<crate::dp::Accuracy>,
     /// `sample-aggregate` mode: dimensions, ranges, defaults, ε, blocks.
     pub sample_aggregate: Option<crate::dp::sample_aggregate::Spec>,
     /// `contest` mode: the contest (the team is the submitter's tenant).
@@ -318,13 +321,19 @@ impl Service {
                     .into(),
             ));
         }
-        if mode == Mode::Dp && request.epsilon.is_none() {
+        if mode == Mode::Dp && request.epsilon.is_some() == request.accuracy.is_some() {
             return Err(ServiceError::Dp(
-                "say how much ε each query spends (`epsilon`)".into(),
+                "say how much ε each query spends (`epsilon`) or the error bound it must                  reach (`accuracy`), one of them"
+                    .into(),
             ));
         }
-        if mode != Mode::Dp && request.epsilon.is_some() {
-            return Err(ServiceError::Dp("`epsilon` is for dp mode only".into()));
+        if mode != Mode::Dp && (request.epsilon.is_some() || request.accuracy.is_some()) {
+            return Err(ServiceError::Dp(
+                "`epsilon` and `accuracy` are for dp mode only".into(),
+            ));
+        }
+        if let Some(accuracy) = &request.accuracy {
+            accuracy.check().map_err(ServiceError::Dp)?;
         }
         if let Some(contest) = &request.contest {
             return self
@@ -402,14 +411,21 @@ impl Service {
                 .commit_sample_aggregate(submitter, module, &versions, request.params, spec)
                 .await;
         }
-        let mut job = match request.epsilon {
-            Some(epsilon) => {
-                self.commit_dp(submitter, module, &versions, request.params, epsilon)
-                    .await?
-            }
-            None => {
+        let mut job = match (request.epsilon, request.accuracy) {
+            (None, None) => {
                 self.commit(submitter, module, &versions, request.params)
                     .await?
+            }
+            (epsilon, accuracy) => {
+                self.commit_dp(
+                    submitter,
+                    module,
+                    &versions,
+                    request.params,
+                    epsilon.unwrap_or_default(),
+                    accuracy,
+                )
+                .await?
             }
         };
         for (table, version) in job.env.datasets.iter_mut().zip(&versions) {
@@ -604,6 +620,7 @@ impl Service {
         versions: &[DatasetVersion],
         params: String,
         epsilon: f64,
+        accuracy: Option<crate::dp::Accuracy>,
     ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
         let tables: Vec<_> = versions.iter().map(|v| v.dp_job_table(&policies)).collect();
@@ -612,7 +629,9 @@ impl Service {
             match &table.dp {
                 Some(dp) => {
                     let (low, high) = dp.rules.query_epsilon;
-                    if !(low..=high).contains(&epsilon) {
+                    // With an error bound, each query's ε is checked when
+                    // its shape is known.
+                    if accuracy.is_none() && !(low..=high).contains(&epsilon) {
                         return Err(ServiceError::Dp(format!(
                             "{}: ε per query must be within [{low}, {high}]",
                             version.id
@@ -639,6 +658,7 @@ impl Service {
         let dp = Arc::new(crate::dp::DpSession {
             tables: dp_tables,
             epsilon,
+            accuracy,
             ledger: crate::dp::Ledger {
                 store: self.store.clone(),
                 principal: submitter.tenant.clone(),

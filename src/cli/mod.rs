@@ -265,6 +265,8 @@ pub struct Submission<'a> {
     pub params: &'a str,
     /// `dp`: ε per query.
     pub epsilon: Option<f64>,
+    /// `dp`: an error bound instead of ε.
+    pub accuracy: Option<datasandbox::dp::Accuracy>,
     /// `sample-aggregate`: the declaration.
     pub sample: Option<datasandbox::dp::sample_aggregate::Spec>,
 }
@@ -319,6 +321,7 @@ impl Remote {
             datasets,
             params,
             epsilon,
+            accuracy,
             sample,
         } = submission;
         let sha256 = if std::path::Path::new(module).is_file() {
@@ -329,18 +332,23 @@ impl Remote {
         };
         let params: serde_json::Value =
             serde_json::from_str(params).context("--params must be JSON")?;
-        let job = match (sample, epsilon) {
-            (Some(spec), _) => {
+        let job = match (sample, epsilon, accuracy) {
+            (Some(spec), _, _) => {
                 self.client
                     .submit_sample_aggregate_job(&sha256, datasets, params, &spec)
                     .await?
             }
-            (None, Some(epsilon)) => {
+            (None, Some(epsilon), _) => {
                 self.client
                     .submit_dp_job(&sha256, datasets, params, epsilon)
                     .await?
             }
-            (None, None) => {
+            (None, None, Some(accuracy)) => {
+                self.client
+                    .submit_dp_job_within(&sha256, datasets, params, accuracy)
+                    .await?
+            }
+            (None, None, None) => {
                 self.client
                     .submit_job(&sha256, mode, datasets, params)
                     .await?

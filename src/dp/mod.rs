@@ -97,11 +97,51 @@ impl Ledger {
     }
 }
 
+/// An error bound instead of ε: each noisy number of an answer is within
+/// `within` of the true aggregate (after bounding) with probability at
+/// least `confidence`, and the host spends the least ε that achieves it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Accuracy {
+    pub within: f64,
+    #[serde(default = "default_confidence")]
+    pub confidence: f64,
+}
+
+fn default_confidence() -> f64 {
+    0.95
+}
+
+impl Accuracy {
+    /// Finite positive bound, confidence in [0.5, 0.999].
+    pub fn check(&self) -> Result<(), String> {
+        if !(self.within.is_finite() && self.within > 0.0) {
+            return Err("accuracy.within: a positive number".into());
+        }
+        if !(0.5..=0.999).contains(&self.confidence) {
+            return Err("accuracy.confidence: from 0.5 to 0.999".into());
+        }
+        Ok(())
+    }
+
+    /// The ε one noisy quantity of L1 sensitivity `sensitivity` needs.
+    /// Discrete Laplace of scale b has P(|Z| ≥ k) = 2e^{-k/b}/(1 + e^{-1/b})
+    /// ≤ 2e^{-k/b}, so b = within / ln(2 / (1 − confidence)) keeps the noise
+    /// within the bound at the confidence (the lattice Laplace of floats is
+    /// tighter still).
+    pub fn epsilon_for(&self, sensitivity: f64) -> f64 {
+        sensitivity * (2.0 / (1.0 - self.confidence)).ln() / self.within
+    }
+}
+
 /// A job's DP context: its tables, the ε of each query, its ledger.
 #[derive(Debug)]
 pub struct DpSession {
     pub tables: HashMap<String, Arc<DpTable>>,
     /// ε of each query, declared at submission within the policy's range.
     pub epsilon: f64,
+    /// Instead of `epsilon`: each query spends what reaches this bound
+    /// (refused if that is more than the policy lets one query spend).
+    pub accuracy: Option<Accuracy>,
     pub ledger: Ledger,
 }

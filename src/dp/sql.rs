@@ -452,9 +452,49 @@ async fn noisy_aggregate(
         })
         .sum::<usize>()
         + usize::from(thresholded);
-    let epsilon_each = session.epsilon / noisy_quantities.max(1) as f64;
+    let group_factor = i64::from(max_groups) * i64::from(max_rows);
+    let epsilon = match session.accuracy {
+        None => session.epsilon,
+        Some(accuracy) => {
+            // The least ε that keeps every noisy quantity within the bound:
+            // the widest sensitivity decides, and each quantity gets an
+            // even share, as with a declared ε.
+            let mut widest = if thresholded {
+                f64::from(max_groups)
+            } else {
+                0.0
+            };
+            for m in measures {
+                widest = widest.max(match m {
+                    Measure::Count(_) => group_factor as f64,
+                    Measure::Units => f64::from(max_groups),
+                    Measure::Sum { lo, hi, .. } => group_factor as f64 * lo.abs().max(hi.abs()),
+                    Measure::Avg { .. } => {
+                        return Err(reject(
+                            "accuracy-not-for-avg",
+                            "an error bound applies to COUNT and SUM; ask for AVG with an ε",
+                        ));
+                    }
+                });
+            }
+            let needed = accuracy.epsilon_for(widest) * noisy_quantities.max(1) as f64;
+            let (low, high) = rules.query_epsilon;
+            if needed > high {
+                return Err(reject(
+                    "accuracy-unreachable",
+                    format!(
+                        "±{} at {:.1}% needs ε = {needed:.4} for this query; one query may spend at most {high}",
+                        accuracy.within,
+                        accuracy.confidence * 100.0
+                    ),
+                ));
+            }
+            needed.max(low)
+        }
+    };
+    let epsilon_each = epsilon / noisy_quantities.max(1) as f64;
     let cost = Cost {
-        epsilon: session.epsilon,
+        epsilon,
         delta: if thresholded {
             rules.delta_per_query
         } else {
@@ -690,7 +730,6 @@ async fn noisy_aggregate(
     let totals_of = |key: &Vec<Option<String>>| totals.get(key).unwrap_or(&empty);
 
     // Noise per measure over the released keys.
-    let group_factor = i64::from(max_groups) * i64::from(max_rows);
     let mut columns: Vec<ArrayRef> = Vec::new();
     for (index, field) in aggregate
         .schema

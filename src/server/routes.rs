@@ -169,6 +169,11 @@ pub struct SubmitJob {
     /// `dp` mode: the ε each query spends (within the policy's range).
     #[serde(default)]
     pub epsilon: Option<f64>,
+    /// `dp` mode, instead of `epsilon`: `{"within": 50, "confidence": 0.95}`;
+    /// each query spends the least ε that keeps its noise within the bound
+    /// (refused when that is more than one query may spend).
+    #[serde(default)]
+    pub accuracy: Option<crate::dp::Accuracy>,
     /// `sample-aggregate` mode: the output's dimensions (name, range,
     /// default), the release's ε and optionally the number of blocks.
     #[serde(default)]
@@ -249,6 +254,7 @@ pub async fn submit_job(
         datasets: body.datasets,
         params,
         epsilon: body.epsilon,
+        accuracy: body.accuracy,
         sample_aggregate: body.sample_aggregate,
         contest: None,
     };
@@ -1244,6 +1250,7 @@ pub async fn submit_model(
         datasets: Vec::new(),
         params: "{}".into(),
         epsilon: None,
+        accuracy: None,
         sample_aggregate: None,
         contest: Some(id.clone()),
     };

@@ -73,6 +73,8 @@ fn session(
             .filter_map(|t| t.dp.clone().map(|dp| (t.name.clone(), dp)))
             .collect(),
         epsilon,
+
+        accuracy: None,
         ledger: Ledger {
             store: store.clone(),
             principal: tenant.into(),

@@ -47,6 +47,8 @@ fn session(store: &Store, tenant: &str, epsilon: f64, tables: &[DatasetSource]) 
             .filter_map(|t| t.dp.clone().map(|dp| (t.name.clone(), dp)))
             .collect(),
         epsilon,
+
+        accuracy: None,
         ledger: Ledger {
             store: store.clone(),
             principal: tenant.into(),
@@ -602,5 +604,111 @@ async fn dp_jobs_end_at_a_fixed_time_whatever_the_guest_and_the_data_did() {
     // What is left of the timing channel: scheduling jitter, well under a
     // second here (the README states the figure).
     assert!(spread < 1.0, "{took:?}");
+    // Over HTTP an error bound instead of ε: the receipt states what the
+    // host chose to spend.
+    let job = analyst
+        .submit_dp_job_within(
+            &hostile,
+            &["enterprises".into()],
+            serde_json::json!({
+                "attack": "query",
+                "sql": "SELECT district, COUNT(*) FROM enterprises GROUP BY district"
+            }),
+            datasandbox::dp::Accuracy {
+                within: 20.0,
+                confidence: 0.95,
+            },
+        )
+        .await
+        .unwrap();
+    let job = analyst.job(&job.id, 60).await.unwrap();
+    assert_eq!(job.state, "released", "{job:?}");
+    let receipt = analyst.receipt(&job.id).await.unwrap();
+    assert!(
+        (receipt.body.privacy_cost.epsilon - 40f64.ln() / 20.0).abs() < 1e-5,
+        "{:?}",
+        receipt.body.privacy_cost
+    );
     server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_error_bound_buys_the_least_epsilon_that_reaches_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let original = std::fs::read_to_string(samples().join("enterprises.csv")).unwrap();
+    std::fs::write(dir.path().join("plain.csv"), &original).unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    let tables = register_tables(dir.path(), "plain.csv");
+    let accuracy = datasandbox::dp::Accuracy {
+        within: 20.0,
+        confidence: 0.95,
+    };
+    let mut session = session(&store, "lab", 0.0, &tables);
+    Arc::get_mut(&mut session).unwrap().accuracy = Some(accuracy);
+    let query = QuerySession::open(&tables, &Default::default())
+        .await
+        .unwrap()
+        .with_dp(Some(session));
+    let truth = {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_csv(
+            "enterprises",
+            dir.path().join("plain.csv").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let batches = ctx
+            .sql("SELECT district, COUNT(*) FROM enterprises GROUP BY district")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        rows(&batches)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse::<f64>().unwrap()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    // One count per district, one row per firm: sensitivity 1, so ±20 at
+    // 95% needs ε = ln(2/0.05)/20 ≈ 0.184.
+    let sql = "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district";
+    let (mut inside, mut total) = (0, 0);
+    for _ in 0..50 {
+        let (schema, batches) = query.run(sql, 1 << 20).await.unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(schema.metadata().get(DP_METADATA_KEY).unwrap()).unwrap();
+        let epsilon = report["epsilon"].as_f64().unwrap();
+        assert!((epsilon - 40f64.ln() / 20.0).abs() < 1e-9, "{report}");
+        for row in rows(&batches) {
+            let noisy: f64 = row[1].parse().unwrap();
+            let exact = truth.get(&row[0]).copied().unwrap_or(0.0);
+            total += 1;
+            // Counts are floored at 0 after the noise, which only helps.
+            if (noisy - exact).abs() <= 20.0 {
+                inside += 1;
+            }
+        }
+    }
+    let share = f64::from(inside) / f64::from(total);
+    eprintln!("error bound ±20 at 95%: {inside} of {total} within ({share:.3})");
+    assert!(share >= 0.95, "{inside} of {total}");
+    // A bound one query cannot afford, and AVG: refused before any charge.
+    let charged = epsilon_spent(&store, "lab").await;
+    for (sql, code) in [
+        (
+            "SELECT district, SUM(employees) FROM enterprises GROUP BY district",
+            "accuracy-unreachable",
+        ),
+        (
+            "SELECT district, AVG(employees) FROM enterprises GROUP BY district",
+            "accuracy-not-for-avg",
+        ),
+    ] {
+        match query.run(sql, 1 << 20).await {
+            Err(QueryError::Rejected(reason)) => assert!(reason.starts_with(code), "{reason}"),
+            other => panic!("{sql}: {other:?}"),
+        }
+    }
+    assert_eq!(epsilon_spent(&store, "lab").await, charged);
 }
