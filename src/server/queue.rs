@@ -265,6 +265,46 @@ impl JobQueue {
         Ok(id)
     }
 
+    /// Run a scoring batch as a job of this queue: admitted like any job
+    /// (queue length, the tenant's limits), run on the jobs runtime under a
+    /// worker permit, drained at shutdown. The caller awaits the batch; if
+    /// it goes away (a disconnect, the request timeout) the batch still runs
+    /// to its end, with every subject it scored charged and recorded.
+    pub async fn score(
+        self: &Arc<Self>,
+        submitter: &Submitter,
+        request: crate::scoring::ScoreRequest,
+    ) -> Result<crate::scoring::ScoreBatch, ApiError> {
+        if let Err(error) = self.admit(&submitter.tenant) {
+            self.metrics.admission_refused(error.code);
+            return Err(error);
+        }
+        let queue = Arc::clone(self);
+        let submitter = submitter.clone();
+        let task = self.runtime.spawn(async move {
+            let tenant = submitter.tenant.clone();
+            let permit = Arc::clone(&queue.permits).acquire_owned().await.ok();
+            queue.started();
+            queue.metrics.running.inc();
+            let _running = Running {
+                queue: Arc::clone(&queue),
+                id: String::new(),
+                tenant,
+            };
+            let _permit = permit;
+            crate::scoring::score(&queue.service, &submitter, request).await
+        });
+        match task.await {
+            Ok(result) => Ok(result?),
+            Err(error) => {
+                tracing::error!(%error, "a scoring batch panicked in the host");
+                Err(ApiError::internal(std::io::Error::other(
+                    "the scoring batch failed in the host",
+                )))
+            }
+        }
+    }
+
     fn forget(&self, id: &str) {
         self.cancels
             .lock()

@@ -1092,9 +1092,7 @@ pub async fn score(
             "scoring is for the institution role",
         ));
     }
-    Ok(ApiJson(
-        crate::scoring::score(&state.service, &caller.submitter(), body).await?,
-    ))
+    Ok(ApiJson(state.queue.score(&caller.submitter(), body).await?))
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]

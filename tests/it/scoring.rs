@@ -748,3 +748,104 @@ async fn only_an_approved_scorer_with_its_approved_params_runs() {
         .collect();
     assert!(actions.contains(&"scoring.approved".to_string()));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_whose_client_goes_away_runs_to_its_end_in_the_queue() {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    let ids = enterprises(1500);
+    let t = now();
+    let terms: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
+        .collect();
+    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
+    let body = serde_json::json!({
+        "module": scorer, "policy": "credit-risk", "subjects": subjects,
+        "params": {"column": "employees"},
+    });
+    // The client gives up a moment after sending (its connection closes).
+    let request = {
+        let bank = bank.clone();
+        tokio::spawn(async move {
+            bank.raw(
+                Method::POST,
+                "/v1/scoring",
+                Some(("application/json", body.to_string().into_bytes())),
+            )
+            .await
+        })
+    };
+    let store = server.service.store.clone();
+    let running = || async {
+        sqlx::query_scalar::<_, String>("SELECT state FROM jobs WHERE mode = 'scoring'")
+            .fetch_optional(store.pool())
+            .await
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while running().await.as_deref() != Some("running") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    request.abort();
+    assert!(request.await.unwrap_err().is_cancelled());
+    // The batch goes on without it, to a released job with every subject
+    // scored and charged.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        match running().await.as_deref() {
+            Some("running") => {}
+            Some(state) => {
+                assert_eq!(state, "released");
+                break;
+            }
+            None => panic!("the job vanished"),
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never ended"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let output: String = sqlx::query_scalar("SELECT output FROM jobs WHERE mode = 'scoring'")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let outputs: Vec<serde_json::Value> = serde_json::from_str(&output).unwrap();
+    assert_eq!(outputs.len(), 1500);
+    let charged: i64 =
+        sqlx::query_scalar("SELECT SUM(scored) FROM scoring_usage WHERE tenant = 'bank-d'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(charged, 1500);
+    // It ran as a job of the queue, which gives its worker back once the
+    // batch (and its per-subject receipts) is done.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let metrics = server.admin.metrics().await.unwrap();
+        if metrics.contains("dsb_jobs_running 0") {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{metrics}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}
