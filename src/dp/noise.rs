@@ -7,10 +7,11 @@
 
 use std::collections::HashMap;
 
+use opendp::combinators::{make_fix_delta, make_zCDP_to_approxDP};
 use opendp::domains::{AtomDomain, MapDomain, VectorDomain};
-use opendp::measurements::{make_laplace, make_laplace_threshold};
-use opendp::measures::{Approximate, MaxDivergence};
-use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance};
+use opendp::measurements::{make_gaussian, make_laplace, make_laplace_threshold};
+use opendp::measures::{Approximate, MaxDivergence, ZeroConcentratedDivergence};
+use opendp::metrics::{AbsoluteDistance, L0PInfDistance, L1Distance, L2Distance};
 
 /// A mechanism could not be built or run.
 #[derive(Debug, thiserror::Error)]
@@ -82,6 +83,56 @@ where
     )?;
     let noisy = measurement.invoke(&values.to_vec()).map_err(opendp_error)?;
     Ok((noisy, scale))
+}
+
+/// Gaussian noise on float sums (OpenDP's discrete Gaussian on a fine
+/// lattice), for an L2 `sensitivity` per privacy unit, spending at most
+/// (ε, δ). The scale comes from the zCDP bound ρ = (√(ln(1/δ) + ε) −
+/// √ln(1/δ))² (ρ-zCDP implies (ρ + 2√(ρ ln(1/δ)), δ)-DP); the measurement is
+/// then cast to (ε, δ)-DP by OpenDP's own conversion (`make_zCDP_to_approxDP`,
+/// `make_fix_delta`) and its map must agree before anything is drawn.
+/// Returns the noisy sums and the noise's standard deviation.
+pub fn gaussian_sums(
+    values: &[f64],
+    sensitivity: f64,
+    epsilon: f64,
+    delta: f64,
+) -> Result<(Vec<f64>, f64), NoiseError> {
+    if !(delta > 0.0 && delta < 1.0 && epsilon > 0.0) {
+        return Err(NoiseError(format!(
+            "the Gaussian mechanism needs ε > 0 and 0 < δ < 1, not ε={epsilon} δ={delta}"
+        )));
+    }
+    let log = (1.0 / delta).ln();
+    let rho = ((log + epsilon).sqrt() - log.sqrt()).powi(2);
+    let scale = sensitivity / (2.0 * rho).sqrt();
+    let measurement = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+        L2Distance::<f64>::default(),
+        scale,
+        None,
+    )
+    .map_err(opendp_error)?;
+    let approximate = make_fix_delta(
+        &make_zCDP_to_approxDP(measurement).map_err(opendp_error)?,
+        delta,
+    )
+    .map_err(opendp_error)?;
+    let (used_epsilon, used_delta) = approximate.map(&sensitivity).map_err(opendp_error)?;
+    within(used_epsilon, epsilon)?;
+    if used_delta > delta * (1.0 + SLACK) {
+        return Err(NoiseError(format!(
+            "the mechanism would spend δ={used_delta}, more than the δ={delta} charged"
+        )));
+    }
+    let noisy = approximate.invoke(&values.to_vec()).map_err(opendp_error)?;
+    Ok((noisy, scale))
+}
+
+/// Half-width of a 95% interval of Gaussian noise of standard deviation
+/// `scale`.
+pub fn ci95_gaussian(scale: f64) -> f64 {
+    1.959_964 * scale
 }
 
 /// Keys released through a noisy threshold.
@@ -179,6 +230,17 @@ mod tests {
         let (noisy, _) = laplace_counts(&vec![0; 20_000], 1, 1.0).unwrap();
         let inside = noisy.iter().filter(|v| v.abs() <= 3).count() as f64 / 20_000.0;
         assert!((0.96..0.985).contains(&inside), "{inside}");
+    }
+
+    #[test]
+    fn gaussian_noise_has_the_scale_its_epsilon_and_delta_allow() {
+        // ε = 1, δ = 1e-6: ρ = (√(ln 1e6 + 1) − √ln 1e6)² ≈ 0.0175, so an
+        // L2 sensitivity of 1 gets σ = 1/√(2ρ) ≈ 5.35.
+        let (noisy, scale) = gaussian_sums(&vec![0.0; 20_000], 1.0, 1.0, 1e-6).unwrap();
+        assert!((scale - 5.35).abs() < 0.01, "{scale}");
+        let variance = noisy.iter().map(|v| v * v).sum::<f64>() / noisy.len() as f64;
+        assert!((variance.sqrt() - scale).abs() < 0.2, "{}", variance.sqrt());
+        assert!(gaussian_sums(&[0.0], 1.0, 1.0, 0.0).is_err());
     }
 
     #[test]

@@ -453,6 +453,17 @@ async fn noisy_aggregate(
         .sum::<usize>()
         + usize::from(thresholded);
     let group_factor = i64::from(max_groups) * i64::from(max_rows);
+    let gaussian = rules.mechanism == crate::policy::Mechanism::Gaussian;
+    // The Gaussian quantities share the query's δ_per_query evenly (the
+    // threshold, when keys are not published, stays Laplace with its own).
+    let gaussian_quantities = noisy_quantities - usize::from(thresholded);
+    let delta_each = rules.delta_per_query / gaussian_quantities.max(1) as f64;
+    if gaussian && session.accuracy.is_some() {
+        return Err(reject(
+            "accuracy-not-for-gaussian",
+            "an error bound is translated to ε for Laplace noise; ask this table with an ε",
+        ));
+    }
     let epsilon = match session.accuracy {
         None => session.epsilon,
         Some(accuracy) => {
@@ -496,6 +507,10 @@ async fn noisy_aggregate(
     let cost = Cost {
         epsilon,
         delta: if thresholded {
+            rules.delta_per_query
+        } else {
+            0.0
+        } + if gaussian && gaussian_quantities > 0 {
             rules.delta_per_query
         } else {
             0.0
@@ -744,6 +759,40 @@ async fn noisy_aggregate(
     let mut noise_report = Vec::new();
     let mut slot = 0usize;
     let fields = aggregate.schema.fields();
+    // Noise of one quantity: integer counts or float sums, with their L1
+    // sensitivity (Laplace) or L2 sensitivity (Gaussian: a unit in
+    // `max_groups` groups moves the vector by √max_groups, not max_groups).
+    let spread = f64::from(max_groups).sqrt();
+    let counts_noise =
+        |values: &[i64], l1: i64, l2: f64| -> Result<(Vec<i64>, f64, f64), QueryError> {
+            if gaussian {
+                let floats: Vec<f64> = values.iter().map(|v| *v as f64).collect();
+                let (noisy, scale) =
+                    noise::gaussian_sums(&floats, l2, epsilon_each, delta_each).map_err(failed)?;
+                Ok((
+                    noisy.into_iter().map(|v| v.round() as i64).collect(),
+                    scale,
+                    noise::ci95_gaussian(scale),
+                ))
+            } else {
+                let (noisy, scale) =
+                    noise::laplace_counts(values, l1, epsilon_each).map_err(failed)?;
+                Ok((noisy, scale, noise::ci95_discrete(scale)))
+            }
+        };
+    let sums_noise =
+        |values: &[f64], l1: f64, l2: f64| -> Result<(Vec<f64>, f64, f64), QueryError> {
+            if gaussian {
+                let (noisy, scale) =
+                    noise::gaussian_sums(values, l2, epsilon_each, delta_each).map_err(failed)?;
+                Ok((noisy, scale, noise::ci95_gaussian(scale)))
+            } else {
+                let (noisy, scale) =
+                    noise::laplace_sums(values, l1, epsilon_each).map_err(failed)?;
+                Ok((noisy, scale, ci95(scale)))
+            }
+        };
+    let rows_factor = f64::from(max_rows);
     for (i, m) in measures.iter().enumerate() {
         let field = &fields[groups.len() + i];
         let (array, scales, interval): (ArrayRef, Vec<f64>, Option<f64>) = match m {
@@ -753,24 +802,23 @@ async fn noisy_aggregate(
                     .map(|k| totals_of(k).partials[slot].round() as i64)
                     .collect();
                 slot += 1;
-                let (noisy, scale) =
-                    noise::laplace_counts(&values, group_factor, epsilon_each).map_err(failed)?;
+                let (noisy, scale, interval) =
+                    counts_noise(&values, group_factor, rows_factor * spread)?;
                 (
                     Arc::new(Int64Array::from_iter_values(
                         noisy.into_iter().map(|v| v.max(0)),
                     )),
                     vec![scale],
-                    Some(noise::ci95_discrete(scale)),
+                    Some(interval),
                 )
             }
             Measure::Units => {
-                let (noisy, scale) = match &noisy_units {
-                    Some((counts, scale)) => (counts.clone(), *scale),
+                let (noisy, scale, interval) = match &noisy_units {
+                    Some((counts, scale)) => (counts.clone(), *scale, noise::ci95_discrete(*scale)),
                     None => {
                         let values: Vec<i64> =
                             released.iter().map(|k| totals_of(k).units).collect();
-                        noise::laplace_counts(&values, i64::from(max_groups), epsilon_each)
-                            .map_err(failed)?
+                        counts_noise(&values, i64::from(max_groups), spread)?
                     }
                 };
                 (
@@ -778,7 +826,7 @@ async fn noisy_aggregate(
                         noisy.into_iter().map(|v| v.max(0)),
                     )),
                     vec![scale],
-                    Some(noise::ci95_discrete(scale)),
+                    Some(interval),
                 )
             }
             Measure::Sum { lo, hi, .. } => {
@@ -787,13 +835,16 @@ async fn noisy_aggregate(
                     .map(|k| totals_of(k).partials[slot])
                     .collect();
                 slot += 1;
-                let sensitivity = group_factor as f64 * lo.abs().max(hi.abs());
-                let (noisy, scale) =
-                    noise::laplace_sums(&values, sensitivity, epsilon_each).map_err(failed)?;
+                let bound = lo.abs().max(hi.abs());
+                let (noisy, scale, interval) = sums_noise(
+                    &values,
+                    group_factor as f64 * bound,
+                    rows_factor * bound * spread,
+                )?;
                 (
                     Arc::new(Float64Array::from(noisy)),
                     vec![scale],
-                    Some(ci95(scale)),
+                    Some(interval),
                 )
             }
             Measure::Avg { lo, hi, .. } => {
@@ -806,11 +857,14 @@ async fn noisy_aggregate(
                     .map(|k| totals_of(k).partials[slot + 1].round() as i64)
                     .collect();
                 slot += 2;
-                let sensitivity = group_factor as f64 * lo.abs().max(hi.abs());
-                let (noisy_sums, sum_scale) =
-                    noise::laplace_sums(&sums, sensitivity, epsilon_each).map_err(failed)?;
-                let (noisy_counts, count_scale) =
-                    noise::laplace_counts(&counts, group_factor, epsilon_each).map_err(failed)?;
+                let bound = lo.abs().max(hi.abs());
+                let (noisy_sums, sum_scale, _) = sums_noise(
+                    &sums,
+                    group_factor as f64 * bound,
+                    rows_factor * bound * spread,
+                )?;
+                let (noisy_counts, count_scale, _) =
+                    counts_noise(&counts, group_factor, rows_factor * spread)?;
                 let averages: Float64Array = noisy_sums
                     .iter()
                     .zip(&noisy_counts)
@@ -821,7 +875,11 @@ async fn noisy_aggregate(
         };
         noise_report.push(ColumnNoise {
             column: field.name().clone(),
-            mechanism: "discrete laplace (opendp)",
+            mechanism: if gaussian {
+                "discrete gaussian (opendp, zCDP cast to (ε, δ))"
+            } else {
+                "discrete laplace (opendp)"
+            },
             scale: scales,
             ci95: interval,
         });

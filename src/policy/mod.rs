@@ -242,6 +242,21 @@ struct DpSection {
     bounds: BoundsSource,
     #[serde(default)]
     report_defaulted: bool,
+    #[serde(default)]
+    mechanism: Mechanism,
+}
+
+/// The noise of the `dp` mode's counts and sums.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Mechanism {
+    /// Discrete Laplace, pure ε per query (L1 sensitivity).
+    #[default]
+    Laplace,
+    /// Discrete Gaussian, (ε, δ) per query through zCDP (L2 sensitivity:
+    /// better when a unit touches several groups). Each query also spends
+    /// `delta_per_query`.
+    Gaussian,
 }
 
 fn default_query_epsilon() -> [f64; 2] {
@@ -290,6 +305,7 @@ pub struct DpRules {
     /// Sample-and-aggregate releases how many blocks were defaulted (a
     /// small residual channel about failures; off by default).
     pub report_defaulted: bool,
+    pub mechanism: Mechanism,
 }
 
 impl DpRules {
@@ -332,6 +348,11 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
     if !(section.delta_per_query > 0.0 && section.delta_per_query <= 1e-5) {
         return Err("dp.delta_per_query: above 0, at most 1e-5".into());
     }
+    if section.mechanism == Mechanism::Gaussian && section.delta_total <= 0.0 {
+        return Err(
+            "dp.mechanism = \"gaussian\" spends δ on every query: set dp.delta_total".into(),
+        );
+    }
     if !(1..=100).contains(&section.max_groups_per_unit)
         || !(1..=1000).contains(&section.max_rows_per_group)
     {
@@ -348,6 +369,7 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
         max_rows_per_group: section.max_rows_per_group,
         bounds: section.bounds,
         report_defaulted: section.report_defaulted,
+        mechanism: section.mechanism,
     })
 }
 

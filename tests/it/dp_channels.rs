@@ -712,3 +712,92 @@ async fn an_error_bound_buys_the_least_epsilon_that_reaches_it() {
     }
     assert_eq!(epsilon_spent(&store, "lab").await, charged);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gaussian_policy_noises_with_the_l2_sensitivity_and_spends_delta() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    let policies = dir.path().join("policies");
+    std::fs::create_dir_all(&policies).unwrap();
+    let shipped = std::fs::read_to_string(repo().join("policies/tax_records.toml")).unwrap();
+    std::fs::write(
+        policies.join("tax_records.toml"),
+        format!(
+            "{}mechanism = \"gaussian\"\n",
+            shipped
+                .replace("epsilon_total = 10.0", "epsilon_total = 100.0")
+                .replace("epsilon_dataset = 100.0", "epsilon_dataset = 1000.0")
+        ),
+    )
+    .unwrap();
+    let manifest = Manifest::load(&samples().join("tax_records.toml")).unwrap();
+    let tables = [dp_job_table(
+        &manifest,
+        &samples().join("tax_records.csv"),
+        DataFormat::Csv,
+        &PolicySet::load(&policies, None).unwrap(),
+        false,
+    )];
+    let query = QuerySession::open(&tables, &Default::default())
+        .await
+        .unwrap()
+        .with_dp(Some(session(&store, "lab", 1.0, &tables)));
+    let truth = {
+        let ctx = datafusion::prelude::SessionContext::new();
+        ctx.register_csv(
+            "tax_records",
+            samples().join("tax_records.csv").to_str().unwrap(),
+            Default::default(),
+        )
+        .await
+        .unwrap();
+        let batches = ctx
+            .sql("SELECT quarter, COUNT(DISTINCT enterprise_id) FROM tax_records GROUP BY quarter")
+            .await
+            .unwrap()
+            .collect()
+            .await
+            .unwrap();
+        rows(&batches)
+            .into_iter()
+            .map(|r| (r[0].clone(), r[1].parse::<f64>().unwrap()))
+            .collect::<std::collections::HashMap<_, _>>()
+    };
+    // A firm is in eight quarters: L2 sensitivity √8. At ε = 1 and
+    // δ = 1e-7: ρ = (√(ln 1e7 + 1) − √ln 1e7)², σ = √8 / √(2ρ).
+    let log = (1e7f64).ln();
+    let rho = ((log + 1.0).sqrt() - log.sqrt()).powi(2);
+    let sigma = 8f64.sqrt() / (2.0 * rho).sqrt();
+    let sql = "SELECT quarter, COUNT(*) AS n FROM tax_records GROUP BY quarter";
+    let mut errors = Vec::new();
+    for _ in 0..40 {
+        let (schema, batches) = query.run(sql, 1 << 20).await.unwrap();
+        let report: serde_json::Value =
+            serde_json::from_str(schema.metadata().get(DP_METADATA_KEY).unwrap()).unwrap();
+        assert!(
+            report["columns"][0]["mechanism"]
+                .as_str()
+                .unwrap()
+                .contains("gaussian"),
+            "{report}"
+        );
+        let scale = report["columns"][0]["scale"][0].as_f64().unwrap();
+        assert!((scale - sigma).abs() < 1e-6, "{scale} vs {sigma}");
+        assert_eq!(report["delta"].as_f64().unwrap(), 1e-7, "{report}");
+        for row in rows(&batches) {
+            errors.push(row[1].parse::<f64>().unwrap() - truth[&row[0]]);
+        }
+    }
+    let sd = (errors.iter().map(|e| e * e).sum::<f64>() / errors.len() as f64).sqrt();
+    eprintln!(
+        "gaussian counts: σ {sigma:.2} configured, {sd:.2} measured over {} counts",
+        errors.len()
+    );
+    assert!((sd / sigma - 1.0).abs() < 0.2, "{sd} vs {sigma}");
+    // Every query spent δ = 1e-7 besides its ε.
+    let delta: i64 = sqlx::query_scalar("SELECT SUM(delta_femto) FROM dp_charges")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(delta, 40 * 100_000_000);
+}
