@@ -649,13 +649,16 @@ async fn scoring_step(
         "subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri"
             .to_string(),
     )
-    .chain(ids.iter().take(3).map(|id| {
-        format!(
-            "{id},demo-bank,credit-assessment,tax_records;enterprises;social_security;utility_payments,{},{},{},consents/{id}.pdf",
-            now - 60,
-            now + 86_400,
-            hex::encode(sha2::Sha256::digest(format!("signed consent of {id}")))
-        )
+    .chain(ids.iter().take(3).flat_map(|id| {
+        // Each enterprise consents to an assessment and to a decision.
+        ["credit-assessment", "credit-decision"].map(|purpose| {
+            format!(
+                "{id},demo-bank,{purpose},tax_records;enterprises;social_security;utility_payments,{},{},{},consents/{id}.pdf",
+                now - 60,
+                now + 86_400,
+                hex::encode(sha2::Sha256::digest(format!("signed consent of {id}")))
+            )
+        })
     }))
     .collect::<Vec<_>>()
     .join("\n");
@@ -729,6 +732,23 @@ async fn scoring_step(
         } else {
             "missing"
         }
+    )?;
+    let again = bank
+        .score(
+            &scorer.sha256,
+            "credit-risk",
+            &ids[..1],
+            serde_json::json!({}),
+        )
+        .await?;
+    writeln!(
+        out,
+        "   demo-bank asking about {} again for the same purpose within 30 days: {}.",
+        ids[0],
+        again
+            .results
+            .first()
+            .map_or("no answer", |r| r.outcome.as_str())
     )?;
     Ok(())
 }

@@ -184,8 +184,6 @@ pub struct Service {
     /// Long-poll waiters by job id; told when that job reaches a final
     /// state (one wake-up per waiter of that job, not of every job).
     waiters: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>>,
-    /// Scoring rate buckets per institution: (tokens, last refill).
-    scoring_rate: std::sync::Mutex<std::collections::HashMap<String, (f64, std::time::Instant)>>,
 }
 
 impl Service {
@@ -220,7 +218,6 @@ impl Service {
             policies,
             sandbox,
             waiters: std::sync::Mutex::new(std::collections::HashMap::new()),
-            scoring_rate: std::sync::Mutex::new(std::collections::HashMap::new()),
         })
     }
 
@@ -1475,20 +1472,6 @@ impl Service {
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
-    }
-
-    /// Take up to `wanted` subjects from `tenant`'s scoring rate (a token
-    /// bucket holding a minute's worth); returns how many were granted.
-    pub fn take_scoring_rate(&self, tenant: &str, per_minute: u32, wanted: u64) -> u64 {
-        let capacity = f64::from(per_minute);
-        let now = std::time::Instant::now();
-        let mut buckets = self.scoring_rate.lock().unwrap_or_else(|e| e.into_inner());
-        let (tokens, at) = buckets.entry(tenant.to_string()).or_insert((capacity, now));
-        *tokens = (*tokens + now.duration_since(*at).as_secs_f64() * capacity / 60.0).min(capacity);
-        *at = now;
-        let granted = (tokens.floor() as u64).min(wanted);
-        *tokens -= granted as f64;
-        granted
     }
 
     /// The scoring policies (`<policies>/scoring/*.toml`), read afresh.

@@ -199,25 +199,60 @@ fn day(at: i64) -> i64 {
     at.div_euclid(86_400)
 }
 
-/// Take one subject from the institution's daily cap, durably and before
-/// the subject runs: a batch dropped half-way has still charged what it
-/// ran, and concurrent batches cannot both take the last place (one write
-/// transaction checks and counts). `false` once the cap is spent.
-async fn reserve_one(
+/// What taking a subject's place came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reserved {
+    Taken,
+    /// The institution had this subject scored for this purpose in the
+    /// current period already.
+    AlreadyScored,
+    CapReached,
+}
+
+/// Take one subject's place, durably and before the subject runs, in one
+/// write transaction: its period for (institution, purpose) when the policy
+/// has `one_score_per_days`, and one from the institution's daily cap. A
+/// batch dropped half-way has still charged what it ran, and concurrent
+/// batches cannot both take the last place or score one subject twice.
+async fn reserve(
     service: &Service,
     tenant: &str,
-    cap: Option<u64>,
-) -> Result<bool, StoreError> {
+    subject: &str,
+    policy: &ScoringPolicy,
+    job_id: &str,
+) -> Result<Reserved, StoreError> {
     let mut tx = service.store.begin_write().await?;
-    let today = day(now());
+    let at = now();
+    if let Some(days) = policy.one_score_per_days {
+        let period = at.div_euclid(86_400 * i64::from(days));
+        let inserted = sqlx::query(
+            "INSERT INTO scoring_subject_periods (tenant, purpose, subject, period, job_id, scored_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(tenant)
+        .bind(&policy.purpose)
+        .bind(subject)
+        .bind(period)
+        .bind(job_id)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        if inserted.rows_affected() == 0 {
+            return Ok(Reserved::AlreadyScored);
+        }
+    }
+    let today = day(at);
     let used: Option<i64> =
         sqlx::query_scalar("SELECT scored FROM scoring_usage WHERE tenant = ? AND day = ?")
             .bind(tenant)
             .bind(today)
             .fetch_optional(&mut *tx)
             .await?;
-    if cap.is_some_and(|cap| used.unwrap_or(0) as u64 >= cap) {
-        return Ok(false);
+    if policy
+        .daily_cap
+        .is_some_and(|cap| used.unwrap_or(0) as u64 >= cap)
+    {
+        // Dropping the transaction undoes the period's row too.
+        return Ok(Reserved::CapReached);
     }
     if used.is_some() {
         sqlx::query("UPDATE scoring_usage SET scored = scored + 1 WHERE tenant = ? AND day = ?")
@@ -233,7 +268,46 @@ async fn reserve_one(
             .await?;
     }
     tx.commit().await?;
-    Ok(true)
+    Ok(Reserved::Taken)
+}
+
+/// Take up to `wanted` subjects from `tenant`'s per-minute bucket (a
+/// minute's worth of burst, refilled continuously), in the store: durable
+/// across restarts and one transaction at a time. Returns how many.
+async fn take_rate(
+    service: &Service,
+    tenant: &str,
+    per_minute: u32,
+    wanted: u64,
+) -> Result<u64, StoreError> {
+    let capacity = f64::from(per_minute);
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut tx = service.store.begin_write().await?;
+    let bucket: Option<(f64, i64)> =
+        sqlx::query_as("SELECT tokens, at_ms FROM scoring_rate WHERE tenant = ?")
+            .bind(tenant)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let tokens = match bucket {
+        Some((tokens, at_ms)) => {
+            let elapsed = (now_ms - at_ms).max(0) as f64 / 60_000.0;
+            (tokens + elapsed * capacity).min(capacity)
+        }
+        None => capacity,
+    };
+    let granted = (tokens.floor().max(0.0) as u64).min(wanted);
+    sqlx::query(
+        "INSERT INTO scoring_rate (tenant, tokens, at_ms) VALUES (?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
+    )
+    .bind(tenant)
+    .bind(tokens - granted as f64)
+    .bind(now_ms)
+    .execute(&mut *tx)
+    .await?;
+    tx.commit().await?;
+    Ok(granted)
 }
 
 /// Score a batch of subjects for `submitter`'s institution.
@@ -348,9 +422,12 @@ pub async fn score(
 
     // The rate is taken for the whole batch at once, so concurrent batches
     // of one institution share it.
-    let rate_left = policy.per_minute.map(|per_minute| {
-        service.take_scoring_rate(&submitter.tenant, per_minute, wanted.len() as u64)
-    });
+    let rate_left = match policy.per_minute {
+        Some(per_minute) => {
+            Some(take_rate(service, &submitter.tenant, per_minute, wanted.len() as u64).await?)
+        }
+        None => None,
+    };
     let mut results = Vec::with_capacity(request.subjects.len());
     let mut outputs = Vec::new();
     let mut attempted = 0u64;
@@ -362,10 +439,15 @@ pub async fn score(
         }
         let stop = if rate_left.is_some_and(|rate| attempted >= rate) {
             Some("rate-limited")
-        } else if !reserve_one(service, &submitter.tenant, policy.daily_cap).await? {
-            Some("cap-reached")
         } else {
-            None
+            match reserve(service, &submitter.tenant, subject, &policy, &job.id).await? {
+                Reserved::Taken => None,
+                Reserved::AlreadyScored => {
+                    results.push(SubjectScore::unscored(subject, "already-scored"));
+                    continue;
+                }
+                Reserved::CapReached => Some("cap-reached"),
+            }
         };
         if let Some(stop) = stop {
             results.extend(

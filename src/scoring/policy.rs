@@ -23,6 +23,8 @@ struct File {
     per_minute: Option<u32>,
     #[serde(default)]
     daily_cap: Option<u64>,
+    #[serde(default)]
+    one_score_per_days: Option<Spanned<u32>>,
     datasets: Spanned<Vec<DatasetColumns>>,
     #[serde(default)]
     grades: Option<Spanned<Vec<Grade>>>,
@@ -59,6 +61,9 @@ pub struct ScoringPolicy {
     pub per_minute: Option<u32>,
     /// Subjects per day per institution (none: no cap).
     pub daily_cap: Option<u64>,
+    /// One score per subject, institution and purpose in each window of
+    /// this many days (none: no such rule).
+    pub one_score_per_days: Option<u32>,
     pub datasets: Vec<DatasetColumns>,
     /// When set, only the grade is released, never the number; highest
     /// `min` first, the last covering the bottom of the range.
@@ -200,6 +205,14 @@ fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
             ));
         }
     }
+    if let Some(days) = &parsed.one_score_per_days
+        && !(1..=366).contains(days.get_ref())
+    {
+        problems.push(diagnostic(
+            at(days.span()),
+            "one_score_per_days: 1 to 366".into(),
+        ));
+    }
     if !problems.is_empty() {
         return Err(problems);
     }
@@ -212,6 +225,7 @@ fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
         step,
         per_minute: parsed.per_minute,
         daily_cap: parsed.daily_cap,
+        one_score_per_days: parsed.one_score_per_days.map(Spanned::into_inner),
         datasets: parsed.datasets.into_inner(),
         grades: parsed.grades.map(Spanned::into_inner),
         hash: hex::encode(Sha256::digest(text.as_bytes())),
@@ -233,6 +247,7 @@ mod tests {
             step,
             per_minute: None,
             daily_cap: None,
+            one_score_per_days: None,
             datasets: vec![],
             grades: None,
             hash: String::new(),

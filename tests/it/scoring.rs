@@ -278,7 +278,9 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
         )
         .await;
     }
-    let ids = enterprises(20);
+    // Each probe asks about subjects of its own: one score per subject and
+    // purpose per period.
+    let ids = enterprises(27);
     let t = now();
     let csv = std::iter::once("subject,tenant,purpose,datasets,valid_from,valid_until,consent_sha256,consent_uri".to_string())
         .chain(ids.iter().map(|(id, _)| {
@@ -301,7 +303,7 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     let batch = score(
         &bank,
         &probe,
-        &subjects,
+        &subjects[..20],
         serde_json::json!({"return": "counter"}),
     )
     .await;
@@ -318,7 +320,7 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     let batch = score(
         &bank,
         &probe,
-        &subjects[..3],
+        &subjects[20..23],
         serde_json::json!({"return": "rows"}),
     )
     .await;
@@ -328,16 +330,19 @@ async fn every_subject_gets_a_fresh_instance_and_hostile_values_are_contained() 
     // Values that are not numbers are refused; huge ones clamped. Every
     // failure the scorer can choose is one outcome, `not-scored`, with no
     // guest text; the administrators' diagnostics keep the detail.
-    for (probe_kind, outcome, score_value, detail) in [
+    for (index, (probe_kind, outcome, score_value, detail)) in [
         ("nan", "not-scored", None, Some("invalid-score")),
         ("inf", "not-scored", None, Some("invalid-score")),
         ("huge", "scored", Some(1000.0), None),
         ("fail", "not-scored", None, Some("guest-error")),
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let batch = score(
             &bank,
             &probe,
-            &subjects[..1],
+            &subjects[23 + index..24 + index],
             serde_json::json!({"return": probe_kind}),
         )
         .await;
@@ -454,6 +459,12 @@ async fn rate_limits_hold_under_concurrent_batches_and_daily_caps_stop_cleanly()
         .filter(|r| r.outcome == "rate-limited")
         .count();
     assert_eq!((scored, limited), (5, 3), "{results:?}");
+    // The bucket is in the store (a restart does not refill it): empty.
+    let tokens: f64 = sqlx::query_scalar("SELECT tokens FROM scoring_rate WHERE tenant = 'bank-d'")
+        .fetch_one(server.service.store.pool())
+        .await
+        .unwrap();
+    assert!(tokens < 1.0, "{tokens}");
     // A daily cap of three (another institution, so the day's usage is its
     // own): the first batch stops after three, released with a receipt; the
     // next is refused whole.
@@ -529,9 +540,13 @@ async fn the_logistic_model_ranks_risk_and_each_subject_gets_its_own_receipt() {
     }
     let ids = enterprises(300);
     let t = now();
+    // Consents to an assessment (credit-risk) and a decision (credit-grade).
     let terms: Vec<serde_json::Value> = ids
         .iter()
-        .map(|(id, _)| authorisation(id, "demo-bank", "credit-assessment", t - 10, t + 3600))
+        .flat_map(|(id, _)| {
+            ["credit-assessment", "credit-decision"]
+                .map(|purpose| authorisation(id, "demo-bank", purpose, t - 10, t + 3600))
+        })
         .collect();
     authorise(&server.admin, &serde_json::json!(terms)).await;
     let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
@@ -848,4 +863,59 @@ async fn a_batch_whose_client_goes_away_runs_to_its_end_in_the_queue() {
         assert!(std::time::Instant::now() < deadline, "{metrics}");
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_score_per_subject_and_purpose_per_period_and_a_durable_rate() {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    let ids = enterprises(3);
+    let t = now();
+    let terms: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
+        .collect();
+    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let params = serde_json::json!({"column": "employees"});
+    let first = score(&bank, &scorer, &[&ids[0].0], params.clone()).await;
+    assert_eq!(first.results[0].outcome, "scored");
+    // Within the 30 days of credit-risk: the same subject again is
+    // `already-scored`, with no score and no cap taken; the others run.
+    let again = score(&bank, &scorer, &[&ids[0].0, &ids[1].0], params.clone()).await;
+    assert_eq!(again.results[0].outcome, "already-scored");
+    assert_eq!(again.results[0].score, None);
+    assert_eq!(again.results[1].outcome, "scored");
+    let used: i64 =
+        sqlx::query_scalar("SELECT SUM(scored) FROM scoring_usage WHERE tenant = 'bank-d'")
+            .fetch_one(server.service.store.pool())
+            .await
+            .unwrap();
+    assert_eq!(used, 2, "the refused repeat took no place in the cap");
+    // Concurrent batches asking about one subject: exactly one scores it.
+    let racing = futures::future::join_all((0..4).map(|_| {
+        let bank = bank.clone();
+        let scorer = scorer.clone();
+        let subject = ids[2].0.clone();
+        let params = params.clone();
+        async move { score(&bank, &scorer, &[&subject], params).await }
+    }))
+    .await;
+    let scored = racing
+        .iter()
+        .filter(|b| b.results[0].outcome == "scored")
+        .count();
+    assert_eq!(scored, 1, "{racing:?}");
 }
