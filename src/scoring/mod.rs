@@ -310,11 +310,22 @@ async fn take_rate(
     Ok(granted)
 }
 
+/// How the queue steers a batch: the job id it registered for
+/// cancellation, and the flag a cancel request sets. Subjects not yet
+/// started when the flag is seen end `cancelled`; the ones scored stay
+/// scored (they were charged) and are released.
+#[derive(Debug, Clone, Default)]
+pub struct Control {
+    pub job_id: Option<String>,
+    pub cancelled: Arc<std::sync::atomic::AtomicBool>,
+}
+
 /// Score a batch of subjects for `submitter`'s institution.
 pub async fn score(
     service: &Service,
     submitter: &Submitter,
     request: ScoreRequest,
+    control: Control,
 ) -> Result<ScoreBatch, ServiceError> {
     if request.subjects.is_empty() || request.subjects.len() > MAX_SUBJECTS {
         return Err(ServiceError::Scoring(format!(
@@ -401,7 +412,7 @@ pub async fn score(
     }
 
     let job = jobs::NewJob {
-        id: jobs::new_job_id(),
+        id: control.job_id.clone().unwrap_or_else(jobs::new_job_id),
         principal: submitter.tenant.clone(),
         module_sha256: module.hash.clone(),
         world: module.world.to_string(),
@@ -437,7 +448,9 @@ pub async fn score(
             results.push(SubjectScore::unscored(subject, "not-authorised"));
             continue;
         }
-        let stop = if rate_left.is_some_and(|rate| attempted >= rate) {
+        let stop = if control.cancelled.load(std::sync::atomic::Ordering::SeqCst) {
+            Some("cancelled")
+        } else if rate_left.is_some_and(|rate| attempted >= rate) {
             Some("rate-limited")
         } else {
             match reserve(service, &submitter.tenant, subject, &policy, &job.id).await? {

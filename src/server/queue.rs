@@ -279,6 +279,23 @@ impl JobQueue {
             self.metrics.admission_refused(error.code);
             return Err(error);
         }
+        // Registered under its job id, so `POST /v1/jobs/{id}/cancel` stops
+        // it between subjects.
+        let control = crate::scoring::Control {
+            job_id: Some(crate::store::jobs::new_job_id()),
+            cancelled: Arc::default(),
+        };
+        let id = control.job_id.clone().unwrap_or_default();
+        let cancel = Arc::new(Notify::new());
+        self.cancels
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(id.clone(), Arc::clone(&cancel));
+        let flag = Arc::clone(&control.cancelled);
+        let watcher = self.runtime.spawn(async move {
+            cancel.notified().await;
+            flag.store(true, Ordering::SeqCst);
+        });
         let queue = Arc::clone(self);
         let submitter = submitter.clone();
         let task = self.runtime.spawn(async move {
@@ -288,11 +305,13 @@ impl JobQueue {
             queue.metrics.running.inc();
             let _running = Running {
                 queue: Arc::clone(&queue),
-                id: String::new(),
+                id,
                 tenant,
             };
             let _permit = permit;
-            crate::scoring::score(&queue.service, &submitter, request).await
+            let batch = crate::scoring::score(&queue.service, &submitter, request, control).await;
+            watcher.abort();
+            batch
         });
         match task.await {
             Ok(result) => Ok(result?),

@@ -919,3 +919,92 @@ async fn one_score_per_subject_and_purpose_per_period_and_a_durable_rate() {
         .count();
     assert_eq!(scored, 1, "{racing:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_can_be_cancelled_between_subjects() {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    let ids = enterprises(1500);
+    let t = now();
+    let terms: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
+        .collect();
+    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let subjects: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
+    let request = {
+        let bank = bank.clone();
+        let scorer = scorer.clone();
+        tokio::spawn(async move {
+            let subjects: Vec<&str> = subjects.iter().map(String::as_str).collect();
+            score(
+                &bank,
+                &scorer,
+                &subjects,
+                serde_json::json!({"column": "employees"}),
+            )
+            .await
+        })
+    };
+    let store = server.service.store.clone();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let id = loop {
+        let running: Option<String> =
+            sqlx::query_scalar("SELECT id FROM jobs WHERE mode = 'scoring' AND state = 'running'")
+                .fetch_optional(store.pool())
+                .await
+                .unwrap();
+        if let Some(id) = running {
+            break id;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the batch never started"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    bank.cancel_job(&id).await.unwrap();
+    let batch = request.await.unwrap();
+    let count = |outcome: &str| {
+        batch
+            .results
+            .iter()
+            .filter(|r| r.outcome == outcome)
+            .count()
+    };
+    assert!(count("cancelled") > 0, "nothing was left to cancel");
+    assert_eq!(count("scored") + count("cancelled"), 1500);
+    // What was scored before the cancel stays scored, charged and released.
+    let used: i64 =
+        sqlx::query_scalar("SELECT SUM(scored) FROM scoring_usage WHERE tenant = 'bank-d'")
+            .fetch_one(store.pool())
+            .await
+            .unwrap();
+    assert_eq!(used as usize, count("scored"));
+    let state: String = sqlx::query_scalar("SELECT state FROM jobs WHERE id = ?")
+        .bind(&id)
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    assert_eq!(
+        state,
+        if count("scored") > 0 {
+            "released"
+        } else {
+            "rejected"
+        }
+    );
+}
