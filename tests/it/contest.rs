@@ -461,3 +461,31 @@ async fn the_contest_caps_submissions_across_teams() {
     assert!(error.to_string().contains("all teams"), "{error}");
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scores_appear_at_a_fixed_time() {
+    let server = TestServer::start().await;
+    // No schedule: every score is released at the time limit (4 s) + 1 s
+    // after its run started, the quick model's and the slow one's alike.
+    let text =
+        spec("timed", 3600, "timeout_seconds = 4\n").replace("release_every_seconds = 1\n", "");
+    assert!(!text.contains("release_every_seconds"));
+    server.admin.create_contest(text).await.unwrap();
+    let quick = server.client(Role::Contestant, "team-quick").await;
+    let slow = server.client(Role::Contestant, "team-slow").await;
+    let baseline = upload(&quick, "model_baseline").await;
+    let logistic = upload(&slow, "logistic_model").await;
+    let timed = |client: Client, module: String| async move {
+        let started = std::time::Instant::now();
+        let view = submit(&client, "timed", &module).await;
+        (view, started.elapsed().as_secs_f64())
+    };
+    let ((a, took_a), (b, took_b)) = tokio::join!(
+        timed(quick.clone(), baseline),
+        timed(slow.clone(), logistic)
+    );
+    assert_eq!((a.state.as_str(), b.state.as_str()), ("scored", "scored"));
+    eprintln!("contest scores released after {took_a:.3} s and {took_b:.3} s");
+    assert!(took_a >= 5.0 && took_b >= 5.0, "{took_a} {took_b}");
+    assert!((took_a - took_b).abs() < 1.0, "{took_a} {took_b}");
+}
