@@ -801,3 +801,86 @@ async fn a_gaussian_policy_noises_with_the_l2_sensitivity_and_spends_delta() {
         .unwrap();
     assert_eq!(delta, 40 * 100_000_000);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empirical_audit_of_sample_and_aggregate_stays_within_epsilon() {
+    use crate::dp::clopper_pearson;
+    use datasandbox::dp::sample_aggregate::{self, Dimension, Spec};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    let (module, _) = sandbox().load_module(&guest("block_mean")).unwrap();
+    // Neighbours: 30 firms with amount 50, and the same plus one whose
+    // amount is enormous. block-mean returns [mean, rows]; the mean is
+    // declared within [50, 100], so the canary's block is clamped to 100
+    // and the other stays at 50: the mean dimension moves by exactly
+    // (hi − lo)/k = 25, the sensitivity its noise (ε/2 of the release) is
+    // scaled to, and {mean ≥ 75} has probabilities 1/2 and e^{-ε/2}/2.
+    let without = audit_table(dir.path(), "sa-d", true, 30, &[]);
+    let with = audit_table(dir.path(), "sa-d1", true, 30, &[("X", "k", 1e9)]);
+    let spec = Spec {
+        dimensions: vec![
+            Dimension {
+                name: "mean".into(),
+                lo: 50.0,
+                hi: 100.0,
+                default: 50.0,
+            },
+            Dimension {
+                name: "rows".into(),
+                lo: 0.0,
+                hi: 40.0,
+                default: 0.0,
+            },
+        ],
+        epsilon: 1.0,
+        blocks: Some(2),
+        block_millis: Some(5_000),
+    };
+    let trials = 2000u64;
+    let draws = |table: DatasetSource, tenant: &'static str| {
+        let store = store.clone();
+        let module = std::sync::Arc::clone(&module);
+        let spec = spec.clone();
+        async move {
+            let rules = table.dp.as_ref().unwrap().rules;
+            let mut values = Vec::new();
+            for trial in 0..trials {
+                let job = env(&format!("{tenant}-{trial}"), quick_limits(), Vec::new());
+                let release = sample_aggregate::run(sample_aggregate::Run {
+                    sandbox: sandbox(),
+                    module: &module,
+                    env: &job,
+                    table: &table,
+                    privacy_unit: "enterprise_id",
+                    rules,
+                    spec: &spec,
+                    params: r#"{"column": "amount"}"#,
+                    store: &store,
+                    principal: tenant,
+                    population: datasandbox::dp::budget::Population::solo("audit", rules.caps()),
+                    report_defaulted: false,
+                })
+                .await;
+                assert_eq!(release.defaulted, 0);
+                match release.outputs.first() {
+                    Some(datasandbox::sandbox::Output::Value { value, .. }) => values.push(*value),
+                    other => panic!("{other:?}"),
+                }
+            }
+            values
+        }
+    };
+    let on_d = draws(without, "sa-a").await;
+    let on_d1 = draws(with, "sa-b").await;
+    let hits = |values: &[f64]| values.iter().filter(|v| **v >= 75.0).count() as u64;
+    let (k1, k0) = (hits(&on_d1), hits(&on_d));
+    let (p1_low, _) = clopper_pearson(k1, trials, 0.001);
+    let (_, p0_high) = clopper_pearson(k0, trials, 0.001);
+    let bound = (p1_low / p0_high).ln();
+    eprintln!(
+        "sample-aggregate audit: {k1} vs {k0} of {trials}; ε lower bound {bound:.3} (configured 1)"
+    );
+    assert!(bound <= 1.0, "ε ≥ {bound}");
+    // Power: the two are told apart in the right direction.
+    assert!(k1 > k0, "{k1} vs {k0}");
+}
