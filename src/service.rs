@@ -892,6 +892,7 @@ impl Service {
             PrivacyCost {
                 epsilon: cost.epsilon,
                 delta: cost.delta,
+                rho: cost.rho,
                 perturbed: false,
             }
         } else {
@@ -1092,6 +1093,7 @@ impl Service {
                 privacy_cost: PrivacyCost {
                     epsilon: cost.epsilon,
                     delta: cost.delta,
+                    rho: cost.rho,
                     perturbed,
                 },
                 signer: &signer,

@@ -26,32 +26,103 @@ use crate::store::{Store, StoreError, audit, now};
 
 const EPSILON_UNIT: f64 = 1e6;
 const DELTA_UNIT: f64 = 1e15;
+const RHO_UNIT: f64 = 1e9;
 
-/// ε and δ of one charge or one cap.
+/// ε and δ of one charge or one cap, and ρ of a charge made under zCDP
+/// accounting.
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Cost {
     pub epsilon: f64,
     pub delta: f64,
+    /// zCDP: the charge's ρ (0 under approximate-DP accounting).
+    #[serde(default)]
+    pub rho: f64,
 }
 
-fn charge_units(cost: Cost) -> (i64, i64) {
+/// What a set of charges adds up to, in integer units.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+struct Units {
+    epsilon: i64,
+    delta: i64,
+    rho: i64,
+}
+
+impl std::ops::Add for Units {
+    type Output = Units;
+    fn add(self, other: Units) -> Units {
+        Units {
+            epsilon: self.epsilon + other.epsilon,
+            delta: self.delta + other.delta,
+            rho: self.rho + other.rho,
+        }
+    }
+}
+
+fn charge_units(cost: Cost) -> Units {
+    Units {
+        epsilon: (cost.epsilon * EPSILON_UNIT).ceil() as i64,
+        delta: (cost.delta * DELTA_UNIT).ceil() as i64,
+        rho: (cost.rho * RHO_UNIT).ceil() as i64,
+    }
+}
+
+/// ε of ρ-zCDP at δ: ρ + 2√(ρ ln(1/δ)) (Bun and Steinke, Proposition 1.3);
+/// infinite when no δ is left to convert with.
+pub fn zcdp_epsilon(rho: f64, delta: f64) -> f64 {
+    if rho <= 0.0 {
+        0.0
+    } else if delta <= 0.0 {
+        f64::INFINITY
+    } else {
+        rho + 2.0 * (rho * (1.0 / delta).ln()).sqrt()
+    }
+}
+
+/// The largest ρ whose conversion at δ is at most ε: (√(ln(1/δ) + ε) −
+/// √ln(1/δ))².
+pub fn zcdp_rho(epsilon: f64, delta: f64) -> f64 {
+    let log = (1.0 / delta).ln();
+    ((log + epsilon).sqrt() - log.sqrt()).powi(2)
+}
+
+/// What `spent` amounts to as (ε, δ) under the caps' accounting: pure and
+/// approximate charges by basic composition; under zCDP the ρ charges are
+/// converted once, at the δ the cap leaves after the approximate ones.
+fn as_epsilon_delta(spent: Units, cap: Units, zcdp: bool) -> (f64, f64) {
+    let epsilon = spent.epsilon as f64 / EPSILON_UNIT;
+    let delta = spent.delta as f64 / DELTA_UNIT;
+    if !zcdp || spent.rho == 0 {
+        return (epsilon, delta);
+    }
+    let left = (cap.delta - spent.delta) as f64 / DELTA_UNIT;
     (
-        (cost.epsilon * EPSILON_UNIT).ceil() as i64,
-        (cost.delta * DELTA_UNIT).ceil() as i64,
+        epsilon + zcdp_epsilon(spent.rho as f64 / RHO_UNIT, left),
+        cap.delta as f64 / DELTA_UNIT,
     )
 }
 
-fn cap_units(cost: Cost) -> (i64, i64) {
-    (
-        (cost.epsilon * EPSILON_UNIT).floor() as i64,
-        (cost.delta * DELTA_UNIT).floor() as i64,
-    )
+/// Whether `spent` fits under `cap`.
+fn fits(spent: Units, cap: Units, zcdp: bool) -> bool {
+    if !zcdp {
+        return spent.epsilon <= cap.epsilon && spent.delta <= cap.delta;
+    }
+    let (epsilon, _) = as_epsilon_delta(spent, cap, true);
+    spent.delta <= cap.delta && epsilon <= cap.epsilon as f64 / EPSILON_UNIT
 }
 
-fn cost_of(epsilon: i64, delta: i64) -> Cost {
+fn cap_units(cost: Cost) -> Units {
+    Units {
+        epsilon: (cost.epsilon * EPSILON_UNIT).floor() as i64,
+        delta: (cost.delta * DELTA_UNIT).floor() as i64,
+        rho: 0,
+    }
+}
+
+fn cost_of(units: Units) -> Cost {
     Cost {
-        epsilon: epsilon as f64 / EPSILON_UNIT,
-        delta: delta as f64 / DELTA_UNIT,
+        epsilon: units.epsilon as f64 / EPSILON_UNIT,
+        delta: units.delta as f64 / DELTA_UNIT,
+        rho: units.rho as f64 / RHO_UNIT,
     }
 }
 
@@ -64,6 +135,9 @@ pub struct Caps {
     pub dataset_epsilon: Option<f64>,
     /// Over all principals together (δ), if set.
     pub dataset_delta: Option<f64>,
+    /// zCDP accounting: ρ charges compose by addition and are converted to
+    /// (ε, δ) once, against these caps.
+    pub zcdp: bool,
 }
 
 impl Caps {
@@ -78,9 +152,13 @@ impl Caps {
             total: Cost {
                 epsilon: self.total.epsilon.min(other.total.epsilon),
                 delta: self.total.delta.min(other.total.delta),
+                rho: 0.0,
             },
             dataset_epsilon: min(self.dataset_epsilon, other.dataset_epsilon),
             dataset_delta: min(self.dataset_delta, other.dataset_delta),
+            // Basic composition is valid whatever was charged; zCDP only
+            // when every policy of the population says so.
+            zcdp: self.zcdp && other.zcdp,
         }
     }
 }
@@ -143,7 +221,7 @@ async fn sums(
     conn: &mut sqlx::SqliteConnection,
     sql: &str,
     binds: &[&str],
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Units, StoreError> {
     // Built from fixed text and `?` placeholders only (no value is ever
     // spliced in): safe to hand over as an owned string.
     let mut query = sqlx::query(sqlx::AssertSqlSafe(sql.to_string()));
@@ -151,22 +229,23 @@ async fn sums(
         query = query.bind(*bind);
     }
     let row = query.fetch_one(&mut *conn).await?;
-    Ok((
-        row.get::<Option<i64>, _>(0).unwrap_or(0),
-        row.get::<Option<i64>, _>(1).unwrap_or(0),
-    ))
+    Ok(Units {
+        epsilon: row.get::<Option<i64>, _>(0).unwrap_or(0),
+        delta: row.get::<Option<i64>, _>(1).unwrap_or(0),
+        rho: row.get::<Option<i64>, _>(2).unwrap_or(0),
+    })
 }
 
 async fn granted(
     conn: &mut sqlx::SqliteConnection,
     principal: &str,
     population: &Population,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Units, StoreError> {
     let (filter, mut binds) = population.filter();
     binds.insert(0, principal);
     sums(
         conn,
-        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_budget_grants WHERE principal = ? AND {filter}"),
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), 0 FROM dp_budget_grants WHERE principal = ? AND {filter}"),
         &binds,
     )
     .await
@@ -176,12 +255,12 @@ async fn spent(
     conn: &mut sqlx::SqliteConnection,
     principal: &str,
     population: &Population,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Units, StoreError> {
     let (filter, mut binds) = population.filter();
     binds.insert(0, principal);
     sums(
         conn,
-        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE principal = ? AND {filter}"),
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE principal = ? AND {filter}"),
         &binds,
     )
     .await
@@ -190,11 +269,11 @@ async fn spent(
 async fn spent_by_all(
     conn: &mut sqlx::SqliteConnection,
     population: &Population,
-) -> Result<(i64, i64), StoreError> {
+) -> Result<Units, StoreError> {
     let (filter, binds) = population.filter();
     sums(
         conn,
-        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE {filter}"),
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE {filter}"),
         &binds,
     )
     .await
@@ -212,51 +291,58 @@ pub async fn charge(
     cost: Cost,
 ) -> Result<(), ChargeError> {
     let caps = population.caps;
-    let (epsilon, delta) = charge_units(cost);
+    let units = charge_units(cost);
     let mut tx = store.begin_write().await?;
-    let (spent_epsilon, spent_delta) = spent(&mut tx, principal, population).await?;
-    let (granted_epsilon, granted_delta) = granted(&mut tx, principal, population).await?;
-    let (cap_epsilon, cap_delta) = cap_units(caps.total);
-    let (cap_epsilon, cap_delta) = (cap_epsilon + granted_epsilon, cap_delta + granted_delta);
-    if spent_epsilon + epsilon > cap_epsilon || spent_delta + delta > cap_delta {
-        let left = cost_of(cap_epsilon - spent_epsilon, cap_delta - spent_delta);
+    let spent_units = spent(&mut tx, principal, population).await?;
+    let cap = cap_units(caps.total) + granted(&mut tx, principal, population).await?;
+    if !fits(spent_units + units, cap, caps.zcdp) {
+        let (used_epsilon, used_delta) = as_epsilon_delta(spent_units, cap, caps.zcdp);
+        let left = Cost {
+            epsilon: (cap.epsilon as f64 / EPSILON_UNIT - used_epsilon).max(0.0),
+            delta: (cap.delta as f64 / DELTA_UNIT - used_delta).max(0.0),
+            rho: 0.0,
+        };
         return Err(ChargeError::Exhausted(format!(
-            "this query needs ε={} δ={:e}; population {} has ε={} δ={:e} left for you",
-            cost.epsilon, cost.delta, population.id, left.epsilon, left.delta
+            "this query needs ε={} δ={:e}{}; population {} has ε={} δ={:e} left for you",
+            cost.epsilon,
+            cost.delta,
+            if cost.rho > 0.0 {
+                format!(" ρ={}", cost.rho)
+            } else {
+                String::new()
+            },
+            population.id,
+            left.epsilon,
+            left.delta
         )));
     }
     if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
-        let (all_epsilon, all_delta) = spent_by_all(&mut tx, population).await?;
-        let over_epsilon = caps.dataset_epsilon.is_some_and(|cap| {
-            all_epsilon + epsilon
-                > cap_units(Cost {
-                    epsilon: cap,
-                    delta: 0.0,
-                })
-                .0
-        });
-        let over_delta = caps.dataset_delta.is_some_and(|cap| {
-            all_delta + delta
-                > cap_units(Cost {
-                    epsilon: 0.0,
-                    delta: cap,
-                })
-                .1
-        });
-        if over_epsilon || over_delta {
+        let all = spent_by_all(&mut tx, population).await? + units;
+        // Under zCDP the ρ charges of all tenants are converted at the
+        // population's δ cap (or, without one, each tenant's).
+        let conversion_delta = caps.dataset_delta.or(caps.zcdp.then_some(caps.total.delta));
+        let cap_all = Units {
+            epsilon: caps
+                .dataset_epsilon
+                .map_or(i64::MAX / 4, |e| (e * EPSILON_UNIT).floor() as i64),
+            delta: conversion_delta.map_or(i64::MAX / 4, |d| (d * DELTA_UNIT).floor() as i64),
+            rho: 0,
+        };
+        if !fits(all, cap_all, caps.zcdp) {
             return Err(ChargeError::Exhausted(format!(
                 "the budget of population {} over all users is spent",
                 population.id
             )));
         }
     }
-    sqlx::query("INSERT INTO dp_charges (principal, dataset, population, job_id, epsilon_micro, delta_femto, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?)")
+    sqlx::query("INSERT INTO dp_charges (principal, dataset, population, job_id, epsilon_micro, delta_femto, rho_nano, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(principal)
         .bind(dataset)
         .bind(&population.id)
         .bind(job_id)
-        .bind(epsilon)
-        .bind(delta)
+        .bind(units.epsilon)
+        .bind(units.delta)
+        .bind(units.rho)
         .bind(now())
         .execute(&mut *tx)
         .await
@@ -270,8 +356,9 @@ pub async fn charge(
             "principal": principal,
             "dataset": dataset,
             "population": population.id,
-            "epsilon": cost_of(epsilon, delta).epsilon,
-            "delta": cost_of(epsilon, delta).delta,
+            "epsilon": cost_of(units).epsilon,
+            "delta": cost_of(units).delta,
+            "rho": cost_of(units).rho,
         }),
     )
     .await?;
@@ -290,7 +377,7 @@ pub async fn grant(
     amount: Cost,
     reason: &str,
 ) -> Result<(), StoreError> {
-    let (epsilon, delta) = cap_units(amount);
+    let Units { epsilon, delta, .. } = cap_units(amount);
     let mut tx = store.begin_write().await?;
     sqlx::query("INSERT INTO dp_budget_grants (principal, dataset, population, epsilon_micro, delta_femto, reason, actor, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
         .bind(principal)
@@ -322,31 +409,36 @@ pub async fn budget(
     population: &Population,
 ) -> Result<Budget, StoreError> {
     let mut conn = store.pool().acquire().await?;
-    let (spent_epsilon, spent_delta) = spent(&mut conn, principal, population).await?;
-    let (granted_epsilon, granted_delta) = granted(&mut conn, principal, population).await?;
-    let (cap_epsilon, cap_delta) = cap_units(population.caps.total);
-    let (cap_epsilon, cap_delta) = (cap_epsilon + granted_epsilon, cap_delta + granted_delta);
+    let spent_units = spent(&mut conn, principal, population).await?;
+    let cap = cap_units(population.caps.total) + granted(&mut conn, principal, population).await?;
+    let (epsilon, delta) = as_epsilon_delta(spent_units, cap, population.caps.zcdp);
+    let cap = cost_of(cap);
     Ok(Budget {
         principal: principal.to_string(),
         population: population.id.clone(),
         datasets: population.datasets.clone(),
-        cap: cost_of(cap_epsilon, cap_delta),
-        spent: cost_of(spent_epsilon, spent_delta),
-        remaining: cost_of(
-            (cap_epsilon - spent_epsilon).max(0),
-            (cap_delta - spent_delta).max(0),
-        ),
+        cap,
+        spent: Cost {
+            epsilon,
+            delta,
+            rho: spent_units.rho as f64 / RHO_UNIT,
+        },
+        remaining: Cost {
+            epsilon: (cap.epsilon - epsilon).max(0.0),
+            delta: (cap.delta - delta).max(0.0),
+            rho: 0.0,
+        },
     })
 }
 
 /// Everything charged for one job.
 pub async fn job_cost(store: &Store, job_id: &str) -> Result<Cost, StoreError> {
     let mut conn = store.pool().acquire().await?;
-    let (epsilon, delta) = sums(
+    let units = sums(
         &mut conn,
-        "SELECT SUM(epsilon_micro), SUM(delta_femto) FROM dp_charges WHERE job_id = ?",
+        "SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE job_id = ?",
         &[job_id],
     )
     .await?;
-    Ok(cost_of(epsilon, delta))
+    Ok(cost_of(units))
 }

@@ -129,6 +129,35 @@ pub fn gaussian_sums(
     Ok((noisy, scale))
 }
 
+/// Gaussian noise on float sums for an L2 `sensitivity`, spending at most
+/// ρ of zero-concentrated DP (σ = Δ₂/√(2ρ)), checked against OpenDP's map.
+/// Returns the noisy sums and σ.
+pub fn gaussian_sums_zcdp(
+    values: &[f64],
+    sensitivity: f64,
+    rho: f64,
+) -> Result<(Vec<f64>, f64), NoiseError> {
+    if rho <= 0.0 {
+        return Err(NoiseError(format!("ρ must be positive, not {rho}")));
+    }
+    let scale = sensitivity / (2.0 * rho).sqrt();
+    let measurement = make_gaussian::<_, _, ZeroConcentratedDivergence>(
+        VectorDomain::new(AtomDomain::<f64>::new_non_nan()),
+        L2Distance::<f64>::default(),
+        scale,
+        None,
+    )
+    .map_err(opendp_error)?;
+    let used = measurement.map(&sensitivity).map_err(opendp_error)?;
+    if used > rho * (1.0 + SLACK) {
+        return Err(NoiseError(format!(
+            "the mechanism would spend ρ={used}, more than the ρ={rho} charged"
+        )));
+    }
+    let noisy = measurement.invoke(&values.to_vec()).map_err(opendp_error)?;
+    Ok((noisy, scale))
+}
+
 /// Half-width of a 95% interval of Gaussian noise of standard deviation
 /// `scale`.
 pub fn ci95_gaussian(scale: f64) -> f64 {

@@ -193,6 +193,7 @@ pub async fn run(run: Run<'_>) -> Release {
         Cost {
             epsilon: run.spec.epsilon,
             delta: 0.0,
+            rho: 0.0,
         },
     )
     .await

@@ -122,8 +122,13 @@ struct ColumnNoise {
 #[derive(Debug, Clone, Serialize)]
 struct Report {
     dataset: String,
+    /// ε asked for (under zCDP accounting: what the charged ρ is worth
+    /// alone at the population's δ cap).
     epsilon: f64,
     delta: f64,
+    /// ρ charged (zCDP accounting only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    rho: Option<f64>,
     /// `public` (published categories) or `threshold`.
     keys: &'static str,
     threshold: Option<i64>,
@@ -458,6 +463,21 @@ async fn noisy_aggregate(
     // threshold, when keys are not published, stays Laplace with its own).
     let gaussian_quantities = noisy_quantities - usize::from(thresholded);
     let delta_each = rules.delta_per_query / gaussian_quantities.max(1) as f64;
+    let zcdp = rules.accounting == crate::policy::Accounting::Zcdp;
+    if zcdp {
+        if thresholded {
+            return Err(reject(
+                "zcdp-needs-published-keys",
+                "this population accounts in zCDP: group only by columns with published categories",
+            ));
+        }
+        if session.accuracy.is_some() {
+            return Err(reject(
+                "accuracy-not-for-zcdp",
+                "an error bound is translated to ε for Laplace noise; ask this table with an ε",
+            ));
+        }
+    }
     if gaussian && session.accuracy.is_some() {
         return Err(reject(
             "accuracy-not-for-gaussian",
@@ -503,18 +523,40 @@ async fn noisy_aggregate(
             needed.max(low)
         }
     };
-    let epsilon_each = epsilon / noisy_quantities.max(1) as f64;
-    let cost = Cost {
-        epsilon,
-        delta: if thresholded {
-            rules.delta_per_query
-        } else {
-            0.0
-        } + if gaussian && gaussian_quantities > 0 {
-            rules.delta_per_query
-        } else {
-            0.0
-        },
+    // zCDP accounting: the query is charged ρ, the ρ its ε would be worth
+    // alone at the population's δ cap; every noisy quantity gets an even
+    // share (Laplace at ε = √(2ρ) is ρ-zCDP, Gaussian at σ = Δ₂/√(2ρ)).
+    let rho_query = if zcdp {
+        budget::zcdp_rho(epsilon, rules.delta_total)
+    } else {
+        0.0
+    };
+    let rho_each = rho_query / noisy_quantities.max(1) as f64;
+    let epsilon_each = if zcdp {
+        (2.0 * rho_each).sqrt()
+    } else {
+        epsilon / noisy_quantities.max(1) as f64
+    };
+    let cost = if zcdp {
+        Cost {
+            epsilon: 0.0,
+            delta: 0.0,
+            rho: rho_query,
+        }
+    } else {
+        Cost {
+            epsilon,
+            delta: if thresholded {
+                rules.delta_per_query
+            } else {
+                0.0
+            } + if gaussian && gaussian_quantities > 0 {
+                rules.delta_per_query
+            } else {
+                0.0
+            },
+            rho: 0.0,
+        }
     };
 
     // The charge is committed before anything is computed or drawn.
@@ -767,8 +809,12 @@ async fn noisy_aggregate(
         |values: &[i64], l1: i64, l2: f64| -> Result<(Vec<i64>, f64, f64), QueryError> {
             if gaussian {
                 let floats: Vec<f64> = values.iter().map(|v| *v as f64).collect();
-                let (noisy, scale) =
-                    noise::gaussian_sums(&floats, l2, epsilon_each, delta_each).map_err(failed)?;
+                let (noisy, scale) = if zcdp {
+                    noise::gaussian_sums_zcdp(&floats, l2, rho_each)
+                } else {
+                    noise::gaussian_sums(&floats, l2, epsilon_each, delta_each)
+                }
+                .map_err(failed)?;
                 Ok((
                     noisy.into_iter().map(|v| v.round() as i64).collect(),
                     scale,
@@ -783,8 +829,12 @@ async fn noisy_aggregate(
     let sums_noise =
         |values: &[f64], l1: f64, l2: f64| -> Result<(Vec<f64>, f64, f64), QueryError> {
             if gaussian {
-                let (noisy, scale) =
-                    noise::gaussian_sums(values, l2, epsilon_each, delta_each).map_err(failed)?;
+                let (noisy, scale) = if zcdp {
+                    noise::gaussian_sums_zcdp(values, l2, rho_each)
+                } else {
+                    noise::gaussian_sums(values, l2, epsilon_each, delta_each)
+                }
+                .map_err(failed)?;
                 Ok((noisy, scale, noise::ci95_gaussian(scale)))
             } else {
                 let (noisy, scale) =
@@ -876,7 +926,11 @@ async fn noisy_aggregate(
         noise_report.push(ColumnNoise {
             column: field.name().clone(),
             mechanism: if gaussian {
-                "discrete gaussian (opendp, zCDP cast to (ε, δ))"
+                if zcdp {
+                    "discrete gaussian (opendp, zCDP)"
+                } else {
+                    "discrete gaussian (opendp, zCDP cast to (ε, δ))"
+                }
             } else {
                 "discrete laplace (opendp)"
             },
@@ -891,8 +945,9 @@ async fn noisy_aggregate(
         batch,
         Report {
             dataset: table.dataset.clone(),
-            epsilon: cost.epsilon,
+            epsilon: if zcdp { epsilon } else { cost.epsilon },
             delta: cost.delta,
+            rho: zcdp.then_some(cost.rho),
             keys: if thresholded { "threshold" } else { "public" },
             threshold,
             max_groups_per_unit: max_groups,

@@ -244,6 +244,22 @@ struct DpSection {
     report_defaulted: bool,
     #[serde(default)]
     mechanism: Mechanism,
+    #[serde(default)]
+    accounting: Accounting,
+}
+
+/// How a population's charges add up against its caps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Accounting {
+    /// Every query's (ε, δ) adds up (basic composition).
+    #[default]
+    Approximate,
+    /// Each query is charged ρ (zero-concentrated DP); ρ adds up and is
+    /// converted to (ε, δ) once against the caps, so many queries cost much
+    /// less ε than their sum. Answers published keys only (a threshold on
+    /// keys is approximate DP, not zCDP).
+    Zcdp,
 }
 
 /// The noise of the `dp` mode's counts and sums.
@@ -306,6 +322,7 @@ pub struct DpRules {
     /// small residual channel about failures; off by default).
     pub report_defaulted: bool,
     pub mechanism: Mechanism,
+    pub accounting: Accounting,
 }
 
 impl DpRules {
@@ -314,9 +331,11 @@ impl DpRules {
             total: crate::dp::budget::Cost {
                 epsilon: self.epsilon_total,
                 delta: self.delta_total,
+                rho: 0.0,
             },
             dataset_epsilon: self.epsilon_dataset,
             dataset_delta: self.delta_dataset,
+            zcdp: self.accounting == Accounting::Zcdp,
         }
     }
 }
@@ -353,6 +372,11 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
             "dp.mechanism = \"gaussian\" spends δ on every query: set dp.delta_total".into(),
         );
     }
+    if section.accounting == Accounting::Zcdp && section.delta_total <= 0.0 {
+        return Err(
+            "dp.accounting = \"zcdp\" converts ρ to ε at the δ cap: set dp.delta_total".into(),
+        );
+    }
     if !(1..=100).contains(&section.max_groups_per_unit)
         || !(1..=1000).contains(&section.max_rows_per_group)
     {
@@ -370,6 +394,7 @@ fn check_dp(section: &DpSection) -> Result<DpRules, String> {
         bounds: section.bounds,
         report_defaulted: section.report_defaulted,
         mechanism: section.mechanism,
+        accounting: section.accounting,
     })
 }
 

@@ -26,10 +26,17 @@ pub struct DatasetRef {
 pub struct PrivacyCost {
     pub epsilon: f64,
     pub delta: f64,
+    /// ρ charged under zCDP accounting (absent when none).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub rho: f64,
     /// Aggregate mode with cell-key perturbation: released counts and sums
     /// are perturbed (absent from receipts of exact releases).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub perturbed: bool,
+}
+
+fn is_zero(value: &f64) -> bool {
+    *value == 0.0
 }
 
 /// Everything a receipt asserts.

@@ -1166,6 +1166,7 @@ pub async fn grant_budget(
             crate::dp::budget::Cost {
                 epsilon: body.epsilon,
                 delta: body.delta,
+                rho: 0.0,
             },
             &body.reason,
         )

@@ -196,7 +196,8 @@ async fn published_keys_are_all_released_with_noise_of_the_stated_scale() {
         spent.spent,
         Cost {
             epsilon: 1.0,
-            delta: 0.0
+            delta: 0.0,
+            rho: 0.0
         }
     );
     assert_eq!(spent.remaining.epsilon, 9.0);
@@ -437,6 +438,7 @@ async fn an_exhausted_budget_refuses_the_query_and_the_job_releases_nothing() {
         Cost {
             epsilon: 2.0,
             delta: 0.0,
+            rho: 0.0,
         },
         "second study",
     )

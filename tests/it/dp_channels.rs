@@ -444,12 +444,18 @@ async fn one_budget_per_population_and_a_delta_cap_across_tenants() {
             total: Cost {
                 epsilon: 1.0,
                 delta: 1e-6,
+                rho: 0.0,
             },
             dataset_epsilon: Some(100.0),
             dataset_delta: Some(3e-7),
+            zcdp: false,
         },
     };
-    let cost = |epsilon, delta| Cost { epsilon, delta };
+    let cost = |epsilon, delta| Cost {
+        epsilon,
+        delta,
+        rho: 0.0,
+    };
     // A charge recorded under a member dataset before populations existed
     // counts: declaring a population refunds nothing.
     sqlx::query(
@@ -883,4 +889,94 @@ async fn an_empirical_audit_of_sample_and_aggregate_stays_within_epsilon() {
     assert!(bound <= 1.0, "ε ≥ {bound}");
     // Power: the two are told apart in the right direction.
     assert!(k1 > k0, "{k1} vs {k0}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zcdp_accounting_composes_rho_and_answers_more_within_the_same_caps() {
+    use datasandbox::dp::budget;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    // The same data and caps (ε = 2, δ = 1e-6 per tenant), accounted two
+    // ways; every query asks ε = 0.5.
+    let table = |name: &str, accounting: &str| {
+        let base = audit_table(dir.path(), name, true, 40, &[]);
+        let sub = dir.path().join(name);
+        std::fs::write(
+            sub.join("policies/audit.toml"),
+            format!(
+                "dataset = \"audit\"\nmodes = [\"dp\"]\n[dp]\nepsilon_total = 2.0\n\
+                 delta_total = 1e-6\nquery_epsilon = [0.01, 2.0]\nmechanism = \"gaussian\"\n{accounting}"
+            ),
+        )
+        .unwrap();
+        let manifest = Manifest::load(&sub.join("audit.toml")).unwrap();
+        let rebuilt = dp_job_table(
+            &manifest,
+            &base.path,
+            DataFormat::Arrow,
+            &PolicySet::load(&sub.join("policies"), None).unwrap(),
+            true,
+        );
+        assert!(rebuilt.dp.is_some());
+        rebuilt
+    };
+    let answered = |tables: [DatasetSource; 1], tenant: &'static str| {
+        let store = store.clone();
+        async move {
+            let query = QuerySession::open(&tables, &Default::default())
+                .await
+                .unwrap()
+                .with_dp(Some(session(&store, tenant, 0.5, &tables)));
+            let mut answered = 0;
+            loop {
+                match query
+                    .run(
+                        "SELECT kind, COUNT(*) AS n FROM audit GROUP BY kind",
+                        1 << 20,
+                    )
+                    .await
+                {
+                    Ok(_) => answered += 1,
+                    Err(QueryError::Rejected(reason)) => {
+                        assert!(reason.starts_with("budget-exhausted"), "{reason}");
+                        break;
+                    }
+                    Err(other) => panic!("{other:?}"),
+                }
+                assert!(answered < 1000);
+            }
+            (answered, query)
+        }
+    };
+    let (approximate, _) = answered([table("approximate", "")], "approximate").await;
+    let (zcdp, query) = answered([table("zcdp", "accounting = \"zcdp\"\n")], "zcdp").await;
+    // Basic composition: 2 / 0.5 = 4 queries. zCDP: each query is charged
+    // ρ = (√(ln 1e6 + 0.5) − √ln 1e6)² ≈ 0.00444 and the cap is the ρ that
+    // ε = 2 is worth at δ = 1e-6, ≈ 0.0676: 15 queries.
+    let rho_query = budget::zcdp_rho(0.5, 1e-6);
+    let rho_cap = budget::zcdp_rho(2.0, 1e-6);
+    eprintln!(
+        "ε = 0.5 a query under caps ε = 2, δ = 1e-6: {approximate} answered with approximate accounting, {zcdp} with zCDP"
+    );
+    assert_eq!(approximate, 4);
+    assert_eq!(zcdp, (rho_cap / rho_query).floor() as usize);
+    // What was spent, converted once, stays within the cap.
+    let mut spent = 0.0;
+    for _ in 0..zcdp {
+        spent += rho_query;
+    }
+    assert!(budget::zcdp_epsilon(spent, 1e-6) <= 2.0);
+    // A threshold on keys is not zCDP: refused before any charge.
+    match query
+        .run(
+            "SELECT amount, COUNT(*) FROM audit GROUP BY amount",
+            1 << 20,
+        )
+        .await
+    {
+        Err(QueryError::Rejected(reason)) => {
+            assert!(reason.starts_with("zcdp-needs-published-keys"), "{reason}")
+        }
+        other => panic!("{other:?}"),
+    }
 }
