@@ -9,6 +9,7 @@
 pub mod auth;
 pub mod config;
 pub mod error;
+mod fair;
 pub mod metrics;
 pub mod queue;
 pub mod routes;

@@ -3,7 +3,8 @@
 //! with request handling for the server's threads.
 //!
 //! A job is admitted, then committed (`queued`) by the service, then waits
-//! for one of `concurrency` worker permits. Cancelling a queued job ends it
+//! for one of `concurrency` worker slots, handed out fairly between tenants
+//! (`super::fair`). Cancelling a queued job ends it
 //! at once; cancelling a running one stops the guest at its next yield.
 //! Shutdown stops admission, waits for in-flight jobs up to a grace period,
 //! and marks what is left interrupted.
@@ -13,7 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::Notify;
 
 use super::error::ApiError;
 use super::metrics::Metrics;
@@ -50,7 +51,7 @@ pub struct JobQueue {
     metrics: Arc<Metrics>,
     limits: QueueLimits,
     runtime: tokio::runtime::Handle,
-    permits: Arc<Semaphore>,
+    permits: Arc<super::fair::FairSlots>,
     admission: Mutex<Admission>,
     cancels: Mutex<HashMap<String, Arc<Notify>>>,
     accepting: AtomicBool,
@@ -84,7 +85,7 @@ impl JobQueue {
         runtime: tokio::runtime::Handle,
     ) -> Self {
         JobQueue {
-            permits: Arc::new(Semaphore::new(limits.concurrency.max(1))),
+            permits: super::fair::FairSlots::new(limits.concurrency.max(1)),
             service,
             metrics,
             limits,
@@ -221,7 +222,7 @@ impl JobQueue {
             let id = job.id.clone();
             let mode = job.mode.clone();
             let permit = tokio::select! {
-                permit = Arc::clone(&queue.permits).acquire_owned() => permit.ok(),
+                permit = queue.permits.acquire(&tenant) => Some(permit),
                 () = cancel.notified() => None,
             };
             let Some(permit) = permit else {
@@ -300,7 +301,7 @@ impl JobQueue {
         let submitter = submitter.clone();
         let task = self.runtime.spawn(async move {
             let tenant = submitter.tenant.clone();
-            let permit = Arc::clone(&queue.permits).acquire_owned().await.ok();
+            let permit = queue.permits.acquire(&tenant).await;
             queue.started();
             queue.metrics.running.inc();
             let _running = Running {

@@ -281,3 +281,44 @@ async fn shutdown_waits_for_the_grace_period_then_interrupts() {
     let verdict = service.verify_audit().await.unwrap();
     assert!(verdict.is_ok(), "{verdict:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_with_many_queued_jobs_does_not_starve_another() {
+    let mut server = TestServer::start_with(|c| {
+        c.concurrency = 1;
+    })
+    .await;
+    let (busy, _, busy_hostile) = setup(&server, "lab-busy").await;
+    let (quiet, quiet_stats, _) = setup(&server, "lab-quiet").await;
+    // lab-busy fills the one worker with a loop and queues three more.
+    let running = looping(&busy, &busy_hostile).await.unwrap();
+    wait_for_state(&busy, &running, "running").await;
+    let mut queued = Vec::new();
+    for _ in 0..3 {
+        queued.push(looping(&busy, &busy_hostile).await.unwrap());
+    }
+    // lab-quiet submits one ordinary job after all of them.
+    let job = quiet
+        .submit_job(
+            &quiet_stats,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({}),
+        )
+        .await
+        .unwrap();
+    // Turns alternate between the tenants that wait: lab-busy's first
+    // queued job (it was waiting first), then lab-quiet's, then lab-busy's
+    // others. First come, first served would run all three before it.
+    busy.cancel_job(&running).await.unwrap();
+    wait_for_state(&quiet, &job.id, "released").await;
+    let last = busy.job(&queued[2], 0).await.unwrap();
+    assert!(
+        matches!(last.state.as_str(), "queued" | "running"),
+        "lab-busy's third queued job ran before lab-quiet's: {last:?}"
+    );
+    for id in &queued {
+        let _ = busy.cancel_job(id).await;
+    }
+    server.stop().await.unwrap();
+}
