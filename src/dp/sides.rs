@@ -87,18 +87,3 @@ pub async fn pin(
         }
     }
 }
-
-/// The side `tenant` is pinned to on `population`, if any.
-pub async fn side_of(
-    store: &Store,
-    tenant: &str,
-    population: &str,
-) -> Result<Option<Side>, StoreError> {
-    let side: Option<String> =
-        sqlx::query_scalar("SELECT side FROM population_sides WHERE tenant = ? AND population = ?")
-            .bind(tenant)
-            .bind(population)
-            .fetch_optional(store.pool())
-            .await?;
-    Ok(side.as_deref().and_then(Side::parse))
-}
