@@ -93,6 +93,9 @@ pub const DEFAULT_BLOCKS: usize = 20;
 pub const DEFAULT_BLOCK_MILLIS: u64 = 2_000;
 /// Blocks run at the same time (a constant, not the machine's load).
 pub const PARALLEL_BLOCKS: usize = 2;
+/// The latest release a declaration may ask for (k blocks at their full
+/// allowance, two at a time): a job may not hold a tenant's place longer.
+pub const MAX_HOLD: std::time::Duration = std::time::Duration::from_secs(600);
 /// Time allowed for splitting the table and drawing the noise.
 const OVERHEAD: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -144,6 +147,15 @@ impl Spec {
             && !(50..=60_000).contains(&ms)
         {
             return Err("block_millis: 50 to 60000".into());
+        }
+        if self.hold() > MAX_HOLD {
+            return Err(format!(
+                "blocks × block_millis: every block runs its full allowance, {} at a time, so the \
+                 release would come {} s after the start; at most {} s",
+                PARALLEL_BLOCKS,
+                self.hold().as_secs(),
+                MAX_HOLD.as_secs()
+            ));
         }
         Ok(())
     }
@@ -373,6 +385,34 @@ mod tests {
             sizes[*b] += 1;
         }
         assert!(sizes.iter().all(|s| (50..150).contains(s)), "{sizes:?}");
+    }
+
+    #[test]
+    fn a_declaration_cannot_hold_a_job_for_hours() {
+        let rules = crate::policy::PolicySet::load(
+            &std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies"),
+            None,
+        )
+        .unwrap()
+        .policy_for("enterprises")
+        .unwrap()
+        .dp
+        .unwrap();
+        let spec = |blocks, block_millis| Spec {
+            dimensions: vec![Dimension {
+                name: "x".into(),
+                lo: 0.0,
+                hi: 1.0,
+                default: 0.0,
+            }],
+            epsilon: 1.0,
+            blocks,
+            block_millis,
+        };
+        assert!(spec(Some(20), Some(2_000)).check(&rules).is_ok());
+        // 1,000 blocks of a minute each would release after more than 8 h.
+        let refused = spec(Some(1_000), Some(60_000)).check(&rules).unwrap_err();
+        assert!(refused.contains("at most 600 s"), "{refused}");
     }
 
     #[test]
