@@ -460,6 +460,15 @@ impl Service {
             )));
         }
         let job_id = jobs::new_job_id();
+        // A team on the noisy side of the population is refused before its
+        // quota is taken (`commit_with` pins again, a no-op by then).
+        self.pin_side(
+            &submitter.tenant,
+            &version,
+            crate::policy::Side::Exact,
+            &job_id,
+        )
+        .await?;
         crate::contest::admit(&self.store, &spec, &submitter.tenant, &job_id).await?;
         let params = serde_json::json!({
             "contest": spec.id,
@@ -725,21 +734,8 @@ impl Service {
         let job_id = job_id.unwrap_or_else(jobs::new_job_id);
         if let Some(side) = mode.side() {
             for version in versions {
-                if version.manifest.classification == Classification::Open {
-                    continue;
-                }
-                crate::dp::sides::pin(
-                    &self.store,
-                    &submitter.tenant,
-                    version.manifest.population(),
-                    side,
-                    &job_id,
-                )
-                .await
-                .map_err(|e| match e {
-                    crate::dp::sides::PinError::Store(e) => ServiceError::from(e),
-                    conflict => ServiceError::ModeConflict(conflict.to_string()),
-                })?;
+                self.pin_side(&submitter.tenant, version, side, &job_id)
+                    .await?;
             }
         }
         let job = jobs::NewJob {
@@ -1190,6 +1186,32 @@ impl Service {
             deadline,
         )
         .await?)
+    }
+
+    /// Pin `tenant` to `side` of a protected dataset's population (open
+    /// data has no privacy units to protect), or refuse `mode-conflict`.
+    async fn pin_side(
+        &self,
+        tenant: &str,
+        version: &DatasetVersion,
+        side: crate::policy::Side,
+        job_id: &str,
+    ) -> Result<(), ServiceError> {
+        if version.manifest.classification == Classification::Open {
+            return Ok(());
+        }
+        crate::dp::sides::pin(
+            &self.store,
+            tenant,
+            version.manifest.population(),
+            side,
+            job_id,
+        )
+        .await
+        .map_err(|e| match e {
+            crate::dp::sides::PinError::Store(e) => ServiceError::from(e),
+            conflict => ServiceError::ModeConflict(conflict.to_string()),
+        })
     }
 
     /// Wait until the job's release time, if it has one. A cancelled job

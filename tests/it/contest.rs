@@ -489,3 +489,29 @@ async fn scores_appear_at_a_fixed_time() {
     assert!(took_a >= 5.0 && took_b >= 5.0, "{took_a} {took_b}");
     assert!((took_a - took_b).abs() < 1.0, "{took_a} {took_b}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_team_that_had_noisy_answers_about_the_firms_is_refused_before_its_quota() {
+    let server = TestServer::start().await;
+    server
+        .admin
+        .create_contest(spec("pinned", 3600, "daily_limit = 1\n"))
+        .await
+        .unwrap();
+    // The same tenant, as an analyst, has had dp answers about the
+    // enterprise population, which tax_overdue belongs to.
+    server.admin.grant("team-n", "enterprises").await.unwrap();
+    let analyst = server.client(Role::Analyst, "team-n").await;
+    let stats = upload(&analyst, "district_stats").await;
+    analyst
+        .submit_dp_job(&stats, &["enterprises".into()], serde_json::json!({}), 0.5)
+        .await
+        .unwrap();
+    let team = server.client(Role::Contestant, "team-n").await;
+    let model = upload(&team, "model_baseline").await;
+    let error = team.submit_model("pinned", &model).await.unwrap_err();
+    assert_eq!(error.code(), Some("mode-conflict"), "{error}");
+    // Nothing was counted: the day's one submission is still there, for a
+    // team that may have it.
+    assert!(team.submissions("pinned").await.unwrap().is_empty());
+}
