@@ -10,14 +10,21 @@
 //! audit entry, commit. Only after the commit does the caller compute and
 //! release the noisy answer, so a crash after the charge leaves it charged
 //! (the safe side), and concurrent jobs serialise on the write lock and can
-//! never overspend. Amounts are integers (ε in millionths, δ in 10⁻¹⁵),
-//! charges rounded up and caps rounded down.
+//! never overspend. Amounts are integers (ε in millionths, δ in 10⁻¹⁵, ρ
+//! in 10⁻⁹), charges rounded up and caps rounded down.
 //!
 //! A principal's cap is the policy's `epsilon_total` / `delta_total` plus
 //! whatever an administrator granted on top (audited, reason required);
 //! nothing ever refunds spent budget, and a policy change moves only the
-//! cap. A policy may also cap the total over all principals of a dataset
-//! (`epsilon_dataset`), against colluding accounts.
+//! cap. A policy may also cap the total over all principals of the
+//! population (`epsilon_dataset`, `delta_dataset`), against colluding
+//! accounts.
+//!
+//! Under approximate accounting every charge's (ε, δ) adds up (basic
+//! composition). Under zCDP accounting queries are charged ρ; the ρ charges
+//! add up and are converted to (ε, δ) once, at the δ the cap leaves after
+//! any approximate charges, and that ε plus the approximate charges' ε must
+//! stay within the cap ([`zcdp_epsilon`]).
 
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
