@@ -980,3 +980,69 @@ async fn zcdp_accounting_composes_rho_and_answers_more_within_the_same_caps() {
         other => panic!("{other:?}"),
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_count_of_defaulted_blocks_is_released_only_with_noise() {
+    use datasandbox::dp::sample_aggregate::{self, Dimension, Spec};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    let (module, _) = sandbox().load_module(&guest("block_mean")).unwrap();
+    let table = audit_table(dir.path(), "defaulted", true, 30, &[]);
+    let rules = table.dp.as_ref().unwrap().rules;
+    let spec = Spec {
+        dimensions: vec![
+            Dimension {
+                name: "mean".into(),
+                lo: 0.0,
+                hi: 100.0,
+                default: 0.0,
+            },
+            Dimension {
+                name: "rows".into(),
+                lo: 0.0,
+                hi: 40.0,
+                default: 0.0,
+            },
+        ],
+        epsilon: 1.0,
+        blocks: Some(2),
+        block_millis: Some(5_000),
+    };
+    let mut released = Vec::new();
+    for trial in 0..30 {
+        let job = env(&format!("defaulted-{trial}"), quick_limits(), Vec::new());
+        // No "column" in the params: block-mean fails on every block.
+        let release = sample_aggregate::run(sample_aggregate::Run {
+            sandbox: sandbox(),
+            module: &module,
+            env: &job,
+            table: &table,
+            privacy_unit: "enterprise_id",
+            rules,
+            spec: &spec,
+            params: "{}",
+            store: &store,
+            principal: "lab",
+            population: datasandbox::dp::budget::Population::solo("audit", rules.caps()),
+            report_defaulted: true,
+        })
+        .await;
+        assert_eq!(release.defaulted, 2);
+        let value = release
+            .outputs
+            .iter()
+            .find_map(|o| match o {
+                datasandbox::sandbox::Output::Value { name, value }
+                    if name == "defaulted_blocks" =>
+                {
+                    Some(*value)
+                }
+                _ => None,
+            })
+            .expect("the count is released when the policy says so");
+        assert!((0.0..=2.0).contains(&value), "{value}");
+        released.push(value);
+    }
+    // The exact count is 2 every time; the released one is not.
+    assert!(released.iter().any(|v| *v != 2.0), "{released:?}");
+}
