@@ -162,16 +162,7 @@ impl Client {
         datasets: &[String],
         params: serde_json::Value,
     ) -> Result<JobView, ClientError> {
-        Self::send(
-            self.request(Method::POST, "/v1/jobs")
-                .json(&serde_json::json!({
-                    "module": module,
-                    "mode": mode,
-                    "datasets": datasets,
-                    "params": params,
-                })),
-        )
-        .await
+        self.post_job(module, mode, datasets, params, None).await
     }
 
     /// Submit a `dp`-mode job whose queries each spend `epsilon`.
@@ -182,17 +173,9 @@ impl Client {
         params: serde_json::Value,
         epsilon: f64,
     ) -> Result<JobView, ClientError> {
-        Self::send(
-            self.request(Method::POST, "/v1/jobs")
-                .json(&serde_json::json!({
-                    "module": module,
-                    "mode": "dp",
-                    "datasets": datasets,
-                    "params": params,
-                    "epsilon": epsilon,
-                })),
-        )
-        .await
+        let epsilon = ("epsilon", serde_json::json!(epsilon));
+        self.post_job(module, "dp", datasets, params, Some(epsilon))
+            .await
     }
 
     /// Submit a `dp` job whose queries each spend the least ε that keeps
@@ -204,17 +187,9 @@ impl Client {
         params: serde_json::Value,
         accuracy: crate::dp::Accuracy,
     ) -> Result<JobView, ClientError> {
-        Self::send(
-            self.request(Method::POST, "/v1/jobs")
-                .json(&serde_json::json!({
-                    "module": module,
-                    "mode": "dp",
-                    "datasets": datasets,
-                    "params": params,
-                    "accuracy": accuracy,
-                })),
-        )
-        .await
+        let accuracy = ("accuracy", serde_json::json!(accuracy));
+        self.post_job(module, "dp", datasets, params, Some(accuracy))
+            .await
     }
 
     /// Submit a `sample-aggregate` job (a `block-analysis` module).
@@ -225,17 +200,30 @@ impl Client {
         params: serde_json::Value,
         spec: &crate::dp::sample_aggregate::Spec,
     ) -> Result<JobView, ClientError> {
-        Self::send(
-            self.request(Method::POST, "/v1/jobs")
-                .json(&serde_json::json!({
-                    "module": module,
-                    "mode": "sample-aggregate",
-                    "datasets": datasets,
-                    "params": params,
-                    "sample_aggregate": spec,
-                })),
-        )
-        .await
+        let spec = ("sample_aggregate", serde_json::json!(spec));
+        self.post_job(module, "sample-aggregate", datasets, params, Some(spec))
+            .await
+    }
+
+    /// `POST /v1/jobs` with the mode's own field, if it has one.
+    async fn post_job(
+        &self,
+        module: &str,
+        mode: &str,
+        datasets: &[String],
+        params: serde_json::Value,
+        extra: Option<(&str, serde_json::Value)>,
+    ) -> Result<JobView, ClientError> {
+        let mut body = serde_json::json!({
+            "module": module,
+            "mode": mode,
+            "datasets": datasets,
+            "params": params,
+        });
+        if let Some((field, value)) = extra {
+            body[field] = value;
+        }
+        Self::send(self.request(Method::POST, "/v1/jobs").json(&body)).await
     }
 
     /// Create a contest from its TOML spec (administrators).

@@ -654,9 +654,10 @@ impl Service {
                 }
             }
         }
+        let registered = self.populations()?;
         let mut populations = std::collections::HashMap::new();
         for table in dp_tables.values() {
-            if let Some(population) = self.population_of(&table.dataset)? {
+            if let Some(population) = self.population_in(&registered, &table.dataset) {
                 populations.insert(population.id.clone(), population);
             }
         }
@@ -1268,20 +1269,26 @@ impl Service {
         &self,
         dataset: &str,
     ) -> Result<Option<crate::dp::budget::Population>, ServiceError> {
-        let populations = self.populations()?;
-        let Some(id) = populations.get(dataset).cloned() else {
-            return Ok(None);
-        };
+        Ok(self.population_in(&self.populations()?, dataset))
+    }
+
+    /// [`Service::population_of`] against a map from [`Service::populations`]
+    /// read once, for callers that ask about several datasets.
+    fn population_in(
+        &self,
+        populations: &std::collections::BTreeMap<String, String>,
+        dataset: &str,
+    ) -> Option<crate::dp::budget::Population> {
+        let id = populations.get(dataset)?.clone();
         let datasets: Vec<String> = populations
             .iter()
             .filter(|(_, p)| **p == id)
             .map(|(d, _)| d.clone())
             .collect();
-        Ok(self
-            .policies
+        self.policies
             .current()
             .population_caps(&datasets)
-            .map(|caps| crate::dp::budget::Population { id, datasets, caps }))
+            .map(|caps| crate::dp::budget::Population { id, datasets, caps })
     }
 
     /// A tenant's budgets on every population with a noisy mode.
@@ -1291,8 +1298,9 @@ impl Service {
     ) -> Result<Vec<crate::dp::budget::Budget>, ServiceError> {
         let mut list = Vec::new();
         let mut seen = std::collections::BTreeSet::new();
-        for dataset in self.catalog.ids()? {
-            if let Some(population) = self.population_of(&dataset)?
+        let populations = self.populations()?;
+        for dataset in populations.keys() {
+            if let Some(population) = self.population_in(&populations, dataset)
                 && seen.insert(population.id.clone())
             {
                 list.push(crate::dp::budget::budget(&self.store, tenant, &population).await?);

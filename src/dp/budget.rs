@@ -258,29 +258,23 @@ async fn granted(
     .await
 }
 
+/// What was charged on `population`: to `principal`, or to everyone.
 async fn spent(
     conn: &mut sqlx::SqliteConnection,
-    principal: &str,
+    principal: Option<&str>,
     population: &Population,
 ) -> Result<Units, StoreError> {
     let (filter, mut binds) = population.filter();
-    binds.insert(0, principal);
+    let by_principal = match principal {
+        Some(principal) => {
+            binds.insert(0, principal);
+            "principal = ? AND "
+        }
+        None => "",
+    };
     sums(
         conn,
-        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE principal = ? AND {filter}"),
-        &binds,
-    )
-    .await
-}
-
-async fn spent_by_all(
-    conn: &mut sqlx::SqliteConnection,
-    population: &Population,
-) -> Result<Units, StoreError> {
-    let (filter, binds) = population.filter();
-    sums(
-        conn,
-        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE {filter}"),
+        &format!("SELECT SUM(epsilon_micro), SUM(delta_femto), SUM(rho_nano) FROM dp_charges WHERE {by_principal}{filter}"),
         &binds,
     )
     .await
@@ -300,7 +294,7 @@ pub async fn charge(
     let caps = population.caps;
     let units = charge_units(cost);
     let mut tx = store.begin_write().await?;
-    let spent_units = spent(&mut tx, principal, population).await?;
+    let spent_units = spent(&mut tx, Some(principal), population).await?;
     let cap = cap_units(caps.total) + granted(&mut tx, principal, population).await?;
     if !fits(spent_units + units, cap, caps.zcdp) {
         let (used_epsilon, used_delta) = as_epsilon_delta(spent_units, cap, caps.zcdp);
@@ -324,7 +318,7 @@ pub async fn charge(
         )));
     }
     if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
-        let all = spent_by_all(&mut tx, population).await? + units;
+        let all = spent(&mut tx, None, population).await? + units;
         // Under zCDP the ρ charges of all tenants are converted at the
         // population's δ cap (or, without one, each tenant's).
         let conversion_delta = caps.dataset_delta.or(caps.zcdp.then_some(caps.total.delta));
@@ -416,7 +410,7 @@ pub async fn budget(
     population: &Population,
 ) -> Result<Budget, StoreError> {
     let mut conn = store.pool().acquire().await?;
-    let spent_units = spent(&mut conn, principal, population).await?;
+    let spent_units = spent(&mut conn, Some(principal), population).await?;
     let cap = cap_units(population.caps.total) + granted(&mut conn, principal, population).await?;
     let (epsilon, delta) = as_epsilon_delta(spent_units, cap, population.caps.zcdp);
     let cap = cost_of(cap);

@@ -138,7 +138,7 @@ fn numbers(batches: &[RecordBatch], column: usize) -> Vec<f64> {
 }
 
 /// The exact answer, by plain DataFusion over the file.
-async fn truth(sql: &str, id: &str) -> HashMap<String, f64> {
+pub(crate) async fn truth(sql: &str, id: &str) -> HashMap<String, f64> {
     let source =
         DatasetSource::from_file(&samples().join(format!("{id}.csv")), Classification::Open)
             .unwrap();

@@ -655,27 +655,12 @@ async fn an_error_bound_buys_the_least_epsilon_that_reaches_it() {
         .await
         .unwrap()
         .with_dp(Some(session));
-    let truth = {
-        let ctx = datafusion::prelude::SessionContext::new();
-        ctx.register_csv(
-            "enterprises",
-            dir.path().join("plain.csv").to_str().unwrap(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let batches = ctx
-            .sql("SELECT district, COUNT(*) FROM enterprises GROUP BY district")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        rows(&batches)
-            .into_iter()
-            .map(|r| (r[0].clone(), r[1].parse::<f64>().unwrap()))
-            .collect::<std::collections::HashMap<_, _>>()
-    };
+    // plain.csv is a copy of the shipped register.
+    let truth = crate::dp::truth(
+        "SELECT district, COUNT(*) FROM enterprises GROUP BY district",
+        "enterprises",
+    )
+    .await;
     // One count per district, one row per firm: sensitivity 1, so ±20 at
     // 95% needs ε = ln(2/0.05)/20 ≈ 0.184.
     let sql = "SELECT district, COUNT(*) AS n FROM enterprises GROUP BY district";
@@ -748,27 +733,11 @@ async fn a_gaussian_policy_noises_with_the_l2_sensitivity_and_spends_delta() {
         .await
         .unwrap()
         .with_dp(Some(session(&store, "lab", 1.0, &tables)));
-    let truth = {
-        let ctx = datafusion::prelude::SessionContext::new();
-        ctx.register_csv(
-            "tax_records",
-            samples().join("tax_records.csv").to_str().unwrap(),
-            Default::default(),
-        )
-        .await
-        .unwrap();
-        let batches = ctx
-            .sql("SELECT quarter, COUNT(DISTINCT enterprise_id) FROM tax_records GROUP BY quarter")
-            .await
-            .unwrap()
-            .collect()
-            .await
-            .unwrap();
-        rows(&batches)
-            .into_iter()
-            .map(|r| (r[0].clone(), r[1].parse::<f64>().unwrap()))
-            .collect::<std::collections::HashMap<_, _>>()
-    };
+    let truth = crate::dp::truth(
+        "SELECT quarter, COUNT(DISTINCT enterprise_id) FROM tax_records GROUP BY quarter",
+        "tax_records",
+    )
+    .await;
     // A firm is in eight quarters: L2 sensitivity √8. At ε = 1 and
     // δ = 1e-7: ρ = (√(ln 1e7 + 1) − √ln 1e7)², σ = √8 / √(2ρ).
     let log = (1e7f64).ln();

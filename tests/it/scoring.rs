@@ -103,6 +103,35 @@ async fn approve(
         .unwrap();
 }
 
+/// A server where bank-d's `scorer_simple` is approved for credit-risk
+/// with `{"column": "employees"}`, and the first `n` enterprises authorised
+/// it for credit assessment.
+async fn approved_bank(n: usize) -> (TestServer, Client, String, Vec<(String, f64)>) {
+    let server = TestServer::start().await;
+    let bank = server.client(Role::Institution, "bank-d").await;
+    let scorer = bank
+        .upload_module(guest("scorer_simple"), None)
+        .await
+        .unwrap()
+        .sha256;
+    approve(
+        &server.admin,
+        "credit-risk",
+        "bank-d",
+        &scorer,
+        serde_json::json!({"column": "employees"}),
+    )
+    .await;
+    let ids = enterprises(n);
+    let t = now();
+    let terms: Vec<serde_json::Value> = ids
+        .iter()
+        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
+        .collect();
+    authorise(&server.admin, &serde_json::json!(terms)).await;
+    (server, bank, scorer, ids)
+}
+
 /// The HTTP status of scoring subject "x" under `policy`.
 async fn refused_status(client: &Client, module: &str, policy: &str) -> reqwest::StatusCode {
     let body = serde_json::json!({"module": module, "policy": policy, "subjects": ["x"]});
@@ -766,28 +795,7 @@ async fn only_an_approved_scorer_with_its_approved_params_runs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_whose_client_goes_away_runs_to_its_end_in_the_queue() {
-    let server = TestServer::start().await;
-    let bank = server.client(Role::Institution, "bank-d").await;
-    let scorer = bank
-        .upload_module(guest("scorer_simple"), None)
-        .await
-        .unwrap()
-        .sha256;
-    approve(
-        &server.admin,
-        "credit-risk",
-        "bank-d",
-        &scorer,
-        serde_json::json!({"column": "employees"}),
-    )
-    .await;
-    let ids = enterprises(1500);
-    let t = now();
-    let terms: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
-        .collect();
-    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let (server, bank, scorer, ids) = approved_bank(1500).await;
     let subjects: Vec<&str> = ids.iter().map(|(id, _)| id.as_str()).collect();
     let body = serde_json::json!({
         "module": scorer, "policy": "credit-risk", "subjects": subjects,
@@ -867,28 +875,7 @@ async fn a_batch_whose_client_goes_away_runs_to_its_end_in_the_queue() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_score_per_subject_and_purpose_per_period_and_a_durable_rate() {
-    let server = TestServer::start().await;
-    let bank = server.client(Role::Institution, "bank-d").await;
-    let scorer = bank
-        .upload_module(guest("scorer_simple"), None)
-        .await
-        .unwrap()
-        .sha256;
-    approve(
-        &server.admin,
-        "credit-risk",
-        "bank-d",
-        &scorer,
-        serde_json::json!({"column": "employees"}),
-    )
-    .await;
-    let ids = enterprises(3);
-    let t = now();
-    let terms: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
-        .collect();
-    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let (server, bank, scorer, ids) = approved_bank(3).await;
     let params = serde_json::json!({"column": "employees"});
     let first = score(&bank, &scorer, &[&ids[0].0], params.clone()).await;
     assert_eq!(first.results[0].outcome, "scored");
@@ -922,28 +909,7 @@ async fn one_score_per_subject_and_purpose_per_period_and_a_durable_rate() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_batch_can_be_cancelled_between_subjects() {
-    let server = TestServer::start().await;
-    let bank = server.client(Role::Institution, "bank-d").await;
-    let scorer = bank
-        .upload_module(guest("scorer_simple"), None)
-        .await
-        .unwrap()
-        .sha256;
-    approve(
-        &server.admin,
-        "credit-risk",
-        "bank-d",
-        &scorer,
-        serde_json::json!({"column": "employees"}),
-    )
-    .await;
-    let ids = enterprises(1500);
-    let t = now();
-    let terms: Vec<serde_json::Value> = ids
-        .iter()
-        .map(|(id, _)| authorisation(id, "bank-d", "credit-assessment", t - 10, t + 3600))
-        .collect();
-    authorise(&server.admin, &serde_json::json!(terms)).await;
+    let (server, bank, scorer, ids) = approved_bank(1500).await;
     let subjects: Vec<String> = ids.iter().map(|(id, _)| id.clone()).collect();
     let request = {
         let bank = bank.clone();
