@@ -903,3 +903,142 @@ async fn an_exhausted_ledger_refuses_new_aggregate_jobs_up_front() {
         "the refused admission is audited"
     );
 }
+
+/// The same fuzzer against `dp` mode: the register and the register plus
+/// the canary, each in a dp session (ε = 0.01 a query, budgets raised so no
+/// statement meets an empty budget). Every statement must end the same way
+/// on both, never fail after a charge, charge both the same, and release no
+/// canary value (nor the canary's capital as a difference of two cells).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fuzzed_queries_in_dp_mode_end_alike_on_neighbours() {
+    use datasandbox::dp::budget::{self, Cost};
+    use datasandbox::dp::{DpSession, Ledger};
+    let dir = tempfile::tempdir().unwrap().keep();
+    let original = std::fs::read_to_string(samples().join("enterprises.csv")).unwrap();
+    std::fs::write(dir.join("plain.csv"), &original).unwrap();
+    std::fs::write(dir.join("canary.csv"), format!("{original}{CANARY_ROW}\n")).unwrap();
+    let store = datasandbox::store::Store::open(&dir.join("dsb.sqlite"))
+        .await
+        .unwrap();
+    let policies = PolicySet::load(&repo().join("policies"), None).unwrap();
+    let dp_tables = |register: &str| -> Vec<DatasetSource> {
+        [
+            ("enterprises", dir.join(register)),
+            ("tax_records", samples().join("tax_records.csv")),
+        ]
+        .into_iter()
+        .map(|(id, path)| {
+            let manifest = Manifest::load(&samples().join(format!("{id}.toml"))).unwrap();
+            datasandbox::catalog::dp_job_table(
+                &manifest,
+                &path,
+                DataFormat::Csv,
+                &policies,
+                id == "enterprises",
+            )
+        })
+        .collect()
+    };
+    let open = |tenant: &'static str, tables: Vec<DatasetSource>| {
+        let store = store.clone();
+        async move {
+            let dp = tables[0].dp.clone().unwrap();
+            budget::grant(
+                &store,
+                "admin",
+                tenant,
+                &datasandbox::dp::budget::Population::solo("enterprise", dp.rules.caps()),
+                "enterprises",
+                Cost {
+                    epsilon: 1e6,
+                    delta: 0.5,
+                    rho: 0.0,
+                },
+                "fuzzing",
+            )
+            .await
+            .unwrap();
+            let session = std::sync::Arc::new(DpSession {
+                tables: tables
+                    .iter()
+                    .filter_map(|t| t.dp.clone().map(|dp| (t.name.clone(), dp)))
+                    .collect(),
+                epsilon: 0.01,
+                accuracy: None,
+                ledger: Ledger {
+                    store: store.clone(),
+                    principal: tenant.into(),
+                    job_id: format!("{tenant}-fuzz"),
+                    populations: Default::default(),
+                },
+            });
+            QuerySession::open(&tables, &Default::default())
+                .await
+                .unwrap()
+                .with_dp(Some(session))
+        }
+    };
+    let plain = open("plain", dp_tables("plain.csv")).await;
+    let canary = open("canary", dp_tables("canary.csv")).await;
+    let charged = |tenant: &'static str| {
+        let store = store.clone();
+        async move {
+            sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT SUM(epsilon_micro) FROM dp_charges WHERE principal = ?",
+            )
+            .bind(tenant)
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+            .unwrap_or(0)
+        }
+    };
+    let statements: usize = std::env::var("DSB_FUZZ_STATEMENTS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000);
+    let mut rng = StdRng::seed_from_u64(29);
+    let (mut released, mut violations) = (0usize, Vec::new());
+    let mut kinds: std::collections::BTreeMap<String, usize> = Default::default();
+    for _ in 0..statements {
+        let sql = generate(&mut rng).sql;
+        let (plain_kind, plain_rows) = outcome(&plain, &sql).await;
+        let (kind, canary_rows) = outcome(&canary, &sql).await;
+        *kinds
+            .entry(match &kind {
+                Kind::Rejected(code) => code.clone(),
+                other => format!("{other:?}"),
+            })
+            .or_default() += 1;
+        if plain_kind != kind {
+            violations.push(format!(
+                "{sql}: {plain_kind:?} without the canary, {kind:?} with it"
+            ));
+        }
+        if kind == Kind::Failed {
+            violations.push(format!("{sql}: failed after the charge"));
+        }
+        if kind == Kind::Released {
+            released += 1;
+        }
+        for finding in canary_findings(&rows(&plain_rows), &rows(&canary_rows)) {
+            violations.push(format!("{sql}: {finding}"));
+        }
+    }
+    let (plain_spent, canary_spent) = (charged("plain").await, charged("canary").await);
+    if plain_spent != canary_spent {
+        violations.push(format!(
+            "charges differ: {plain_spent} without the canary, {canary_spent} with it"
+        ));
+    }
+    eprintln!(
+        "dp query fuzzer: {statements} statements, {released} released, {} violations; outcomes {kinds:?}",
+        violations.len()
+    );
+    assert!(
+        violations.is_empty(),
+        "{:#?}",
+        &violations[..violations.len().min(20)]
+    );
+    assert!(released > 0, "no statement was answered");
+}
