@@ -16,11 +16,12 @@ use std::time::{Duration, Instant};
 
 use datafusion::arrow::array::{Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datasandbox::catalog::{Manifest, dp_job_table};
+use datasandbox::catalog::Manifest;
 use datasandbox::dataset::DataFormat;
 use datasandbox::dp::{DpSession, Ledger};
 use datasandbox::policy::PolicySet;
 use datasandbox::query::QuerySession;
+use datasandbox::release::bind::dp_job_table;
 use datasandbox::store::Store;
 use rand::rngs::StdRng;
 use rand::{RngExt, SeedableRng};

@@ -773,7 +773,7 @@ async fn hostile_guests(
         )
         .await?;
     let policies = crate::policy::PolicySet::load(&config.policies_dir, None)?;
-    let register = version.job_table(&policies);
+    let register = crate::release::bind::version_table(&version, &policies);
     let (module, _) = sandbox.load_module(district_stats)?;
     writeln!(
         out,

@@ -909,7 +909,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
                 &path,
                 synthetic::sample_csv(&version.manifest, &version.profile, 500, 1),
             )?;
-            let mut table = datasandbox::catalog::job_table(
+            let mut table = datasandbox::release::bind::job_table(
                 &version.manifest,
                 &path,
                 version.format,
@@ -947,7 +947,7 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
         limits.memory_bytes = mib << 20;
     }
     if let Some(policy) = &policy_limits {
-        limits = policy.job_limits(&limits);
+        limits = datasandbox::release::bind::job_limits(policy, &limits);
     }
     let mut env = JobEnv::new(args.job_id.clone());
     env.limits = limits;

@@ -478,7 +478,7 @@ impl Service {
             "split_seed_sha256": crate::contest::seed_hash(&seed),
         })
         .to_string();
-        let table = version.job_table(&policies);
+        let table = crate::release::bind::version_table(&version, &policies);
         let mut job = self
             .commit_with(
                 submitter,
@@ -543,7 +543,7 @@ impl Service {
             .population_of(&version.id)?
             .unwrap_or_else(|| crate::dp::budget::Population::solo(&version.id, rules.caps()));
         // The blocks get the rows; no query session is opened.
-        let table = version.job_table(&policies);
+        let table = crate::release::bind::version_table(&version, &policies);
         let mut job = self
             .commit_with(
                 submitter,
@@ -574,7 +574,10 @@ impl Service {
         params: String,
     ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
-        let tables: Vec<_> = versions.iter().map(|v| v.job_table(&policies)).collect();
+        let tables: Vec<_> = versions
+            .iter()
+            .map(|v| crate::release::bind::version_table(v, &policies))
+            .collect();
         // The ledger of every protected dataset the job may query; a job
         // that could not run a single query is refused up front.
         let mut limits = std::collections::HashMap::new();
@@ -629,7 +632,10 @@ impl Service {
         accuracy: Option<crate::dp::Accuracy>,
     ) -> Result<QueuedJob, ServiceError> {
         let policies = self.policies.current();
-        let tables: Vec<_> = versions.iter().map(|v| v.dp_job_table(&policies)).collect();
+        let tables: Vec<_> = versions
+            .iter()
+            .map(|v| crate::release::bind::version_dp_table(v, &policies))
+            .collect();
         let mut dp_tables = std::collections::HashMap::new();
         for (table, version) in tables.iter().zip(versions) {
             match &table.dp {
@@ -707,7 +713,7 @@ impl Service {
         let mut review = None;
         for version in versions {
             if let Some(policy) = policies.policy_for(&version.id).filter(|p| p.allows(mode)) {
-                limits = policy.job_limits(&limits);
+                limits = crate::release::bind::job_limits(&policy, &limits);
                 policy_hash = Some(policy.hash.clone());
                 if policy.review == crate::policy::Review::Required && mode != Mode::Contest {
                     let (threshold, rule) = match &review {
@@ -1504,13 +1510,6 @@ impl Service {
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
-    }
-
-    /// The scoring policies (`<policies>/scoring/*.toml`), read afresh.
-    pub fn scoring_policies(&self) -> Result<Vec<crate::scoring::ScoringPolicy>, ServiceError> {
-        Ok(crate::scoring::policy::load_dir(
-            &self.policies.dir().join("scoring"),
-        )?)
     }
 
     /// Verify the audit chain and its checkpoints.

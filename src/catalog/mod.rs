@@ -15,7 +15,6 @@ pub mod profile;
 pub mod synthetic;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datafusion::prelude::{CsvReadOptions, SessionContext};
@@ -25,9 +24,7 @@ use sha2::{Digest, Sha256};
 pub use manifest::{ColumnSpec, ColumnType, Manifest, ManifestError};
 pub use profile::Profile;
 
-use crate::dataset::{Classification, DataFormat, DatasetSource};
-use crate::policy::{Mode, PolicySet};
-use crate::release::aggregate::TableRules;
+use crate::dataset::{DataFormat, DatasetSource};
 use crate::release::cell_key::RecordKeys;
 
 #[derive(Debug, thiserror::Error)]
@@ -74,64 +71,11 @@ pub struct DatasetVersion {
     pub record_keys: RecordKeys,
 }
 
-impl DatasetVersion {
-    /// This version as a table of a `dp`-mode job.
-    pub fn dp_job_table(&self, policies: &PolicySet) -> DatasetSource {
-        dp_job_table(
-            &self.manifest,
-            &self.path,
-            self.format,
-            policies,
-            self.profile.rows == self.profile.privacy_units,
-        )
-    }
-
-    /// This version as a table of a job, with its declared schema,
-    /// dictionary and (for protected data whose policy allows the mode)
-    /// its aggregate-mode rules.
-    pub fn job_table(&self, policies: &PolicySet) -> DatasetSource {
-        let unit_is_unique = self.profile.rows == self.profile.privacy_units;
-        job_table(
-            &self.manifest,
-            &self.path,
-            self.format,
-            policies,
-            unit_is_unique,
-            &self.record_keys,
-        )
-    }
-}
-
-/// A data file under its manifest as a table of a job: declared schema,
-/// dictionary and, for protected data whose policy allows the aggregate
-/// mode, its rules. Protected data without such a policy gets no rules and
-/// so answers no query. `unit_is_unique`: the data holds one row per privacy
-/// unit (from the profile), which makes counting units cheaper.
-pub fn job_table(
-    manifest: &Manifest,
-    path: &Path,
-    format: DataFormat,
-    policies: &PolicySet,
-    unit_is_unique: bool,
-    record_keys: &RecordKeys,
-) -> DatasetSource {
-    let rules = policies
-        .policy_for(&manifest.id)
-        .filter(|p| p.allows(Mode::Aggregate))
-        .map(|policy| {
-            Arc::new(TableRules {
-                privacy_unit: manifest.privacy_unit.clone(),
-                identifiers: manifest.identifiers(),
-                join_keys: manifest.join_keys.clone(),
-                min_group_size: policy.min_group_size,
-                aggregates: policy.aggregates.clone(),
-                rounding: policy.rounding,
-                unit_is_unique,
-                perturbation: policy.perturbation.clone(),
-                dominance: policy.dominance,
-                record_keys: record_keys.clone(),
-            })
-        });
+/// A data file under its manifest as a table, without any release rules:
+/// declared schema and dictionary. Protected data in this form answers no
+/// query through the gate; the catalog's own profiling reads it directly.
+/// `release::bind` adds what a job's mode and policy allow.
+pub fn raw_table(manifest: &Manifest, path: &Path, format: DataFormat) -> DatasetSource {
     DatasetSource {
         name: manifest.id.clone(),
         path: path.to_path_buf(),
@@ -139,42 +83,10 @@ pub fn job_table(
         classification: manifest.classification,
         schema: Some(manifest.schema()),
         dictionary: manifest.dictionary(),
-        rules: if manifest.classification == Classification::Open {
-            None
-        } else {
-            rules
-        },
+        rules: None,
         dp: None,
         granted_columns: None,
     }
-}
-
-/// A data file as a table of a `dp`-mode job: the same as [`job_table`]
-/// without aggregate rules, with the DP rules of a policy that allows `dp`.
-/// Protected data without a `dp` policy answers nothing; open data without
-/// one is answered exactly (it is public).
-pub fn dp_job_table(
-    manifest: &Manifest,
-    path: &Path,
-    format: DataFormat,
-    policies: &PolicySet,
-    unit_is_unique: bool,
-) -> DatasetSource {
-    let mut table = job_table(
-        manifest,
-        path,
-        format,
-        policies,
-        unit_is_unique,
-        &RecordKeys::random(),
-    );
-    table.rules = None;
-    table.dp = policies
-        .policy_for(&manifest.id)
-        .filter(|p| p.allows(Mode::Dp))
-        .and_then(|p| p.dp)
-        .map(|rules| Arc::new(crate::dp::DpTable::new(manifest, rules, unit_is_unique)));
-    table
 }
 
 /// The catalog directory.
@@ -226,14 +138,7 @@ impl Catalog {
         write_atomically(&manifest_copy, manifest_text.as_bytes())?;
         let mut manifest = manifest;
         manifest.source = manifest_copy;
-        let table = job_table(
-            &manifest,
-            &stored,
-            format,
-            &PolicySet::default(),
-            false,
-            &self.record_keys,
-        );
+        let table = raw_table(&manifest, &stored, format);
         let profile = profile::profile(&manifest, &table).await?;
         let profile_path = versions.join(format!("{hash}.profile.json"));
         write_atomically(

@@ -20,7 +20,6 @@ pub mod sql;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use crate::catalog::Manifest;
 use crate::policy::DpRules;
 use crate::store::Store;
 
@@ -44,29 +43,6 @@ pub struct DpTable {
     /// One row per privacy unit (from the profile): no bounding needed.
     pub unit_is_unique: bool,
     pub rules: DpRules,
-}
-
-impl DpTable {
-    pub fn new(manifest: &Manifest, rules: DpRules, unit_is_unique: bool) -> DpTable {
-        DpTable {
-            dataset: manifest.id.clone(),
-            privacy_unit: manifest.privacy_unit.clone(),
-            population: manifest.population().to_string(),
-            identifiers: manifest.identifiers(),
-            bounds: manifest
-                .columns
-                .iter()
-                .filter_map(|c| c.bounds.map(|[lo, hi]| (c.name.clone(), (lo, hi))))
-                .collect(),
-            categories: manifest
-                .columns
-                .iter()
-                .filter_map(|c| c.categories.clone().map(|list| (c.name.clone(), list)))
-                .collect(),
-            unit_is_unique,
-            rules,
-        }
-    }
 }
 
 /// Where one job's charges go.

@@ -63,7 +63,7 @@ use serde::Serialize;
 use super::budget::{self, ChargeError, Cost};
 use super::noise::{self, ci95};
 use super::{DpSession, DpTable};
-use crate::query::QueryError;
+use crate::query::error::QueryError;
 use crate::release::{positional_schema, strip_casts, unalias, vetted_scan};
 
 /// Most group keys a query with published categories may release.

@@ -133,6 +133,25 @@ struct CellKeySection {
     top_contributors: Option<usize>,
 }
 
+/// Withhold SUM and AVG cells that one or two privacy units dominate.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Dominance {
+    /// Withheld when the largest contribution exceeds this share of the
+    /// cell's absolute total.
+    pub one: f64,
+    /// Withheld when the two largest together exceed this share.
+    pub two: f64,
+}
+
+impl Default for Dominance {
+    fn default() -> Self {
+        Dominance {
+            one: 0.5,
+            two: 0.67,
+        }
+    }
+}
+
 /// The `[ledger]` section: aggregate-mode queries a dataset answers, across
 /// jobs. Unset limits do not apply.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
@@ -439,7 +458,7 @@ pub struct Policy {
     pub dp: Option<DpRules>,
     /// Cell-key perturbation of aggregate results, or `None` for exact ones.
     pub perturbation: Option<crate::release::cell_key::CellKeyParams>,
-    pub dominance: crate::release::aggregate::Dominance,
+    pub dominance: Dominance,
     pub ledger: LedgerLimits,
     pub agreement: Option<Agreement>,
     /// Hex SHA-256 of the file's bytes.
@@ -780,7 +799,7 @@ fn parse_policy(
             Some(params)
         }
     };
-    let mut dominance = crate::release::aggregate::Dominance::default();
+    let mut dominance = Dominance::default();
     if let Some(shares) = &parsed.dominance {
         let [one, two] = *shares.get_ref();
         if !(0.0 < one && one <= 1.0 && one <= two && two <= 1.0) {
@@ -790,7 +809,7 @@ fn parse_policy(
                     .into(),
             ));
         }
-        dominance = crate::release::aggregate::Dominance { one, two };
+        dominance = Dominance { one, two };
     }
     let agreement = match (&parsed.agreement, &parsed.agreement_version) {
         (Some(path), Some(version)) => {
@@ -891,29 +910,5 @@ impl PolicyStore {
         let fresh = Arc::new(PolicySet::load(&self.dir, known_datasets)?);
         *self.current.write().unwrap_or_else(|e| e.into_inner()) = fresh;
         Ok(())
-    }
-}
-
-impl Policy {
-    /// Tighten a job's limits by this policy's caps.
-    pub fn job_limits(&self, base: &crate::sandbox::Limits) -> crate::sandbox::Limits {
-        let mut limits = base.clone();
-        if let Some(queries) = self.max_queries_per_job {
-            limits.queries = limits.queries.min(queries as usize);
-        }
-        if let Some(rows) = self.max_output_rows {
-            limits.output_rows = limits.output_rows.min(rows as usize);
-        }
-        if let Some(seconds) = self.max_job_seconds {
-            limits.timeout = limits
-                .timeout
-                .min(std::time::Duration::from_secs(u64::from(seconds)));
-        }
-        if let Some(bytes) = self.max_output_bytes {
-            limits.output_bytes = limits
-                .output_bytes
-                .min(usize::try_from(bytes).unwrap_or(usize::MAX));
-        }
-        limits
     }
 }

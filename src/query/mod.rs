@@ -30,6 +30,9 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 pub mod bounds;
+pub mod error;
+
+pub use error::QueryError;
 
 use crate::dataset::{Classification, ColumnRole, DataFormat, DatasetSource};
 use crate::release::aggregate::{self, EnforceError, RELEASE_METADATA_KEY, RulesByTable};
@@ -60,24 +63,6 @@ impl Default for QueryConfig {
             max_expression_depth: 128,
         }
     }
-}
-
-/// Why a statement returned nothing. Texts in `Rejected` and `Invalid` are
-/// host-written or planner-written and depend only on the statement and the
-/// schema; they may go to the guest.
-#[derive(Debug, Clone, PartialEq, thiserror::Error)]
-pub enum QueryError {
-    #[error("rejected: {0}")]
-    Rejected(String),
-    #[error("invalid: {0}")]
-    Invalid(String),
-    /// Execution failed. `detail` is DataFusion's text, which can quote row
-    /// values: it goes to the administrators' diagnostics only.
-    #[error("query failed")]
-    Failed { detail: String },
-    /// The result exceeded the bytes the job may still receive.
-    #[error("result larger than the {limit} bytes left for this job")]
-    TooLarge { limit: usize },
 }
 
 /// Opening a session failed: a host-side problem with a dataset file.

@@ -57,30 +57,12 @@ use serde::Serialize;
 use super::cell_key::{CellKeyParams, RecordKeys};
 use super::grammar::{self, Origin, Region, TableFacts};
 use super::{Rejection, positional_schema, reject, unalias, vetted_scan};
+pub use crate::policy::Dominance;
 use crate::policy::{AggregateFn, Rounding};
 
 /// Schema metadata key under which an aggregate result states the rule it
 /// was released under (threshold, perturbation, dominance, rounding).
 pub const RELEASE_METADATA_KEY: &str = "datasandbox.release";
-
-/// Withhold SUM and AVG cells that one or two privacy units dominate.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Dominance {
-    /// Withheld when the largest contribution exceeds this share of the
-    /// cell's absolute total.
-    pub one: f64,
-    /// Withheld when the two largest together exceed this share.
-    pub two: f64,
-}
-
-impl Default for Dominance {
-    fn default() -> Self {
-        Dominance {
-            one: 0.5,
-            two: 0.67,
-        }
-    }
-}
 
 /// What the policy and the manifest say about one protected table.
 #[derive(Debug, Clone, PartialEq)]

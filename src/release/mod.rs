@@ -13,6 +13,7 @@
 //!   the plan.
 //! - [`cell_key`]: cell-key perturbation (record keys, cell keys, the
 //!   perturbation tables for counts and magnitudes).
+//! - [`bind`]: manifest × policy × mode → a job's tables and limits.
 //! - [`ledger`]: the query ledger across jobs (per tenant and dataset, per
 //!   dataset; per day and in total).
 //!
@@ -21,6 +22,7 @@
 //! It never sees wasm and never decides who may use which dataset.
 
 pub mod aggregate;
+pub mod bind;
 pub mod cell_key;
 pub mod grammar;
 pub mod ledger;

@@ -35,6 +35,11 @@ use serde::{Deserialize, Serialize};
 
 pub use policy::{Released, ScoringPolicy};
 
+/// The scoring policies (`<policies>/scoring/*.toml`), read afresh.
+pub fn policies(service: &Service) -> Result<Vec<ScoringPolicy>, ServiceError> {
+    Ok(policy::load_dir(&service.policies.dir().join("scoring"))?)
+}
+
 use crate::catalog::DatasetVersion;
 use crate::policy::Mode;
 use crate::receipt::{DatasetRef, PrivacyCost, Receipt, canonical_hash};
@@ -126,7 +131,7 @@ async fn load_rows(
         }
     }
     let policies = crate::policy::PolicySet::default();
-    let source = version.job_table(&policies);
+    let source = crate::release::bind::version_table(&version, &policies);
     let (_, batches) = crate::query::read_table(&source)
         .await
         .map_err(|e| ServiceError::Scoring(format!("reading {}: {e}", version.id)))?;
@@ -341,8 +346,7 @@ pub async fn score(
             &repeated[..repeated.len().min(64)]
         )));
     }
-    let policy = service
-        .scoring_policies()?
+    let policy = policies(service)?
         .into_iter()
         .find(|p| p.name == request.policy && p.institutions.contains(&submitter.tenant))
         .ok_or_else(|| ServiceError::NoAccess(format!("scoring policy {}", request.policy)))?;

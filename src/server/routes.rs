@@ -1040,9 +1040,7 @@ pub async fn approve_scorer(
 ) -> ApiResult<(StatusCode, ApiJson<crate::scoring::approvals::Approval>)> {
     accounts::validate_tenant(&body.institution)
         .map_err(|m| ApiError::bad_request("bad-approval", format!("institution: {m}")))?;
-    if !state
-        .service
-        .scoring_policies()?
+    if !crate::scoring::policies(&state.service)?
         .iter()
         .any(|p| p.name == body.policy && p.institutions.contains(&body.institution))
     {

@@ -252,7 +252,7 @@ async fn synthetic_samples_contain_no_real_row_and_no_real_identifier() {
     let path = dir.path().join("enterprises.csv");
     std::fs::write(&path, &sample).unwrap();
     let policies = PolicySet::load(&repo().join("policies"), None).unwrap();
-    let table = datasandbox::catalog::job_table(
+    let table = datasandbox::release::bind::job_table(
         &version.manifest,
         &path,
         version.format,

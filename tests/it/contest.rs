@@ -64,11 +64,18 @@ async fn submit(client: &Client, contest: &str, module: &str) -> SubmissionView 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_teams_compete_and_only_scores_leave() {
     let mut server = TestServer::start().await;
+    let a = server.client(Role::Contestant, "team-a").await;
+    let b = server.client(Role::Contestant, "team-b").await;
+    let c = server.client(Role::Contestant, "team-c").await;
+    // Compiled before the contest opens: the 40 s window is for the runs.
+    let logistic = upload(&a, "logistic_model").await;
+    let baseline = upload(&b, "model_baseline").await;
+    let probe = upload(&c, "model_probe").await;
     let contest = server
         .admin
         .create_contest(spec(
             "overdue",
-            25,
+            40,
             // Every non-identifier column but the label; head count first
             // (the probe below leaks its first feature).
             "daily_limit = 5\nfinal_picks = 1\nfeatures = [\"employees\", \"district\", \"industry\", \"size_class\", \"registered_capital\", \"founded_year\", \"tax_paid_2023\", \"overdue_quarters_2023\", \"undeclared_quarters_2023\"]\n",
@@ -79,12 +86,6 @@ async fn three_teams_compete_and_only_scores_leave() {
     assert_eq!(contest.seed_sha256.len(), 64);
     assert!(!contest.spec.features.contains(&"enterprise_id".to_string()));
     assert!(!contest.spec.features.contains(&"overdue_2024".to_string()));
-    let a = server.client(Role::Contestant, "team-a").await;
-    let b = server.client(Role::Contestant, "team-b").await;
-    let c = server.client(Role::Contestant, "team-c").await;
-    let logistic = upload(&a, "logistic_model").await;
-    let baseline = upload(&b, "model_baseline").await;
-    let probe = upload(&c, "model_probe").await;
 
     let learned = submit(&a, "overdue", &logistic).await;
     assert_eq!(learned.state, "scored", "{learned:?}");

@@ -15,12 +15,13 @@ use common::*;
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, SchemaRef};
-use datasandbox::catalog::{Manifest, dp_job_table};
+use datasandbox::catalog::Manifest;
 use datasandbox::dataset::{Classification, DataFormat, DatasetSource};
 use datasandbox::dp::budget::{self, Cost};
 use datasandbox::dp::{DP_METADATA_KEY, DpSession, Ledger};
 use datasandbox::policy::PolicySet;
 use datasandbox::query::{QueryError, QuerySession};
+use datasandbox::release::bind::dp_job_table;
 use datasandbox::sandbox::{Category, GuestCall};
 use datasandbox::store::Store;
 

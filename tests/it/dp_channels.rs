@@ -20,11 +20,12 @@ use std::sync::Arc;
 use crate::common::*;
 use datafusion::arrow::array::{Array, Float64Array, RecordBatch, StringArray};
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
-use datasandbox::catalog::{Manifest, dp_job_table};
+use datasandbox::catalog::Manifest;
 use datasandbox::dataset::{DataFormat, DatasetSource};
 use datasandbox::dp::{DP_METADATA_KEY, DpSession, Ledger};
 use datasandbox::policy::PolicySet;
 use datasandbox::query::{QueryError, QuerySession};
+use datasandbox::release::bind::dp_job_table;
 use datasandbox::store::Store;
 
 const CANARY_ROW: &str =

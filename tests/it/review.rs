@@ -270,9 +270,10 @@ async fn a_review_rule_holds_only_large_outputs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dominance_check_flags_a_cell_one_unit_owns() {
-    use datasandbox::catalog::{Manifest, job_table};
+    use datasandbox::catalog::Manifest;
     use datasandbox::policy::PolicySet;
     use datasandbox::query::QuerySession;
+    use datasandbox::release::bind::job_table;
     let dir = tempfile::tempdir().unwrap();
     // Sector a: one firm holds 1,000 of 1,190; sector b: twenty equal firms.
     let mut csv = String::from("firm,sector,revenue\nF000,a,1000\n");

@@ -56,7 +56,7 @@ fn tables(dir: &Path, enterprises: &str) -> Vec<DatasetSource> {
     .into_iter()
     .map(|(id, path)| {
         let manifest = Manifest::load(&samples().join(format!("{id}.toml"))).unwrap();
-        datasandbox::catalog::job_table(
+        datasandbox::release::bind::job_table(
             &manifest,
             &path,
             DataFormat::Csv,
@@ -929,7 +929,7 @@ async fn fuzzed_queries_in_dp_mode_end_alike_on_neighbours() {
         .into_iter()
         .map(|(id, path)| {
             let manifest = Manifest::load(&samples().join(format!("{id}.toml"))).unwrap();
-            datasandbox::catalog::dp_job_table(
+            datasandbox::release::bind::dp_job_table(
                 &manifest,
                 &path,
                 DataFormat::Csv,

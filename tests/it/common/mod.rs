@@ -189,7 +189,7 @@ pub fn protected_samples() -> Vec<DatasetSource> {
             let manifest =
                 datasandbox::catalog::Manifest::load(&samples().join(format!("{id}.toml")))
                     .unwrap();
-            datasandbox::catalog::job_table(
+            datasandbox::release::bind::job_table(
                 &manifest,
                 &samples().join(format!("{id}.csv")),
                 datasandbox::dataset::DataFormat::Csv,
