@@ -8,12 +8,11 @@ use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 
 use crate::accounts::{Grant, Role, TokenInfo};
-use crate::receipt::{PublicKey, Receipt};
-use crate::server::error::ErrorBody;
-use crate::server::routes::{
-    AuditVerdict, CreatedToken, DatasetDetail, DatasetSummary, JobOutput, JobView, PolicyCheck,
-    PolicySummary,
+use crate::api::{
+    AuditVerdict, CreatedToken, DatasetDetail, DatasetSummary, ErrorBody, JobOutput, JobView,
+    PolicyCheck, PolicySummary,
 };
+use crate::receipt::{PublicKey, Receipt};
 use crate::store::audit::{AuditEntry, Checkpoint};
 use crate::store::modules::ModuleInfo;
 

@@ -286,7 +286,7 @@ async fn aggregate_job(
     module: &str,
     dataset: &str,
     params: serde_json::Value,
-) -> anyhow::Result<crate::server::routes::JobView> {
+) -> anyhow::Result<crate::api::JobView> {
     let submitted = client
         .submit_job(module, "aggregate", &[dataset.to_string()], params)
         .await?;

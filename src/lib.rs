@@ -31,6 +31,7 @@
 //! - [`demo`]: `dsb demo`, the whole loop on bundled data.
 
 pub mod accounts;
+pub mod api;
 pub mod applications;
 pub mod arrow_ipc;
 pub mod catalog;

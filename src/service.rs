@@ -543,7 +543,7 @@ impl Service {
             .population_of(&version.id)?
             .unwrap_or_else(|| crate::dp::budget::Population::solo(&version.id, rules.caps()));
         // The blocks get the rows; no query session is opened.
-        let table = crate::release::bind::version_table(&version, &policies);
+        let table = crate::release::bind::version_table(version, &policies);
         let mut job = self
             .commit_with(
                 submitter,

@@ -131,7 +131,7 @@ async fn load_rows(
         }
     }
     let policies = crate::policy::PolicySet::default();
-    let source = crate::release::bind::version_table(&version, &policies);
+    let source = crate::release::bind::version_table(version, &policies);
     let (_, batches) = crate::query::read_table(&source)
         .await
         .map_err(|e| ServiceError::Scoring(format!("reading {}: {e}", version.id)))?;

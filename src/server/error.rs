@@ -5,25 +5,12 @@
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::{Deserialize, Serialize};
 
 use crate::accounts::AuthError;
+pub use crate::api::{ErrorBody, ErrorDetail};
 use crate::catalog::CatalogError;
 use crate::service::ServiceError;
 use crate::store::StoreError;
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorBody {
-    pub error: ErrorDetail,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
-pub struct ErrorDetail {
-    /// Stable, kebab-case; clients match on it.
-    pub code: String,
-    /// For people; may change.
-    pub message: String,
-}
 
 #[derive(Debug, Clone)]
 pub struct ApiError {

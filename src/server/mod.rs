@@ -243,6 +243,12 @@ impl Server {
         })
     }
 
+    /// The router with its state, for driving handlers without a socket
+    /// (`tower::ServiceExt::oneshot`); `run` serves the same router.
+    pub fn router(&self) -> axum::Router {
+        self.router.clone()
+    }
+
     /// Serve until `shutdown` completes; then stop taking jobs, let running
     /// ones finish within the grace period, and mark the rest interrupted.
     pub async fn run(

@@ -370,7 +370,7 @@ pub async fn aggregate_job(
     module: &str,
     dataset: &str,
     params: serde_json::Value,
-) -> datasandbox::server::routes::JobView {
+) -> datasandbox::api::JobView {
     let job = client
         .submit_job(module, "aggregate", &[dataset.to_string()], params)
         .await
