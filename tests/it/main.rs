@@ -28,3 +28,4 @@ mod sample_data;
 mod scoring;
 mod server_api;
 mod server_queue;
+mod snapshots;
