@@ -50,9 +50,15 @@ pub enum ServiceError {
     UnsupportedMode(String),
     #[error("dp: {0}")]
     Dp(String),
-    /// A grant exists but does not cover this request.
-    #[error("{0}")]
-    NoGrant(String),
+    /// A grant exists but does not cover this mode.
+    #[error("no-grant: your grant on {dataset} does not cover the {mode} mode")]
+    ModeNotGranted { dataset: String, mode: String },
+    /// A grant covers only some columns and the mode reads whole rows.
+    #[error(
+        "column-not-granted: {mode} reads whole rows of {dataset}; your grant covers only some \
+         columns"
+    )]
+    ColumnsNotGranted { dataset: String, mode: String },
     #[error("application: {0}")]
     Application(String),
     #[error(transparent)]
@@ -69,6 +75,10 @@ pub enum ServiceError {
     Params { max: usize },
     #[error("scoring: {0}")]
     Scoring(String),
+    /// Reading a dataset on the host failed (a host fault: the detail can
+    /// quote the data, so it is logged and never answered).
+    #[error("reading dataset {dataset}: {detail}")]
+    DataRead { dataset: String, detail: String },
     /// The scorer (module and params) is not approved for the policy.
     #[error("{0}")]
     NotApproved(String),
@@ -385,18 +395,17 @@ impl Service {
                     .as_ref()
                     .is_some_and(|modes| !modes.iter().any(|m| m == &request.mode))
                 {
-                    return Err(ServiceError::NoGrant(format!(
-                        "no-grant: your grant on {} does not cover the {} mode",
-                        version.id, request.mode
-                    )));
+                    return Err(ServiceError::ModeNotGranted {
+                        dataset: version.id.clone(),
+                        mode: request.mode.clone(),
+                    });
                 }
                 if let Some(columns) = scope.columns {
                     if mode == Mode::SampleAggregate {
-                        return Err(ServiceError::NoGrant(format!(
-                            "column-not-granted: sample-aggregate reads whole rows of {}; your \
-                             grant covers only some columns",
-                            version.id
-                        )));
+                        return Err(ServiceError::ColumnsNotGranted {
+                            dataset: version.id.clone(),
+                            mode: mode.name().to_string(),
+                        });
                     }
                     granted_columns.insert(version.id.clone(), columns);
                 }

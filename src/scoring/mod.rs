@@ -122,6 +122,10 @@ async fn load_rows(
     subjects: &[&str],
 ) -> Result<SubjectRows, ServiceError> {
     let key = version.manifest.privacy_unit.clone();
+    let read_failed = |detail: String| ServiceError::DataRead {
+        dataset: version.id.clone(),
+        detail,
+    };
     for column in columns {
         if *column == key || !version.manifest.columns.iter().any(|c| &c.name == column) {
             return Err(ServiceError::Scoring(format!(
@@ -134,7 +138,7 @@ async fn load_rows(
     let source = crate::release::bind::version_table(version, &policies);
     let (_, batches) = crate::query::read_table(&source)
         .await
-        .map_err(|e| ServiceError::Scoring(format!("reading {}: {e}", version.id)))?;
+        .map_err(|e| read_failed(e.to_string()))?;
     let wanted: std::collections::HashSet<&str> = subjects.iter().copied().collect();
     let mut parts: HashMap<String, Vec<RecordBatch>> = HashMap::new();
     let mut empty_schema = None;
@@ -145,15 +149,15 @@ async fn load_rows(
                     .iter()
                     .map(|c| batch.schema().index_of(c))
                     .collect::<Result<Vec<_>, _>>()
-                    .map_err(|e| ServiceError::Scoring(e.to_string()))?,
+                    .map_err(|e| read_failed(e.to_string()))?,
             )
-            .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+            .map_err(|e| read_failed(e.to_string()))?;
         empty_schema.get_or_insert_with(|| projected.schema());
         let keys = cast(
             batch.column_by_name(&key).expect("the key column"),
             &DataType::Utf8,
         )
-        .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+        .map_err(|e| read_failed(e.to_string()))?;
         let keys = keys
             .as_any()
             .downcast_ref::<StringArray>()
@@ -166,7 +170,7 @@ async fn load_rows(
         }
         for (subject, indices) in rows {
             let part = take_record_batch(&projected, &UInt32Array::from(indices))
-                .map_err(|e| ServiceError::Scoring(e.to_string()))?;
+                .map_err(|e| read_failed(e.to_string()))?;
             parts.entry(subject.to_string()).or_default().push(part);
         }
     }
@@ -183,11 +187,11 @@ async fn load_rows(
                         .filter_map(|c| source.schema.as_ref()?.index_of(c).ok())
                         .collect::<Vec<_>>(),
                 )
-                .map_err(|e| ServiceError::Scoring(e.to_string()))?,
+                .map_err(|e| read_failed(e.to_string()))?,
         ),
     };
     let encode = |schema, batches: &[RecordBatch]| {
-        crate::arrow_ipc::encode(schema, batches).map_err(|e| ServiceError::Scoring(e.to_string()))
+        crate::arrow_ipc::encode(schema, batches).map_err(|e| read_failed(e.to_string()))
     };
     let mut by_subject = HashMap::new();
     for (subject, batches) in parts {

@@ -229,14 +229,13 @@ impl From<ServiceError> for ApiError {
                     DecisionError::Store(error) => error.into(),
                 }
             }
-            ServiceError::NoGrant(message) => ApiError::new(
+            error @ ServiceError::ModeNotGranted { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "no-grant", error.to_string())
+            }
+            error @ ServiceError::ColumnsNotGranted { .. } => ApiError::new(
                 StatusCode::FORBIDDEN,
-                if message.starts_with("column-not-granted") {
-                    "column-not-granted"
-                } else {
-                    "no-grant"
-                },
-                message,
+                "column-not-granted",
+                error.to_string(),
             ),
             ServiceError::Store(error) => error.into(),
             ServiceError::Catalog(error) => error.into(),

@@ -974,3 +974,38 @@ async fn a_batch_can_be_cancelled_between_subjects() {
         }
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_file_that_fails_to_read_answers_internal_and_never_its_text() {
+    let (server, bank, scorer, ids) = approved_bank(1).await;
+    // The stored file goes bad after registration (disk fault, a botched
+    // restore): its first row now holds a value that cannot be parsed,
+    // a canary a reader's error message would quote.
+    let version = server.service.catalog.get("enterprises").unwrap();
+    let mut text = std::fs::read_to_string(&version.path).unwrap();
+    let header_end = text.find('\n').unwrap() + 1;
+    text.insert_str(
+        header_end,
+        "913199999999999999,Canary Co.,Yangpu,it-services,small,CANARY-7f3e,1.0,2010-01-01\n",
+    );
+    std::fs::write(&version.path, text).unwrap();
+    let body = serde_json::json!({
+        "module": scorer, "policy": "credit-risk", "subjects": [ids[0].0],
+        "params": {"column": "employees"},
+    });
+    let (status, _, bytes) = bank
+        .raw(
+            Method::POST,
+            "/v1/scoring",
+            Some(("application/json", body.to_string().into_bytes())),
+        )
+        .await
+        .unwrap();
+    let text = String::from_utf8_lossy(&bytes);
+    assert_eq!(status, 500, "{text}");
+    assert!(text.contains("\"internal\""), "{text}");
+    assert!(
+        !text.contains("CANARY"),
+        "the reader's error reached the institution: {text}"
+    );
+}
