@@ -25,10 +25,13 @@
 //! - [`accounts`]: API tokens (roles, tenants) and dataset grants.
 //! - [`applications`]: conditional-access applications, working-day deadlines, scoped grants.
 //! - [`server`]: `dsb serve`, the axum `/v1` API, job queue, metrics, OpenAPI.
+//! - [`api`]: the HTTP API's wire types, shared by `server` and `client`.
 //! - [`client`]: the HTTP client the CLI, the demo and the tests use.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
 //! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
-//! - [`demo`]: `dsb demo`, the whole loop on bundled data.
+//!
+//! The `dsb` binary (`src/main.rs`, `src/cli/`: one file per command group,
+//! the demo, Python guest builds) is a client of this library.
 
 pub mod accounts;
 pub mod api;
@@ -38,9 +41,7 @@ pub mod catalog;
 pub mod client;
 pub mod contest;
 pub mod dataset;
-pub mod demo;
 pub mod dp;
-pub mod guest_build;
 pub mod policy;
 pub mod query;
 pub mod receipt;

@@ -23,6 +23,7 @@ mod host;
 pub mod intake;
 pub mod job;
 pub mod limits;
+pub mod local;
 pub mod outcome;
 pub mod wasi;
 

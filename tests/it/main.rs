@@ -19,6 +19,7 @@ mod guest_worlds;
 mod hostile_guests;
 mod hostile_input;
 mod input_fuzz;
+mod local_calls;
 mod module_intake;
 mod no_guest_text_reaches_submitter;
 mod python_guests;

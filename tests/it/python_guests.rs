@@ -345,7 +345,7 @@ async fn a_python_team_builds_submits_with_the_cli_and_gets_a_score() {
     let dir = tempfile::tempdir().unwrap();
     let wasm = dir.path().join("model.wasm");
     let app = repo().join("sandbox-guests/python/examples/logistic_model.py");
-    let tool = repo().join(datasandbox::guest_build::LOCAL_VENV_TOOL);
+    let tool = repo().join("target/python-guests/venv/bin/componentize-py");
     let built = tokio::task::spawn_blocking({
         let (base, token, wasm, app, tool) = (
             server.base.clone(),
@@ -497,7 +497,7 @@ fn guest_build_names_a_missing_world_function() {
         ])
         .env(
             "DSB_COMPONENTIZE_PY",
-            repo().join(datasandbox::guest_build::LOCAL_VENV_TOOL),
+            repo().join("target/python-guests/venv/bin/componentize-py"),
         )
         .output()
         .unwrap();
@@ -507,6 +507,57 @@ fn guest_build_names_a_missing_world_function() {
         stderr.contains("the model world needs a function predict"),
         "{stderr}"
     );
+}
+
+/// `dsb guest build` with `app` and a componentize-py that does not exist;
+/// its stderr.
+fn build_refused(dir: &std::path::Path, app: &std::path::Path) -> String {
+    let out = Command::new(env!("CARGO_BIN_EXE_dsb"))
+        .args([
+            "guest",
+            "build",
+            "--python",
+            app.to_str().unwrap(),
+            "--world",
+            "model",
+            "-o",
+            dir.join("never.wasm").to_str().unwrap(),
+            "--componentize-py",
+            "/nonexistent/componentize-py",
+        ])
+        .env_remove("DSB_COMPONENTIZE_PY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(!dir.join("never.wasm").exists());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn guest_build_refuses_bad_input_before_any_tool_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    // Not a Python file.
+    let text = build_refused(dir.path(), &repo().join("Cargo.toml"));
+    assert!(text.contains("is not a Python file"), "{text}");
+    // File names must be importable module names that do not shadow ours.
+    for name in ["1app.py", "my-app.py", "wit_world.py", "dsb_entry.py"] {
+        let app = dir.path().join(name);
+        std::fs::write(&app, "def run(params):\n    return None\n").unwrap();
+        let text = build_refused(dir.path(), &app);
+        assert!(
+            text.contains("must be a Python module name"),
+            "{name}: {text}"
+        );
+    }
+    // A good app with no componentize-py says how to install it.
+    let app = dir.path().join("good_app.py");
+    std::fs::write(&app, "def run(params):\n    return None\n").unwrap();
+    let text = build_refused(dir.path(), &app);
+    assert!(
+        text.contains("pip install componentize-py==0.25.1"),
+        "{text}"
+    );
+    assert!(text.contains("scripts/python-env"), "{text}");
 }
 
 /// Run `call` with quick limits and no datasets; what the guest returned.

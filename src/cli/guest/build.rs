@@ -13,24 +13,24 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::sandbox::{World, intake};
+use datasandbox::sandbox::{World, intake};
 
 /// The componentize-py release the SDK is written and tested against.
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
 
-const GUEST_WIT: &str = include_str!("../wit/guest.wit");
+const GUEST_WIT: &str = include_str!("../../../wit/guest.wit");
 const SDK_FILES: [(&str, &str); 3] = [
     (
         "__init__.py",
-        include_str!("../sandbox-guests/python/datasandbox_guest/__init__.py"),
+        include_str!("../../../sandbox-guests/python/datasandbox_guest/__init__.py"),
     ),
     (
         "_entry.py",
-        include_str!("../sandbox-guests/python/datasandbox_guest/_entry.py"),
+        include_str!("../../../sandbox-guests/python/datasandbox_guest/_entry.py"),
     ),
     (
         "arrow.py",
-        include_str!("../sandbox-guests/python/datasandbox_guest/arrow.py"),
+        include_str!("../../../sandbox-guests/python/datasandbox_guest/arrow.py"),
     ),
 ];
 
@@ -238,46 +238,4 @@ fn is_module_name(name: &str) -> bool {
         .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
         && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
         && !matches!(name, "dsb_entry" | "datasandbox_guest" | "wit_world")
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn module_names_must_be_importable_and_not_shadow_ours() {
-        assert!(is_module_name("logistic_model"));
-        assert!(is_module_name("_x1"));
-        assert!(!is_module_name("1app"));
-        assert!(!is_module_name("my-app"));
-        assert!(!is_module_name("wit_world"));
-        assert!(!is_module_name(""));
-    }
-
-    #[test]
-    fn a_missing_tool_says_how_to_install_it() {
-        let error = find_componentize_py(Some(Path::new("/nonexistent/componentize-py")))
-            .expect_err("no such file");
-        let text = error.to_string();
-        assert!(
-            text.contains("pip install componentize-py==0.25.1"),
-            "{text}"
-        );
-        assert!(text.contains("scripts/python-env"), "{text}");
-    }
-
-    #[test]
-    fn non_python_apps_are_refused_before_any_tool_runs() {
-        let spec = PythonBuild {
-            app: PathBuf::from("Cargo.toml"),
-            world: World::Model,
-            out: PathBuf::from("/tmp/never.wasm"),
-            paths: Vec::new(),
-            componentize_py: Some(PathBuf::from("/nonexistent")),
-        };
-        assert!(matches!(
-            build_python(&spec),
-            Err(GuestBuildError::NotPython(_))
-        ));
-    }
 }
