@@ -145,3 +145,28 @@ pub fn job_limits(policy: &Policy, base: &Limits) -> Limits {
     }
     limits
 }
+
+/// A dataset's policy does not offer the mode a request asked for (or the
+/// dataset has no policy: protected data fails closed).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("the policy of {dataset} does not allow the {mode} mode")]
+pub struct ModeNotAllowed {
+    pub dataset: String,
+    pub mode: Mode,
+}
+
+/// The one check that a dataset's policy offers `mode`; the policy when it
+/// does.
+pub fn require_mode(
+    policies: &PolicySet,
+    dataset: &str,
+    mode: Mode,
+) -> Result<Arc<Policy>, ModeNotAllowed> {
+    policies
+        .policy_for(dataset)
+        .filter(|p| p.allows(mode))
+        .ok_or_else(|| ModeNotAllowed {
+            dataset: dataset.to_string(),
+            mode,
+        })
+}

@@ -25,6 +25,7 @@ pub mod aggregate;
 pub mod bind;
 pub mod cell_key;
 pub mod grammar;
+pub mod kind;
 pub mod ledger;
 
 use std::fmt;

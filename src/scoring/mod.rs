@@ -361,15 +361,7 @@ pub async fn score(
     let mut versions = Vec::new();
     for dataset in &policy.datasets {
         let version = service.catalog.get(&dataset.id)?;
-        if !dataset_policies
-            .policy_for(&version.id)
-            .is_some_and(|p| p.allows(Mode::Scoring))
-        {
-            return Err(ServiceError::Scoring(format!(
-                "the policy of {} does not allow the scoring mode",
-                version.id
-            )));
-        }
+        crate::release::bind::require_mode(&dataset_policies, &version.id, Mode::Scoring)?;
         versions.push(version);
     }
     // Only a module an administrator approved, with exactly the approved

@@ -272,7 +272,8 @@ impl From<ServiceError> for ApiError {
                 ApiError::new(StatusCode::FORBIDDEN, "module-not-approved", message)
             }
             error @ (ServiceError::WrongWorld { .. }
-            | ServiceError::UnsupportedMode(_)
+            | ServiceError::ModeNotAllowed(_)
+            | ServiceError::Kind(_)
             | ServiceError::Dp(_)
             | ServiceError::NoDatasets
             | ServiceError::Params { .. }

@@ -140,6 +140,23 @@ async fn api_error_bodies() {
                 r#"{{"module": "{module}", "mode": "aggregate", "datasets": ["enterprises"]}}"#
             )),
         ),
+        // Options of one mode on another are refused, not ignored.
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            analyst,
+            Some(format!(
+                r#"{{"module": "{module}", "mode": "aggregate", "datasets": ["enterprises"], "epsilon": 0.5}}"#
+            )),
+        ),
+        (
+            Method::POST,
+            "/v1/jobs".into(),
+            analyst,
+            Some(format!(
+                r#"{{"module": "{module}", "mode": "everything", "datasets": ["enterprises"]}}"#
+            )),
+        ),
         (Method::GET, format!("/v1/jobs/{module}"), analyst, None),
         (Method::GET, "/v1/grants".into(), analyst, None),
         (

@@ -17,7 +17,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-
 use datasandbox::accounts::{self, Role};
 use datasandbox::client::Client;
 use datasandbox::dataset::DatasetSource;

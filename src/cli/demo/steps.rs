@@ -5,11 +5,10 @@ use std::io::Write;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use sha2::Digest;
-
 use datasandbox::accounts::Role;
 use datasandbox::client::Client;
 use datasandbox::sandbox::{GuestCall, JobEnv, Limits, Output, Sandbox, SandboxConfig};
+use sha2::Digest;
 
 use super::*;
 
