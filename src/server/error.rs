@@ -265,8 +265,8 @@ impl From<ServiceError> for ApiError {
                     .join("\n"),
             ),
             ServiceError::QueryLimit(message) => ApiError::too_many("query-limit", message, 3600),
-            ServiceError::ModeConflict(message) => {
-                ApiError::new(StatusCode::FORBIDDEN, "mode-conflict", message)
+            error @ ServiceError::ModeConflict { .. } => {
+                ApiError::new(StatusCode::FORBIDDEN, "mode-conflict", error.to_string())
             }
             ServiceError::NotApproved(message) => {
                 ApiError::new(StatusCode::FORBIDDEN, "module-not-approved", message)
@@ -274,6 +274,7 @@ impl From<ServiceError> for ApiError {
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::ModeNotAllowed(_)
             | ServiceError::Kind(_)
+            | ServiceError::EpsilonOutOfRange { .. }
             | ServiceError::Dp(_)
             | ServiceError::NoDatasets
             | ServiceError::Params { .. }

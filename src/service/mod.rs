@@ -90,8 +90,23 @@ pub enum ServiceError {
     NotApproved(String),
     /// The tenant is pinned to the other side of a population (exact or
     /// noisy answers).
-    #[error("{0}")]
-    ModeConflict(String),
+    #[error(
+        "population {population}: you have had {pinned} answers about it (job {job_id}), so \
+         {wanted} ones are refused"
+    )]
+    ModeConflict {
+        population: String,
+        pinned: &'static str,
+        wanted: &'static str,
+        job_id: String,
+    },
+    /// A dp request's ε per query is outside its policy's range.
+    #[error("{dataset}: ε per query must be within [{low}, {high}]")]
+    EpsilonOutOfRange {
+        dataset: String,
+        low: f64,
+        high: f64,
+    },
     /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
     #[error("query-limit: {0}")]
     QueryLimit(String),

@@ -334,19 +334,21 @@ impl Service {
                     // With an error bound, each query's ε is checked when
                     // its shape is known.
                     if accuracy.is_none() && !(low..=high).contains(&epsilon) {
-                        return Err(ServiceError::Dp(format!(
-                            "{}: ε per query must be within [{low}, {high}]",
-                            version.id
-                        )));
+                        return Err(ServiceError::EpsilonOutOfRange {
+                            dataset: version.id.clone(),
+                            low,
+                            high,
+                        });
                     }
                     dp_tables.insert(table.name.clone(), Arc::clone(dp));
                 }
                 None if version.manifest.classification == Classification::Open => {}
                 None => {
-                    return Err(ServiceError::Dp(format!(
-                        "the policy of {} does not allow the dp mode",
-                        version.id
-                    )));
+                    return Err(crate::release::bind::ModeNotAllowed {
+                        dataset: version.id.clone(),
+                        mode: Mode::Dp,
+                    }
+                    .into());
                 }
             }
         }
@@ -486,7 +488,17 @@ impl Service {
         .await
         .map_err(|e| match e {
             crate::dp::sides::PinError::Store(e) => ServiceError::from(e),
-            conflict => ServiceError::ModeConflict(conflict.to_string()),
+            crate::dp::sides::PinError::Conflict {
+                population,
+                pinned,
+                wanted,
+                job_id,
+            } => ServiceError::ModeConflict {
+                population,
+                pinned,
+                wanted,
+                job_id,
+            },
         })
     }
 }
