@@ -554,6 +554,9 @@ pub async fn score(
         &signer,
     )
     .await?;
+    if let Some(batch) = &receipt {
+        service.write_receipt(&job.id, batch)?;
+    }
     service.announce_end(&job.id);
     if let Some(batch) = &receipt {
         let mut released = outputs.iter();

@@ -255,11 +255,7 @@ impl Service {
         )
         .await?;
         if let Some(receipt) = &receipt {
-            let dir = self.data_dir.join("receipts");
-            std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
-            let path = dir.join(format!("{id}.json"));
-            let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
-            std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))?;
+            self.write_receipt(id, receipt)?;
         }
         Ok(JobResult {
             job_id: id.into(),

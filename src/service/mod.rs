@@ -391,11 +391,7 @@ impl Service {
             Outcome::Pending => "held",
             Outcome::Released(receipt) => {
                 if let Some(receipt) = &receipt {
-                    let dir = self.data_dir.join("receipts");
-                    std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
-                    let path = dir.join(format!("{job_id}.json"));
-                    let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
-                    std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))?;
+                    self.write_receipt(job_id, receipt)?;
                 }
                 "released"
             }
@@ -648,6 +644,21 @@ impl Service {
         .await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(())
+    }
+
+    /// Write a released job's receipt to `receipts/<job>.json`, the copy
+    /// `dsb job run` points at and offline verification reads (the store
+    /// keeps the signed original). Every release path calls this.
+    pub(crate) fn write_receipt(
+        &self,
+        job_id: &str,
+        receipt: &Receipt,
+    ) -> Result<(), ServiceError> {
+        let dir = self.data_dir.join("receipts");
+        std::fs::create_dir_all(&dir).map_err(|e| ServiceError::Io(dir.clone(), e))?;
+        let path = dir.join(format!("{job_id}.json"));
+        let text = serde_json::to_string_pretty(receipt).expect("receipt serialises");
+        std::fs::write(&path, text).map_err(|e| ServiceError::Io(path, e))
     }
 
     /// Verify the audit chain and its checkpoints.

@@ -226,8 +226,16 @@ async fn authorised_subjects_get_bucketed_scores_and_the_rest_are_refused_alike(
         assert_eq!(result.outcome, "not-authorised", "{subject}");
         assert_eq!(result.score, None);
     }
-    // The receipt covers exactly the released scores.
+    // The receipt covers exactly the released scores; like every release,
+    // its copy is in the data directory's receipts.
     let receipt: Receipt = batch.receipt.clone().unwrap();
+    let copy = server
+        .service
+        .data_dir
+        .join("receipts")
+        .join(format!("{}.json", batch.job_id));
+    let written: Receipt = serde_json::from_slice(&std::fs::read(&copy).unwrap()).unwrap();
+    assert_eq!(written, receipt);
     let keys = bank.keys().await.unwrap();
     let released = serde_json::json!([
         { "kind": "value", "name": ids[0].0, "value": batch.results[0].score },
