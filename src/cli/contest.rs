@@ -82,15 +82,7 @@ pub async fn run(command: ContestCommand, remote: &Remote) -> anyhow::Result<()>
             module,
             wait,
         } => {
-            let sha256 = if std::path::Path::new(&module).is_file() {
-                remote
-                    .client
-                    .upload_module(std::fs::read(&module)?, None)
-                    .await?
-                    .sha256
-            } else {
-                module
-            };
+            let sha256 = remote.module_hash(&module).await?;
             let mut submission = remote.client.submit_model(&contest, &sha256).await?;
             if wait {
                 remote

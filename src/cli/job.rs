@@ -162,12 +162,7 @@ async fn submit(submission: Submission<'_>, wait: bool, remote: &Remote) -> anyh
         accuracy,
         sample,
     } = submission;
-    let sha256 = if std::path::Path::new(module).is_file() {
-        let bytes = std::fs::read(module)?;
-        remote.client.upload_module(bytes, None).await?.sha256
-    } else {
-        module.to_string()
-    };
+    let sha256 = remote.module_hash(module).await?;
     let params: serde_json::Value =
         serde_json::from_str(params).context("--params must be JSON")?;
     let job = match (sample, epsilon, accuracy) {

@@ -173,6 +173,16 @@ pub struct Remote {
 }
 
 impl Remote {
+    /// A module argument as a SHA-256: a `.wasm` file is uploaded first,
+    /// anything else is taken as the hash of an uploaded module.
+    async fn module_hash(&self, module: &str) -> anyhow::Result<String> {
+        if !Path::new(module).is_file() {
+            return Ok(module.to_string());
+        }
+        let bytes = std::fs::read(module).with_context(|| format!("reading {module}"))?;
+        Ok(self.client.upload_module(bytes, None).await?.sha256)
+    }
+
     fn print<T: Serialize>(&self, value: &T, human: impl FnOnce(&T)) -> anyhow::Result<()> {
         if self.json {
             println!("{}", serde_json::to_string_pretty(value)?);

@@ -79,15 +79,7 @@ pub async fn run(command: ScoreCommand, remote: &Remote) -> anyhow::Result<()> {
             });
         }
     };
-    let sha256 = if std::path::Path::new(&module).is_file() {
-        remote
-            .client
-            .upload_module(std::fs::read(&module)?, None)
-            .await?
-            .sha256
-    } else {
-        module
-    };
+    let sha256 = remote.module_hash(&module).await?;
     let params: serde_json::Value =
         serde_json::from_str(&params).context("--params must be JSON")?;
     let list: Vec<String> = std::fs::read_to_string(&subjects)
