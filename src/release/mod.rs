@@ -13,7 +13,9 @@
 //!   the plan.
 //! - [`cell_key`]: cell-key perturbation (record keys, cell keys, the
 //!   perturbation tables for counts and magnitudes).
-//! - [`bind`]: manifest × policy × mode → a job's tables and limits.
+//! - [`bind`]: manifest × policy × mode → a job's tables and limits, and
+//!   `require_mode`, the one check that a policy offers a mode.
+//! - [`kind`]: a request's mode and options, parsed once (`JobKind`).
 //! - [`ledger`]: the query ledger across jobs (per tenant and dataset, per
 //!   dataset; per day and in total).
 //!
