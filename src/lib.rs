@@ -27,6 +27,7 @@
 //! - [`server`]: `dsb serve`, the axum `/v1` API, job queue, metrics, OpenAPI.
 //! - [`api`]: the HTTP API's wire types, shared by `server` and `client`.
 //! - [`client`]: the HTTP client the CLI, the demo and the tests use.
+//! - [`worker`]: supervised worker processes that run served jobs' guest calls under OS limits.
 //! - [`arrow_ipc`]: Arrow IPC stream bytes, the format tables travel in.
 //! - [`sample_data`]: the deterministic sample datasets shipped for demo and tests.
 //!
@@ -53,3 +54,4 @@ pub mod scoring;
 pub mod server;
 pub mod service;
 pub mod store;
+pub mod worker;

@@ -31,6 +31,7 @@ mod review;
 mod score;
 mod serve;
 mod token;
+mod worker;
 
 #[derive(Parser)]
 #[command(
@@ -159,6 +160,9 @@ enum Command {
         #[arg(long, env = "DSB_DATA_DIR", default_value = "dsb-data", global = true)]
         data_dir: PathBuf,
     },
+    /// A supervised worker process (started by `dsb serve`).
+    #[command(hide = true)]
+    Worker(worker::WorkerArgs),
     /// Regenerate the bundled sample datasets.
     SampleData {
         #[arg(long, default_value = "data/samples")]
@@ -235,6 +239,7 @@ async fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let remote = remote.as_ref();
     match cli.command {
         Command::Serve(args) => serve::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
         Command::Demo(args) => demo::run(args).await,
         Command::Module { command } => module::run(command, server(remote, "module")?).await,
         Command::Auth { command } => auth::run(command, server(remote, "auth")?).await,

@@ -134,7 +134,7 @@ fn cost_of(units: Units) -> Cost {
 }
 
 /// The caps a population's policies set.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Caps {
     /// Per principal.
     pub total: Cost,
@@ -171,7 +171,7 @@ impl Caps {
 }
 
 /// Datasets that share one budget, and its caps.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Population {
     pub id: String,
     /// Its datasets (charges recorded under a member's id before

@@ -28,7 +28,7 @@ use crate::store::Store;
 pub const DP_METADATA_KEY: &str = "datasandbox.dp";
 
 /// What the manifest and the policy say about one table in `dp` mode.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct DpTable {
     pub dataset: String,
     /// Always the manifest's; a query cannot change it.

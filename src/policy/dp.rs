@@ -1,7 +1,7 @@
 //! A policy's `[dp]` section: ε per query and in total, δ, bounds,
 //! mechanism and accounting, checked into `DpRules`.
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// The `[dp]` section as written.
 #[derive(Debug, Deserialize)]
@@ -31,7 +31,7 @@ pub(super) struct DpSection {
 }
 
 /// How a population's charges add up against its caps.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Accounting {
     /// Every query's (ε, δ) adds up (basic composition).
@@ -45,7 +45,7 @@ pub enum Accounting {
 }
 
 /// The noise of the `dp` mode's counts and sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Mechanism {
     /// Discrete Laplace, pure ε per query (L1 sensitivity).
@@ -74,7 +74,7 @@ fn default_max_rows() -> u32 {
 }
 
 /// Where clamping bounds come from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BoundsSource {
     /// The manifest's declared `bounds` (public knowledge, never the data).
@@ -83,7 +83,7 @@ pub enum BoundsSource {
 }
 
 /// Differential-privacy rules of a dataset (the `[dp]` section).
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct DpRules {
     /// ε (and δ) each principal may spend on the dataset, before any
     /// administrator's grant.

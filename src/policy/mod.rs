@@ -24,7 +24,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Release modes a policy can allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
@@ -94,7 +94,7 @@ impl Side {
 }
 
 /// Aggregate functions a policy can allow in `aggregate` mode.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum AggregateFn {
     Count,
@@ -115,7 +115,7 @@ impl AggregateFn {
 }
 
 /// Rounding of released counts and sums.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Rounding {
     #[default]
@@ -138,7 +138,7 @@ pub enum Perturbation {
 }
 
 /// Withhold SUM and AVG cells that one or two privacy units dominate.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct Dominance {
     /// Withheld when the largest contribution exceeds this share of the
     /// cell's absolute total.
@@ -158,7 +158,7 @@ impl Default for Dominance {
 
 /// The `[ledger]` section: aggregate-mode queries a dataset answers, across
 /// jobs. Unset limits do not apply.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LedgerLimits {
     /// Per tenant and UTC day.

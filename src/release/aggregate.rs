@@ -65,7 +65,7 @@ use crate::policy::{AggregateFn, Rounding};
 pub const RELEASE_METADATA_KEY: &str = "datasandbox.release";
 
 /// What the policy and the manifest say about one protected table.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct TableRules {
     /// The column naming the person or enterprise a row is about.
     pub privacy_unit: String,

@@ -33,7 +33,9 @@ use std::path::Path;
 use siphasher::sip::SipHasher13;
 
 /// The catalog's secret from which record keys are derived.
-#[derive(Clone, PartialEq, Eq)]
+/// Serialised only to hand a job to a worker process of the same host
+/// (`crate::worker`); never in anything a user reads.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct RecordKeys {
     secret: [u8; 32],
 }
@@ -122,7 +124,7 @@ impl RecordKeys {
 }
 
 /// A policy's perturbation parameters.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct CellKeyParams {
     /// Weights of the count adjustments −D…D (odd length, symmetric).
     pub count_weights: Vec<u32>,

@@ -341,6 +341,11 @@ impl ModuleStore {
         self.dir.join(format!("{hash}-{}.cwasm", self.engine_tag))
     }
 
+    /// Whether a compiled artifact of the module is on disk.
+    pub fn has_artifact(&self, hash: &str) -> bool {
+        self.artifact_path(hash).exists()
+    }
+
     /// The module's bytes, if stored.
     pub fn module_bytes(&self, hash: &str) -> Option<Vec<u8>> {
         std::fs::read(self.dir.join(format!("{hash}.wasm"))).ok()

@@ -85,16 +85,47 @@ impl GuestCall {
 }
 
 /// What a guest's exports returned.
-#[derive(Debug, Clone, PartialEq)]
+///
+/// Numbers travel (to and from a worker process) as their IEEE bits, so a
+/// NaN or an infinity a guest returned arrives as itself and is judged by
+/// the mode, not lost in JSON.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Returned {
     Unit,
-    Vector(Vec<f64>),
-    Number(f64),
+    Vector(#[serde(with = "f64_bits::vec")] Vec<f64>),
+    Number(#[serde(with = "f64_bits")] f64),
+}
+
+mod f64_bits {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(value: &f64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(value.to_bits())
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        Ok(f64::from_bits(u64::deserialize(d)?))
+    }
+
+    pub mod vec {
+        use serde::{Deserialize, Deserializer, Serializer};
+
+        pub fn serialize<S: Serializer>(values: &[f64], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(values.iter().map(|v| v.to_bits()))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<f64>, D::Error> {
+            Ok(Vec::<u64>::deserialize(d)?
+                .into_iter()
+                .map(f64::from_bits)
+                .collect())
+        }
+    }
 }
 
 /// The whole result of one execution. Only [`Execution::submitter_report`]
 /// may be shown to the job's submitter.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Execution {
     pub job_id: String,
     pub category: Category,

@@ -93,6 +93,26 @@ pub enum SandboxError {
     ModuleDir(#[from] std::io::Error),
 }
 
+/// Runs guest calls somewhere other than this process (`crate::worker`'s
+/// supervised processes). A [`Sandbox`] given one hands every
+/// [`Sandbox::run`] to it; module intake stays here.
+pub trait Isolation: Send + Sync {
+    fn run<'a>(
+        &'a self,
+        module: &'a LoadedModule,
+        env: &'a JobEnv,
+        call: GuestCall,
+    ) -> futures::future::BoxFuture<'a, Execution>;
+
+    /// Validate and compile `bytes` into the module directory this
+    /// sandbox reads, so that [`Sandbox::load_module`] then finds the
+    /// artifact and compiles nothing here.
+    fn compile<'a>(
+        &'a self,
+        bytes: &'a [u8],
+    ) -> futures::future::BoxFuture<'a, Result<(), IntakeError>>;
+}
+
 /// A module ready to instantiate: validated, compiled, pre-linked.
 pub struct LoadedModule {
     /// Hex SHA-256 of the module's bytes.
@@ -201,6 +221,8 @@ pub struct Sandbox {
     /// every core, and a second concurrent compile would only add its
     /// memory. Uploads beyond it wait here, bounded by `Complexity`.
     compiler: Mutex<()>,
+    /// Where guest calls run when not in this process.
+    isolation: std::sync::OnceLock<Arc<dyn Isolation>>,
     _ticker: EpochTicker,
 }
 
@@ -221,12 +243,47 @@ impl Sandbox {
             store,
             loading: Mutex::new(HashMap::new()),
             compiler: Mutex::new(()),
+            isolation: std::sync::OnceLock::new(),
             _ticker: ticker,
         })
     }
 
     pub fn config(&self) -> &SandboxConfig {
         &self.config
+    }
+
+    /// Run every later guest call through `isolation`. Set once; returns
+    /// false if one was set already.
+    pub fn isolate(&self, isolation: Arc<dyn Isolation>) -> bool {
+        self.isolation.set(isolation).is_ok()
+    }
+
+    /// Whether guest calls leave this process.
+    pub fn is_isolated(&self) -> bool {
+        self.isolation.get().is_some()
+    }
+
+    /// Validate and compile a module where guest calls run: in a worker
+    /// when isolated (the cheap checks on the bytes first, here), then
+    /// load it here from the artifact; in this process otherwise.
+    pub async fn load_module_isolated(
+        self: &Arc<Self>,
+        bytes: Vec<u8>,
+    ) -> Result<(Arc<LoadedModule>, ModuleLoad), IntakeError> {
+        if let Some(isolation) = self.isolation.get() {
+            intake::check_header(&bytes, self.config.max_module_bytes)?;
+            let hash = intake::module_hash(&bytes);
+            let compiled = self.cached(&hash).is_some()
+                || self.store.as_ref().is_some_and(|s| s.has_artifact(&hash));
+            if !compiled {
+                intake::check_complexity(&bytes, self.config.complexity)?;
+                isolation.compile(&bytes).await?;
+            }
+        }
+        let sandbox = Arc::clone(self);
+        tokio::task::spawn_blocking(move || sandbox.load_module(&bytes))
+            .await
+            .map_err(|_| IntakeError::Store(std::io::Error::other("loading a module panicked")))?
     }
 
     /// Validate, compile (or load the cached artifact) and pre-link a module.
@@ -355,6 +412,9 @@ impl Sandbox {
                 found: module.world,
             };
             return Execution::refused(&env.job_id, Category::from(&refusal));
+        }
+        if let Some(isolation) = self.isolation.get() {
+            return isolation.run(module, env, call).await;
         }
         if env.limits.memory_bytes > self.config.max_memory_bytes {
             tracing::warn!(job = %env.job_id, "job memory limit above the sandbox's; using the sandbox's");

@@ -104,6 +104,44 @@ impl Serialize for Category {
     }
 }
 
+impl std::str::FromStr for Category {
+    type Err = String;
+
+    /// The inverse of `Display`: `code` or `code: reason`.
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        let (code, reason) = match text.split_once(": ") {
+            Some((code, reason)) => (code, Some(reason.to_string())),
+            None => (text, None),
+        };
+        Ok(match (code, reason) {
+            ("policy-rejected", Some(reason)) => Category::PolicyRejected(reason),
+            ("invalid-module", Some(reason)) => Category::InvalidModule(reason),
+            ("ok", None) => Category::Ok,
+            ("out-of-fuel", None) => Category::OutOfFuel,
+            ("timeout", None) => Category::Timeout,
+            ("memory-limit", None) => Category::MemoryLimit,
+            ("stack-overflow", None) => Category::StackOverflow,
+            ("output-limit", None) => Category::OutputLimit,
+            ("query-limit", None) => Category::QueryLimit,
+            ("guest-error", None) => Category::GuestError,
+            ("internal", None) => Category::Internal,
+            ("cancelled", None) => Category::Cancelled,
+            ("wrong-prediction-count", None) => Category::WrongPredictionCount,
+            ("invalid-prediction", None) => Category::InvalidPrediction,
+            ("not-scored", None) => Category::NotScored,
+            _ => return Err(format!("unknown category `{text}`")),
+        })
+    }
+}
+
+impl<'de> Deserialize<'de> for Category {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d)?
+            .parse()
+            .map_err(serde::de::Error::custom)
+    }
+}
+
 /// One released output.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "lowercase")]
@@ -131,7 +169,7 @@ impl Output {
     }
 }
 
-mod hex_bytes {
+pub(crate) mod hex_bytes {
     use serde::{Deserialize, Deserializer, Serializer};
     pub fn serialize<S: Serializer>(bytes: &[u8], s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&hex::encode(bytes))
@@ -142,7 +180,7 @@ mod hex_bytes {
 }
 
 /// One `data.query` call as administrators see it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QueryRecord {
     pub sql: String,
     /// `ok`, `rejected: …`, `invalid: …`, `failed: <DataFusion text>` or
@@ -153,7 +191,7 @@ pub struct QueryRecord {
 }
 
 /// Everything about a job that only administrators may read.
-#[derive(Debug, Clone, Default, Serialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Diagnostics {
     /// The trap or host error as wasmtime rendered it (with backtrace).
     pub trap: Option<String>,
@@ -176,6 +214,9 @@ pub struct Diagnostics {
     /// (a contest's `not-scored`).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub withheld_category: Option<String>,
+    /// The worker process that ran the call, when it ran in one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_pid: Option<u32>,
 }
 
 /// What the submitter of a job receives: nothing the guest wrote except,

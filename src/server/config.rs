@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub application_working_days: u32,
     /// Days that are not working days (`YYYY-MM-DD`), besides weekends.
     pub holidays: Vec<String>,
+    /// Where guest calls run: supervised worker processes (the default)
+    /// or this process (`[workers] isolation = "in-process"`).
+    pub workers: crate::worker::WorkerConfig,
 }
 
 impl Default for ServerConfig {
@@ -60,6 +63,7 @@ impl Default for ServerConfig {
             checkpoint_interval: Duration::from_secs(3600),
             application_working_days: 5,
             holidays: Vec::new(),
+            workers: crate::worker::WorkerConfig::default(),
         }
     }
 }

@@ -203,6 +203,12 @@ impl Server {
         service: Arc<Service>,
     ) -> Result<Server, ServiceError> {
         let concurrency = config.concurrency.max(1);
+        if config.workers.isolation == crate::worker::IsolationMode::Process
+            && !service.sandbox.is_isolated()
+        {
+            let pool = crate::worker::WorkerPool::new(config.workers.clone(), &service.data_dir)?;
+            service.sandbox.isolate(Arc::new(pool));
+        }
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(concurrency)
             .thread_name("dsb-jobs")

@@ -40,6 +40,8 @@ pub enum ServiceError {
     #[error(transparent)]
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
+    Worker(#[from] crate::worker::WorkerError),
+    #[error(transparent)]
     Module(#[from] IntakeError),
     #[error("unknown module {0}")]
     UnknownModule(String),
@@ -260,10 +262,7 @@ impl Service {
         &self,
         bytes: Vec<u8>,
     ) -> Result<(Arc<LoadedModule>, crate::sandbox::ModuleLoad), IntakeError> {
-        let sandbox = Arc::clone(&self.sandbox);
-        tokio::task::spawn_blocking(move || sandbox.load_module(&bytes))
-            .await
-            .map_err(|_| IntakeError::Store(std::io::Error::other("loading a module panicked")))?
+        self.sandbox.load_module_isolated(bytes).await
     }
 
     pub async fn upload_module(

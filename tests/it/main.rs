@@ -30,3 +30,4 @@ mod scoring;
 mod server_api;
 mod server_queue;
 mod snapshots;
+mod workers;

@@ -322,6 +322,8 @@ impl TestServer {
             policies: policies.to_path_buf(),
             ..Default::default()
         };
+        // Guest calls run in `dsb worker` processes, as deployed.
+        config.workers.exe = Some(env!("CARGO_BIN_EXE_dsb").into());
         tweak(&mut config);
         let server =
             datasandbox::server::Server::bind_service(config, std::sync::Arc::clone(&service))

@@ -1,0 +1,532 @@
+//! Supervised worker processes: every guest call of a served job (the
+//! wasmtime instance and the DataFusion queries it makes) runs in a child
+//! process, `dsb worker`, under OS limits, with its deadline kept from the
+//! outside.
+//!
+//! Why processes and not only in-process guards: the in-process bounds
+//! (statement length and depth, the function allow-list, the guest-table
+//! decoder, wasmtime's fuel, epochs and memory limiter) end every known
+//! attack with a clean category, but a failure nobody foresaw (an abort in
+//! a dependency, a host function that never yields, memory outside every
+//! counter) would take the whole server, and every tenant's jobs, with it.
+//! In a worker it takes one job: the supervisor sees the process end or
+//! overrun, kills it, ends the call `internal` or `timeout` (the host's
+//! categories, not charged to the tenant) and starts another worker for
+//! the next call.
+//!
+//! - The deadline is the job's own wall-clock limit plus `kill_after`, kept
+//!   by the supervisor with `SIGKILL`; nothing inside a worker can outlast
+//!   it.
+//! - Each worker limits itself before it reads a request (`RLIMIT_DATA`:
+//!   heap, wasm memories and thread stacks together; `RLIMIT_NOFILE`;
+//!   `RLIMIT_CORE` 0) and dies with the server (`PR_SET_PDEATHSIG`).
+//! - A worker runs one call at a time; idle workers are kept up to
+//!   `idle_workers` and retired after `calls_per_worker` calls, so no
+//!   tenant's call inherits much of another's process.
+//! - A cancelled call drops its worker, which kills it.
+//!
+//! The embedded default stays one command: `dsb serve` starts its own
+//! workers from its own executable. In-process execution remains for the
+//! library, the CLI's local commands and most tests.
+
+pub mod wire;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures::future::BoxFuture;
+use tokio::process::{Child, ChildStdin, ChildStdout, Command};
+
+use crate::sandbox::IntakeError;
+use crate::sandbox::{
+    Category, Execution, GuestCall, Isolation, JobEnv, LoadedModule, Sandbox, SandboxConfig,
+};
+use wire::{
+    CallRequest, CompileRefusal, Fault, Hex, Request, Response, WireEnv, WireError, read_frame,
+    write_frame,
+};
+
+/// The environment variable that lets a worker honour injected faults.
+const FAULTS_ENV: &str = "DSB_WORKER_FAULTS";
+
+/// Largest response a worker may send: the output limit's tables as hex
+/// plus diagnostics, with room to spare.
+const MAX_RESPONSE_BYTES: usize = 256 << 20;
+
+/// How the server runs guest calls.
+#[derive(Debug, Clone, PartialEq, serde::Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct WorkerConfig {
+    /// `process` (supervised workers) or `in-process`.
+    pub isolation: IsolationMode,
+    /// The `dsb` executable to start workers from (default: this one).
+    pub exe: Option<PathBuf>,
+    /// `RLIMIT_DATA` of each worker, bytes: its heap, wasm memories and
+    /// thread stacks together.
+    pub memory_bytes: u64,
+    /// `RLIMIT_NOFILE` of each worker.
+    pub open_files: u64,
+    /// How long past a call's own wall-clock limit the supervisor waits
+    /// before it kills the worker.
+    #[serde(deserialize_with = "seconds")]
+    pub kill_after: Duration,
+    /// Idle workers kept warm.
+    pub idle_workers: usize,
+    /// Calls a worker serves before it is retired.
+    pub calls_per_worker: u32,
+    /// How long one module's compilation may take before its worker is
+    /// killed and the upload refused.
+    #[serde(deserialize_with = "seconds")]
+    pub compile_timeout: Duration,
+    /// Test only: honour `{"dsb_fault": …}` in a job's params (see
+    /// [`wire::Fault`]). Never set in a deployment.
+    pub fault_injection: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum IsolationMode {
+    Process,
+    InProcess,
+}
+
+fn seconds<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    let seconds = <f64 as serde::Deserialize>::deserialize(d)?;
+    Duration::try_from_secs_f64(seconds).map_err(serde::de::Error::custom)
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            isolation: IsolationMode::Process,
+            exe: None,
+            memory_bytes: 4 << 30,
+            open_files: 256,
+            kill_after: Duration::from_secs(5),
+            idle_workers: 4,
+            calls_per_worker: 100,
+            compile_timeout: Duration::from_secs(60),
+            fault_injection: false,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("cannot find the dsb executable to start workers from: {0}")]
+    Exe(std::io::Error),
+    #[error("starting a worker: {0}")]
+    Spawn(std::io::Error),
+    #[error("setting the worker's OS limits: {0}")]
+    Limits(std::io::Error),
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    #[error(transparent)]
+    Sandbox(#[from] crate::sandbox::SandboxError),
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// One live worker process.
+struct Worker {
+    child: Child,
+    stdin: ChildStdin,
+    stdout: ChildStdout,
+    calls: u32,
+}
+
+/// Counters for `/metrics` and the tests.
+#[derive(Debug, Default)]
+pub struct WorkerStats {
+    pub started: AtomicU64,
+    /// Workers killed at their deadline.
+    pub killed: AtomicU64,
+    /// Workers that ended on their own during a call (a crash).
+    pub crashed: AtomicU64,
+}
+
+/// The supervisor: starts workers, hands each one call, keeps the deadline.
+pub struct WorkerPool {
+    config: WorkerConfig,
+    exe: PathBuf,
+    data_dir: PathBuf,
+    idle: Mutex<Vec<Worker>>,
+    /// One compilation at a time: Cranelift spreads one module over every
+    /// core already.
+    compiles: tokio::sync::Semaphore,
+    pub stats: WorkerStats,
+}
+
+/// How one exchange ended at the supervisor.
+enum Ended {
+    Answered(Box<(Response, Worker)>),
+    Deadline,
+    Died(String),
+}
+
+impl WorkerPool {
+    pub fn new(config: WorkerConfig, data_dir: &Path) -> Result<WorkerPool, WorkerError> {
+        let exe = match &config.exe {
+            Some(exe) => exe.clone(),
+            None => std::env::current_exe().map_err(WorkerError::Exe)?,
+        };
+        Ok(WorkerPool {
+            config,
+            exe,
+            data_dir: data_dir.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+            compiles: tokio::sync::Semaphore::new(1),
+            stats: WorkerStats::default(),
+        })
+    }
+
+    fn spawn(&self) -> Result<Worker, WorkerError> {
+        let mut command = Command::new(&self.exe);
+        command
+            .arg("worker")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--memory-bytes")
+            .arg(self.config.memory_bytes.to_string())
+            .arg("--open-files")
+            .arg(self.config.open_files.to_string())
+            // Nothing of the server's environment (tokens, keys) reaches a
+            // worker but the log filter.
+            .env_clear()
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .kill_on_drop(true);
+        if let Ok(filter) = std::env::var("DSB_LOG") {
+            command.env("DSB_LOG", filter);
+        }
+        if self.config.fault_injection {
+            command.env(FAULTS_ENV, "1");
+        }
+        let mut child = command.spawn().map_err(WorkerError::Spawn)?;
+        let (Some(stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
+            return Err(WorkerError::Spawn(std::io::Error::other(
+                "the worker's pipes are missing",
+            )));
+        };
+        self.stats.started.fetch_add(1, Ordering::Relaxed);
+        Ok(Worker {
+            child,
+            stdin,
+            stdout,
+            calls: 0,
+        })
+    }
+
+    /// An idle worker that is still alive, or a new one.
+    fn take(&self) -> Result<Worker, WorkerError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(mut worker) = idle.pop() {
+            if matches!(worker.child.try_wait(), Ok(None)) {
+                return Ok(worker);
+            }
+        }
+        drop(idle);
+        self.spawn()
+    }
+
+    fn give_back(&self, mut worker: Worker) {
+        worker.calls += 1;
+        if worker.calls >= self.config.calls_per_worker {
+            return; // dropped: killed and reaped
+        }
+        let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+        if idle.len() < self.config.idle_workers {
+            idle.push(worker);
+        }
+    }
+
+    /// Run one call in a worker. Every failure of the worker or the pipe
+    /// ends the call in a host category; the guest learns nothing more.
+    pub async fn call(&self, module: &LoadedModule, env: &JobEnv, call: GuestCall) -> Execution {
+        let fault = match (&call, self.config.fault_injection) {
+            (GuestCall::Run { params }, true) => serde_json::from_str::<serde_json::Value>(params)
+                .ok()
+                .and_then(|v| v.get("dsb_fault")?.as_str().and_then(Fault::parse)),
+            _ => None,
+        };
+        let request = match WireEnv::from_env(env) {
+            Ok(wire_env) => CallRequest {
+                module: module.hash.clone(),
+                env: wire_env,
+                call: call.into(),
+                fault,
+            },
+            Err(error) => {
+                tracing::error!(job = %env.job_id, %error, "cannot describe the job to a worker");
+                return Execution::refused(&env.job_id, Category::Internal);
+            }
+        };
+        let started = Instant::now();
+        let deadline = env.limits.timeout + self.config.kill_after;
+        let (ended, pid) = match self
+            .exchange(&Request::Call(Box::new(request)), deadline)
+            .await
+        {
+            Ok(exchanged) => exchanged,
+            Err(error) => {
+                tracing::error!(job = %env.job_id, %error, "cannot start a worker");
+                return Execution::refused(&env.job_id, Category::Internal);
+            }
+        };
+        let mut execution = match ended {
+            Ended::Answered(answered) => {
+                let (response, worker) = *answered;
+                self.give_back(worker);
+                match response {
+                    Response::Execution(execution) => *execution,
+                    Response::Compiled(_) => {
+                        tracing::error!(job = %env.job_id, "the worker answered a call with a compile");
+                        Execution::refused(&env.job_id, Category::Internal)
+                    }
+                }
+            }
+            Ended::Deadline => {
+                tracing::warn!(job = %env.job_id, ?pid, ?deadline, "worker overran its deadline; killed");
+                let mut execution = Execution::refused(&env.job_id, Category::Timeout);
+                execution.diagnostics.trap = Some(format!(
+                    "the worker was killed by the supervisor {deadline:?} after the call started"
+                ));
+                execution.diagnostics.duration = started.elapsed();
+                execution
+            }
+            Ended::Died(how) => {
+                tracing::error!(job = %env.job_id, ?pid, %how, "worker died during a call");
+                let mut execution = Execution::refused(&env.job_id, Category::Internal);
+                execution.diagnostics.trap = Some(format!("the worker {how}"));
+                execution.diagnostics.duration = started.elapsed();
+                execution
+            }
+        };
+        execution.diagnostics.worker_pid = pid;
+        execution
+    }
+
+    /// Validate and compile `bytes` in a worker, under `compile_timeout`
+    /// and the worker's memory limit; the artifact lands in the shared
+    /// module directory. Dropping the future (a refused upload) kills the
+    /// worker and the compilation with it.
+    pub async fn compile(&self, bytes: &[u8]) -> Result<(), IntakeError> {
+        let _one = self
+            .compiles
+            .acquire()
+            .await
+            .map_err(|_| IntakeError::Store(std::io::Error::other("the compiler is closed")))?;
+        let request = Request::Compile {
+            module: Hex(bytes.to_vec()),
+        };
+        let (ended, pid) = self
+            .exchange(&request, self.config.compile_timeout)
+            .await
+            .map_err(|e| IntakeError::Store(std::io::Error::other(e.to_string())))?;
+        match ended {
+            Ended::Answered(answered) => {
+                let (response, worker) = *answered;
+                self.give_back(worker);
+                match response {
+                    Response::Compiled(result) => result.map_err(IntakeError::from),
+                    Response::Execution(_) => Err(IntakeError::Store(std::io::Error::other(
+                        "the worker answered a compile with a call",
+                    ))),
+                }
+            }
+            Ended::Deadline => {
+                tracing::warn!(?pid, "compilation overran its limit; worker killed");
+                Err(IntakeError::TooComplex(
+                    "compilation took longer than its limit",
+                ))
+            }
+            Ended::Died(how) => {
+                tracing::warn!(?pid, %how, "worker died compiling a module");
+                Err(IntakeError::TooComplex(
+                    "compilation needed more than the compiler's limits",
+                ))
+            }
+        }
+    }
+
+    /// Send one request to a worker and wait for its answer until
+    /// `deadline`; a worker that overruns is killed (dropped), one that
+    /// dies is reaped and described.
+    async fn exchange(
+        &self,
+        request: &Request,
+        deadline: Duration,
+    ) -> Result<(Ended, Option<u32>), WorkerError> {
+        let mut worker = self.take()?;
+        let pid = worker.child.id();
+        let exchange = async {
+            write_frame(&mut worker.stdin, request).await?;
+            read_frame::<_, Response>(&mut worker.stdout, MAX_RESPONSE_BYTES).await
+        };
+        let ended = match tokio::time::timeout(deadline, exchange).await {
+            Ok(Ok(Some(response))) => Ended::Answered(Box::new((response, worker))),
+            Ok(Ok(None)) | Ok(Err(WireError::Io(_))) => {
+                self.stats.crashed.fetch_add(1, Ordering::Relaxed);
+                let status = tokio::time::timeout(Duration::from_secs(2), worker.child.wait())
+                    .await
+                    .ok()
+                    .and_then(Result::ok);
+                Ended::Died(match status {
+                    Some(status) => describe_exit(status),
+                    None => "closed its pipe".into(),
+                })
+            }
+            Ok(Err(error)) => {
+                self.stats.crashed.fetch_add(1, Ordering::Relaxed);
+                Ended::Died(format!("sent an unreadable answer: {error}"))
+            }
+            Err(_) => {
+                self.stats.killed.fetch_add(1, Ordering::Relaxed);
+                Ended::Deadline
+            }
+        };
+        Ok((ended, pid))
+    }
+}
+
+fn describe_exit(status: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    match (status.code(), status.signal()) {
+        (_, Some(signal)) => format!("was ended by signal {signal}"),
+        (Some(code), None) => format!("exited with status {code}"),
+        (None, None) => "ended".into(),
+    }
+}
+
+impl Isolation for WorkerPool {
+    fn run<'a>(
+        &'a self,
+        module: &'a LoadedModule,
+        env: &'a JobEnv,
+        call: GuestCall,
+    ) -> BoxFuture<'a, Execution> {
+        Box::pin(self.call(module, env, call))
+    }
+
+    fn compile<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, Result<(), IntakeError>> {
+        Box::pin(WorkerPool::compile(self, bytes))
+    }
+}
+
+/// Arguments of `dsb worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerArgs {
+    pub data_dir: PathBuf,
+    pub memory_bytes: u64,
+    pub open_files: u64,
+}
+
+/// Limit this process as a worker: memory, open files, no core dumps, and
+/// death with the parent.
+fn limit_self(args: &WorkerArgs) -> Result<(), WorkerError> {
+    use rustix::process::{Resource, Rlimit, setrlimit};
+    let limit = |resource, value: u64| {
+        setrlimit(
+            resource,
+            Rlimit {
+                current: Some(value),
+                maximum: Some(value),
+            },
+        )
+        .map_err(|e| WorkerError::Limits(e.into()))
+    };
+    limit(Resource::Data, args.memory_bytes)?;
+    limit(Resource::Nofile, args.open_files)?;
+    limit(Resource::Core, 0)?;
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .map_err(|e| WorkerError::Limits(e.into()))?;
+    Ok(())
+}
+
+/// The worker's main loop (`dsb worker`): limit itself, then answer one
+/// request after another from stdin until it closes.
+pub async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
+    limit_self(&args)?;
+    let faults = std::env::var(FAULTS_ENV).is_ok_and(|v| v == "1");
+    let sandbox = Sandbox::new(SandboxConfig {
+        module_dir: Some(args.data_dir.join("modules")),
+        // One call at a time (two for sample-aggregate's blocks is the
+        // supervisor's business: two workers).
+        concurrent_instances: 4,
+        ..SandboxConfig::default()
+    })?;
+    let store = crate::store::Store::open(&args.data_dir.join("dsb.sqlite")).await?;
+    let mut stdin = tokio::io::stdin();
+    let mut stdout = tokio::io::stdout();
+    while let Some(request) = read_frame::<_, Request>(&mut stdin, usize::MAX).await? {
+        let response = match request {
+            Request::Call(request) => {
+                let job_id = request.env.job_id.clone();
+                let handled = futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                    handle(&sandbox, &store, *request, faults),
+                ))
+                .await;
+                Response::Execution(Box::new(handled.unwrap_or_else(|_| {
+                    tracing::error!(job = %job_id, "the worker panicked handling a call");
+                    let mut execution = Execution::refused(&job_id, Category::Internal);
+                    execution.diagnostics.trap = Some("the host panicked in the worker".into());
+                    execution
+                })))
+            }
+            Request::Compile { module } => Response::Compiled(
+                sandbox
+                    .load_module(&module.0)
+                    .map(|_| ())
+                    .map_err(|error| CompileRefusal::from(&error)),
+            ),
+        };
+        write_frame(&mut stdout, &response).await?;
+    }
+    Ok(())
+}
+
+async fn handle(
+    sandbox: &Sandbox,
+    store: &crate::store::Store,
+    request: CallRequest,
+    faults: bool,
+) -> Execution {
+    let job_id = request.env.job_id.clone();
+    if faults && let Some(fault) = request.fault {
+        commit_fault(fault);
+    }
+    let module = match sandbox.module_by_hash(&request.module) {
+        Ok(Some(module)) => module,
+        Ok(None) => {
+            tracing::error!(job = %job_id, module = %request.module, "module not in the store");
+            return Execution::refused(&job_id, Category::Internal);
+        }
+        Err(error) => return Execution::refused(&job_id, Category::from(&error)),
+    };
+    let env = match request.env.into_env(store) {
+        Ok(env) => env,
+        Err(error) => {
+            tracing::error!(job = %job_id, %error, "cannot rebuild the job's environment");
+            return Execution::refused(&job_id, Category::Internal);
+        }
+    };
+    sandbox.run(&module, &env, request.call.into()).await
+}
+
+fn commit_fault(fault: Fault) {
+    match fault {
+        Fault::Abort => std::process::abort(),
+        Fault::Hang => loop {
+            std::thread::sleep(Duration::from_secs(3600));
+        },
+        Fault::Panic => panic!("injected host panic"),
+        Fault::Allocate => {
+            let block = vec![1u8; 16 << 30];
+            tracing::error!(len = block.len(), "the memory limit did not stop 16 GiB");
+        }
+    }
+}

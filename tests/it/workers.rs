@@ -1,0 +1,256 @@
+//! Supervised worker processes (`datasandbox::worker`) behind a real
+//! server: every guest call runs in a `dsb worker` child; a worker that
+//! aborts, panics, never yields, allocates past its OS limit or is
+//! cancelled ends one job in a fixed host category, and the server, the
+//! tenant and every other tenant go on. Faults are committed for real by
+//! the worker process (`WorkerConfig::fault_injection`, test only).
+
+use crate::common;
+
+use std::time::{Duration, Instant};
+
+use common::{TestServer, guest};
+use datasandbox::accounts::Role;
+use datasandbox::client::Client;
+
+async fn analyst(server: &TestServer, tenant: &str) -> (Client, String) {
+    server.admin.grant(tenant, "enterprises").await.unwrap();
+    let client = server.client(Role::Analyst, tenant).await;
+    let module = client
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    (client, module)
+}
+
+async fn faulty_server() -> TestServer {
+    TestServer::start_with(|c| {
+        c.concurrency = 2;
+        c.workers.fault_injection = true;
+        c.workers.kill_after = Duration::from_secs(1);
+        // Enough for the engine and DataFusion, far below what `allocate`
+        // asks for.
+        c.workers.memory_bytes = 2 << 30;
+    })
+    .await
+}
+
+async fn run(client: &Client, module: &str, params: serde_json::Value) -> (String, String) {
+    let job = client
+        .submit_job(module, "aggregate", &["enterprises".into()], params)
+        .await
+        .unwrap();
+    let done = client.job(&job.id, 60).await.unwrap();
+    (job.id, done.category.unwrap_or_default())
+}
+
+async fn worker_pid(server: &TestServer, id: &str) -> Option<u64> {
+    let diagnostics = server.admin.job_diagnostics(id).await.unwrap();
+    diagnostics["worker_pid"].as_u64()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn served_jobs_run_in_worker_processes_and_release_as_before() {
+    let mut server = TestServer::start().await;
+    assert!(server.service.sandbox.is_isolated());
+    let (client, module) = analyst(&server, "lab-a").await;
+    let (first, category) = run(&client, &module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    let (second, category) = run(&client, &module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    let (a, b) = (
+        worker_pid(&server, &first).await.expect("ran in a worker"),
+        worker_pid(&server, &second).await.expect("ran in a worker"),
+    );
+    assert_ne!(u64::from(std::process::id()), a);
+    // An idle worker is reused.
+    assert_eq!(a, b);
+    // The module was compiled once, in a worker at upload; the server and
+    // the workers load the same artifact (one engine tag).
+    let artifacts = std::fs::read_dir(server.dir.path().join("data/modules"))
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| {
+            let name = e.file_name().to_string_lossy().to_string();
+            name.starts_with(&module) && name.ends_with(".cwasm")
+        })
+        .count();
+    assert_eq!(artifacts, 1);
+    // Released as before (the suite's other server tests check values
+    // through workers too).
+    let output = client.job_output(&first).await.unwrap();
+    assert!(!output.outputs.is_empty());
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_that_aborts_or_panics_ends_one_job_internal() {
+    let mut server = faulty_server().await;
+    let (client, module) = analyst(&server, "lab-a").await;
+    for fault in ["abort", "panic", "allocate"] {
+        let started = Instant::now();
+        let (id, category) = run(&client, &module, serde_json::json!({"dsb_fault": fault})).await;
+        assert_eq!(category, "internal", "{fault}");
+        assert!(started.elapsed() < Duration::from_secs(20), "{fault}");
+        let diagnostics = server.admin.job_diagnostics(&id).await.unwrap();
+        eprintln!(
+            "{fault}: {} in {:?}",
+            diagnostics["trap"],
+            started.elapsed()
+        );
+    }
+    // The allocation was stopped by the worker's own limit, not by the
+    // machine: the server's process never held it.
+    let status = std::fs::read_to_string("/proc/self/status").unwrap();
+    let hwm = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        .unwrap();
+    assert!(hwm < 8 << 20, "server peak RSS {hwm} kB");
+    // The tenant goes on.
+    let (_, category) = run(&client, &module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_that_never_yields_is_killed_at_the_deadline_and_others_go_on() {
+    let mut server = faulty_server().await;
+    let (attacker, module) = analyst(&server, "lab-a").await;
+    let (other, other_module) = analyst(&server, "lab-b").await;
+    let started = Instant::now();
+    let hung = attacker
+        .submit_job(
+            &module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({"dsb_fault": "hang"}),
+        )
+        .await
+        .unwrap();
+    // Another tenant's job runs to its end meanwhile.
+    let (_, category) = run(&other, &other_module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    assert!(started.elapsed() < Duration::from_secs(8));
+    let done = attacker.job(&hung.id, 90).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(done.category.as_deref(), Some("timeout"));
+    // The job's own limit plus `kill_after`, plus a margin.
+    let limit = server
+        .service
+        .policies
+        .current()
+        .policy_for("enterprises")
+        .and_then(|p| p.max_job_seconds)
+        .unwrap();
+    eprintln!("hang ended after {took:?} (limit {limit} s + 1 s)");
+    assert!(took >= Duration::from_secs(u64::from(limit)), "{took:?}");
+    assert!(took < Duration::from_secs(u64::from(limit) + 6), "{took:?}");
+    let (_, category) = run(&attacker, &module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancelling_a_running_job_kills_its_worker() {
+    let mut server = faulty_server().await;
+    let (client, module) = analyst(&server, "lab-a").await;
+    let hung = client
+        .submit_job(
+            &module,
+            "aggregate",
+            &["enterprises".into()],
+            serde_json::json!({"dsb_fault": "hang"}),
+        )
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while client.job(&hung.id, 0).await.unwrap().state != "running" {
+        assert!(Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let started = Instant::now();
+    client.cancel_job(&hung.id).await.unwrap();
+    let done = client.job(&hung.id, 20).await.unwrap();
+    assert_eq!(done.category.as_deref(), Some("cancelled"));
+    assert!(started.elapsed() < Duration::from_secs(3));
+    let (_, category) = run(&client, &module, serde_json::json!({})).await;
+    assert_eq!(category, "ok");
+    server.stop().await.unwrap();
+}
+
+/// Live (not zombie) `dsb worker` children of this process.
+fn live_workers() -> usize {
+    let me = std::process::id().to_string();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
+        .filter(|e| {
+            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+                return false;
+            };
+            // pid (comm) state ppid …
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after.split(' ');
+            let state = fields.next().unwrap_or("");
+            let ppid = fields.next().unwrap_or("");
+            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
+            ppid == me && state != "Z" && String::from_utf8_lossy(&cmdline).contains("worker")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn compilation_runs_in_a_worker_under_its_time_limit() {
+    let mut server = TestServer::start_with(|c| {
+        c.workers.compile_timeout = Duration::from_millis(1);
+    })
+    .await;
+    let client = server.client(Role::Analyst, "lab-a").await;
+    let started = Instant::now();
+    let refused = client
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("invalid-module"), "{refused}");
+    assert!(refused.to_string().contains("too-complex"), "{refused}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // Nothing was kept: no artifact, no worker still compiling.
+    let artifacts = std::fs::read_dir(server.dir.path().join("data/modules"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .is_ok_and(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        })
+        .count();
+    assert_eq!(artifacts, 0);
+    assert_eq!(live_workers(), 0);
+    server.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_refused_at_the_request_timeout_stops_its_compilation() {
+    let mut server = TestServer::start_with(|c| {
+        c.request_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let client = server.client(Role::Analyst, "lab-a").await;
+    // A Python component takes Cranelift seconds.
+    let refused = client
+        .upload_module(common::python_guest("district_stats"), None)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), Some("request-timeout"), "{refused}");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while live_workers() > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "the compiling worker outlived its upload"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    server.stop().await.unwrap();
+}
