@@ -265,6 +265,9 @@ impl From<ServiceError> for ApiError {
                     .join("\n"),
             ),
             ServiceError::QueryLimit(message) => ApiError::too_many("query-limit", message, 3600),
+            error @ ServiceError::CompileBusy => {
+                ApiError::too_many("compile-busy", error.to_string(), 5)
+            }
             error @ ServiceError::ModeConflict { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "mode-conflict", error.to_string())
             }

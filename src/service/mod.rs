@@ -41,6 +41,8 @@ pub enum ServiceError {
     Sandbox(#[from] SandboxError),
     #[error(transparent)]
     Worker(#[from] crate::worker::WorkerError),
+    #[error("another upload of this tenant is being compiled; send the next when it has ended")]
+    CompileBusy,
     #[error(transparent)]
     Module(#[from] IntakeError),
     #[error("unknown module {0}")]
@@ -217,6 +219,26 @@ pub struct Service {
     /// Long-poll waiters by job id; told when that job reaches a final
     /// state (one wake-up per waiter of that job, not of every job).
     waiters: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>>,
+    /// Tenants with an upload being validated and compiled: one each, so
+    /// one tenant's uploads cannot fill the compiler's queue.
+    compiling: std::sync::Mutex<std::collections::HashSet<String>>,
+}
+
+/// A tenant's place in the compiler, given back on every path out
+/// (including a dropped upload).
+struct Compiling<'a> {
+    service: &'a Service,
+    tenant: String,
+}
+
+impl Drop for Compiling<'_> {
+    fn drop(&mut self) {
+        self.service
+            .compiling
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.tenant);
+    }
 }
 
 impl Service {
@@ -251,13 +273,12 @@ impl Service {
             policies,
             sandbox,
             waiters: std::sync::Mutex::new(std::collections::HashMap::new()),
+            compiling: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
 
-    /// Validate, compile and record a module for `tenant`. Compilation runs
-    /// on a blocking thread.
-    /// `Sandbox::load_module` on a blocking thread: validation and
-    /// compilation take seconds for a large component.
+    /// Validate and compile a module where guest calls run (a worker on a
+    /// server, a blocking thread otherwise): seconds for a large component.
     async fn load_blocking(
         &self,
         bytes: Vec<u8>,
@@ -272,6 +293,16 @@ impl Service {
         name: Option<String>,
     ) -> Result<modules::ModuleInfo, ServiceError> {
         let size = bytes.len();
+        let _compiling = {
+            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
+            if !compiling.insert(submitter.tenant.clone()) {
+                return Err(ServiceError::CompileBusy);
+            }
+            Compiling {
+                service: self,
+                tenant: submitter.tenant.clone(),
+            }
+        };
         let (module, _) = self.load_blocking(bytes).await?;
         let info = modules::info(&module.hash, module.world.name(), size, name);
         modules::record(&self.store, &submitter.actor, &submitter.tenant, &info).await?;

@@ -254,3 +254,22 @@ async fn an_upload_refused_at_the_request_timeout_stops_its_compilation() {
     }
     server.stop().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenant_compiles_one_upload_at_a_time() {
+    let mut server = TestServer::start().await;
+    let client = server.client(Role::Analyst, "lab-a").await;
+    let python = common::python_guest("district_stats");
+    let (first, second) = tokio::join!(client.upload_module(python.clone(), None), async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        client.upload_module(guest("district_stats"), None).await
+    });
+    first.unwrap();
+    assert_eq!(second.unwrap_err().code(), Some("compile-busy"));
+    // Given back when the first ended.
+    client
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap();
+    server.stop().await.unwrap();
+}
