@@ -32,6 +32,14 @@ pub struct Metrics {
     pub running: Gauge,
     /// Pending applications past their deadline (set at each scrape).
     pub applications_overdue: Gauge,
+    /// Worker processes started, killed at their deadline, died during a
+    /// call (set at each scrape from the supervisor's counters).
+    pub workers: Family<WorkerLabels, Gauge>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WorkerLabels {
+    pub event: String,
 }
 
 impl Default for Metrics {
@@ -77,7 +85,14 @@ impl Default for Metrics {
             "Conditional-access applications pending past their working-day deadline",
             applications_overdue.clone(),
         );
+        let workers = Family::<WorkerLabels, Gauge>::default();
+        registry.register(
+            "workers",
+            "Worker processes: started, killed at their deadline, crashed during a call",
+            workers.clone(),
+        );
         Metrics {
+            workers,
             registry,
             jobs,
             rejections,

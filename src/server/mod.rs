@@ -40,6 +40,8 @@ pub struct AppState {
     pub queue: Arc<JobQueue>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
+    /// The supervisor of the worker processes, when calls run in them.
+    pub workers: Option<Arc<crate::worker::WorkerPool>>,
 }
 
 /// Total header bytes a request may carry.
@@ -203,12 +205,18 @@ impl Server {
         service: Arc<Service>,
     ) -> Result<Server, ServiceError> {
         let concurrency = config.concurrency.max(1);
-        if config.workers.isolation == crate::worker::IsolationMode::Process
+        let workers = if config.workers.isolation == crate::worker::IsolationMode::Process
             && !service.sandbox.is_isolated()
         {
-            let pool = crate::worker::WorkerPool::new(config.workers.clone(), &service.data_dir)?;
-            service.sandbox.isolate(Arc::new(pool));
-        }
+            let pool = Arc::new(crate::worker::WorkerPool::new(
+                config.workers.clone(),
+                &service.data_dir,
+            )?);
+            service.sandbox.isolate(Arc::clone(&pool) as _);
+            Some(pool)
+        } else {
+            None
+        };
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(concurrency)
             .thread_name("dsb-jobs")
@@ -238,6 +246,7 @@ impl Server {
             queue,
             metrics,
             config: Arc::new(config),
+            workers,
         };
         let (router, _) = router(state.clone());
         Ok(Server {

@@ -27,6 +27,8 @@ async fn analyst(server: &TestServer, tenant: &str) -> (Client, String) {
 async fn faulty_server() -> TestServer {
     TestServer::start_with(|c| {
         c.concurrency = 2;
+        // A slot a failed job kept would refuse the tenant's next job.
+        c.per_tenant_jobs = 1;
         c.workers.fault_injection = true;
         c.workers.kill_after = Duration::from_secs(1);
         // Enough for the engine and DataFusion, far below what `allocate`
@@ -109,9 +111,15 @@ async fn a_worker_that_aborts_or_panics_ends_one_job_internal() {
         .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
         .unwrap();
     assert!(hwm < 8 << 20, "server peak RSS {hwm} kB");
-    // The tenant goes on.
+    // The tenant goes on: its slot was given back each time.
     let (_, category) = run(&client, &module, serde_json::json!({})).await;
     assert_eq!(category, "ok");
+    let metrics = server.admin.metrics().await.unwrap();
+    assert!(metrics.contains("dsb_jobs_running 0"), "{metrics}");
+    assert!(
+        metrics.contains("dsb_workers{event=\"crashed\"} 2"),
+        "{metrics}"
+    );
     server.stop().await.unwrap();
 }
 

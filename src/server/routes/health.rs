@@ -24,6 +24,22 @@ pub async fn metrics(State(state): State<AppState>, _admin: Admin) -> Response {
         }
         Err(error) => tracing::error!(%error, "counting overdue applications"),
     }
+    if let Some(pool) = &state.workers {
+        use std::sync::atomic::Ordering::Relaxed;
+        for (event, count) in [
+            ("started", &pool.stats.started),
+            ("killed", &pool.stats.killed),
+            ("crashed", &pool.stats.crashed),
+        ] {
+            state
+                .metrics
+                .workers
+                .get_or_create(&crate::server::metrics::WorkerLabels {
+                    event: event.into(),
+                })
+                .set(count.load(Relaxed) as i64);
+        }
+    }
     (
         [(
             axum::http::header::CONTENT_TYPE,
