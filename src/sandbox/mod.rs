@@ -111,6 +111,13 @@ pub trait Isolation: Send + Sync {
         &'a self,
         bytes: &'a [u8],
     ) -> futures::future::BoxFuture<'a, Result<(), IntakeError>>;
+
+    /// [`Sandbox::dominated_cells`] where guest calls run.
+    fn dominated_cells<'a>(
+        &'a self,
+        env: &'a JobEnv,
+        statements: Vec<String>,
+    ) -> futures::future::BoxFuture<'a, Vec<Option<usize>>>;
 }
 
 /// A module ready to instantiate: validated, compiled, pre-linked.
@@ -454,6 +461,38 @@ impl Sandbox {
             tracing::error!(job = %env.job_id, "the host panicked running the job");
             Execution::refused(&env.job_id, Category::Internal)
         })
+    }
+
+    /// For a held job's reviewers: how many released cells of each of
+    /// `statements` (queries the job's guest ran) one or two privacy units
+    /// dominate; `None` where the check could not run. The statements are
+    /// the guest's, so on a server this runs in a worker too.
+    pub async fn dominated_cells(
+        &self,
+        env: &JobEnv,
+        statements: Vec<String>,
+    ) -> Vec<Option<usize>> {
+        if let Some(isolation) = self.isolation.get() {
+            return isolation.dominated_cells(env, statements).await;
+        }
+        let session = match QuerySession::open(&env.datasets, &self.config.query).await {
+            Ok(session) => session,
+            Err(error) => {
+                tracing::warn!(job = %env.job_id, %error, "cannot open the job's datasets for the dominance check");
+                return vec![None; statements.len()];
+            }
+        };
+        let mut cells = Vec::with_capacity(statements.len());
+        for sql in &statements {
+            cells.push(match session.dominated_cells(sql).await {
+                Ok(n) => Some(n),
+                Err(error) => {
+                    tracing::warn!(job = %env.job_id, %error, "dominance check failed");
+                    None
+                }
+            });
+        }
+        cells
     }
 
     /// Load `bytes` and run `call`: intake refusals become `invalid-module`.

@@ -163,26 +163,28 @@ impl Service {
             let mut prechecks = crate::review::prechecks(&execution.outputs, *threshold);
             // Dominance needs the data: the host re-plans each query the
             // guest ran and sums per privacy unit within each cell.
-            if let Ok(session) =
-                crate::query::QuerySession::open(&job.env.datasets, &Default::default()).await
-            {
-                for (index, query) in execution.diagnostics.queries.iter().enumerate() {
-                    if query.outcome != "ok" {
-                        continue;
-                    }
-                    match session.dominated_cells(&query.sql).await {
-                        Ok(0) => {}
-                        Ok(cells) => prechecks.push(crate::review::Finding {
-                            check: "dominance".into(),
-                            output: format!("query {}", index + 1),
-                            detail: format!(
-                                "{cells} cell(s) where one privacy unit holds over 50% of the total or two over 67%"
-                            ),
-                        }),
-                        Err(error) => {
-                            tracing::warn!(job = %job.id, %error, "dominance check skipped")
-                        }
-                    }
+            // (In a worker on a server: the statements are the guest's.)
+            let answered: Vec<(usize, &str)> = execution
+                .diagnostics
+                .queries
+                .iter()
+                .enumerate()
+                .filter(|(_, query)| query.outcome == "ok")
+                .map(|(index, query)| (index, query.sql.as_str()))
+                .collect();
+            let statements = answered.iter().map(|(_, sql)| sql.to_string()).collect();
+            let cells = self.sandbox.dominated_cells(&job.env, statements).await;
+            for ((index, _), cells) in answered.iter().zip(cells) {
+                match cells {
+                    Some(0) => {}
+                    Some(cells) => prechecks.push(crate::review::Finding {
+                        check: "dominance".into(),
+                        output: format!("query {}", index + 1),
+                        detail: format!(
+                            "{cells} cell(s) where one privacy unit holds over 50% of the total or two over 67%"
+                        ),
+                    }),
+                    None => tracing::warn!(job = %job.id, "dominance check skipped"),
                 }
             }
             let context = serde_json::json!({

@@ -283,8 +283,8 @@ impl WorkerPool {
                 self.give_back(worker);
                 match response {
                     Response::Execution(execution) => *execution,
-                    Response::Compiled(_) => {
-                        tracing::error!(job = %env.job_id, "the worker answered a call with a compile");
+                    Response::Compiled(_) | Response::Dominance(_) => {
+                        tracing::error!(job = %env.job_id, "the worker answered a call with something else");
                         Execution::refused(&env.job_id, Category::Internal)
                     }
                 }
@@ -333,9 +333,9 @@ impl WorkerPool {
                 self.give_back(worker);
                 match response {
                     Response::Compiled(result) => result.map_err(IntakeError::from),
-                    Response::Execution(_) => Err(IntakeError::Store(std::io::Error::other(
-                        "the worker answered a compile with a call",
-                    ))),
+                    Response::Execution(_) | Response::Dominance(_) => Err(IntakeError::Store(
+                        std::io::Error::other("the worker answered a compile with something else"),
+                    )),
                 }
             }
             Ended::Deadline => {
@@ -349,6 +349,49 @@ impl WorkerPool {
                 Err(IntakeError::TooComplex(
                     "compilation needed more than the compiler's limits",
                 ))
+            }
+        }
+    }
+
+    /// The review pre-check in a worker, under the job's own deadline; any
+    /// failure leaves every statement unchecked (`None`).
+    pub async fn dominated_cells(
+        &self,
+        env: &JobEnv,
+        statements: Vec<String>,
+    ) -> Vec<Option<usize>> {
+        let unchecked = vec![None; statements.len()];
+        let request = match WireEnv::from_env(env) {
+            Ok(wire_env) => Request::Dominance {
+                env: Box::new(wire_env),
+                statements,
+            },
+            Err(error) => {
+                tracing::error!(job = %env.job_id, %error, "cannot describe the job to a worker");
+                return unchecked;
+            }
+        };
+        let deadline = env.limits.timeout + self.config.kill_after;
+        match self.exchange(&request, deadline).await {
+            Ok((Ended::Answered(answered), _)) => {
+                let (response, worker) = *answered;
+                self.give_back(worker);
+                match response {
+                    Response::Dominance(cells) if cells.len() == unchecked.len() => cells,
+                    _ => unchecked,
+                }
+            }
+            Ok((ended, pid)) => {
+                let how = match ended {
+                    Ended::Died(how) => how,
+                    _ => "overran its deadline".into(),
+                };
+                tracing::warn!(job = %env.job_id, ?pid, %how, "worker failed the dominance check");
+                unchecked
+            }
+            Err(error) => {
+                tracing::error!(job = %env.job_id, %error, "cannot start a worker");
+                unchecked
             }
         }
     }
@@ -415,6 +458,14 @@ impl Isolation for WorkerPool {
     fn compile<'a>(&'a self, bytes: &'a [u8]) -> BoxFuture<'a, Result<(), IntakeError>> {
         Box::pin(WorkerPool::compile(self, bytes))
     }
+
+    fn dominated_cells<'a>(
+        &'a self,
+        env: &'a JobEnv,
+        statements: Vec<String>,
+    ) -> BoxFuture<'a, Vec<Option<usize>>> {
+        Box::pin(WorkerPool::dominated_cells(self, env, statements))
+    }
 }
 
 /// Arguments of `dsb worker`.
@@ -476,6 +527,20 @@ pub async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
                     execution.diagnostics.trap = Some("the host panicked in the worker".into());
                     execution
                 })))
+            }
+            Request::Dominance { env, statements } => {
+                let checked = match env.into_env(&store) {
+                    Ok(env) => futures::FutureExt::catch_unwind(std::panic::AssertUnwindSafe(
+                        sandbox.dominated_cells(&env, statements.clone()),
+                    ))
+                    .await
+                    .ok(),
+                    Err(error) => {
+                        tracing::error!(%error, "cannot rebuild the job's environment");
+                        None
+                    }
+                };
+                Response::Dominance(checked.unwrap_or_else(|| vec![None; statements.len()]))
             }
             Request::Compile { module } => Response::Compiled(
                 sandbox

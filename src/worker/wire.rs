@@ -50,6 +50,11 @@ pub enum Request {
     /// Validate and compile a module's bytes into the shared module
     /// directory (the server then loads the artifact without compiling).
     Compile { module: Hex },
+    /// The review pre-check: dominated cells of each statement.
+    Dominance {
+        env: Box<WireEnv>,
+        statements: Vec<String>,
+    },
 }
 
 /// What a worker answers.
@@ -57,6 +62,7 @@ pub enum Request {
 pub enum Response {
     Execution(Box<Execution>),
     Compiled(Result<(), CompileRefusal>),
+    Dominance(Vec<Option<usize>>),
 }
 
 /// Why a worker refused to compile a module (the intake errors a compile

@@ -268,13 +268,13 @@ async fn a_review_rule_holds_only_large_outputs() {
     server.stop().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_dominance_check_flags_a_cell_one_unit_owns() {
+/// A restricted table of 40 firms in two sectors under `aggregate` with a
+/// minimum group of 10: in sector a one firm holds 1,000 of 1,190, sector
+/// b is twenty equal firms.
+pub(crate) fn dominated_firms(dir: &std::path::Path) -> datasandbox::dataset::DatasetSource {
     use datasandbox::catalog::Manifest;
     use datasandbox::policy::PolicySet;
-    use datasandbox::query::QuerySession;
     use datasandbox::release::bind::job_table;
-    let dir = tempfile::tempdir().unwrap();
     // Sector a: one firm holds 1,000 of 1,190; sector b: twenty equal firms.
     let mut csv = String::from("firm,sector,revenue\nF000,a,1000\n");
     for i in 1..20 {
@@ -283,27 +283,34 @@ async fn the_dominance_check_flags_a_cell_one_unit_owns() {
     for i in 20..40 {
         csv.push_str(&format!("F{i:03},b,10\n"));
     }
-    std::fs::write(dir.path().join("firms.csv"), csv).unwrap();
+    std::fs::write(dir.join("firms.csv"), csv).unwrap();
     std::fs::write(
-        dir.path().join("firms.toml"),
+        dir.join("firms.toml"),
         "id = \"firms\"\ntitle = \"t\"\ndomain = \"d\"\nsummary = \"s\"\nowner = \"o\"\nupdate_frequency = \"never\"\nclassification = \"restricted\"\nprivacy_unit = \"firm\"\njoin_keys = []\n\n[[columns]]\nname = \"firm\"\ntype = \"string\"\ndescription = \"id\"\nrole = \"identifier\"\n\n[[columns]]\nname = \"sector\"\ntype = \"string\"\ndescription = \"s\"\nrole = \"attribute\"\n\n[[columns]]\nname = \"revenue\"\ntype = \"int64\"\ndescription = \"r\"\nrole = \"sensitive\"\nbounds = [0, 100000]\n",
     )
     .unwrap();
-    std::fs::create_dir(dir.path().join("policies")).unwrap();
+    std::fs::create_dir(dir.join("policies")).unwrap();
     std::fs::write(
-        dir.path().join("policies/firms.toml"),
+        dir.join("policies/firms.toml"),
         "dataset = \"firms\"\nmodes = [\"aggregate\"]\nmin_group_size = 10\n",
     )
     .unwrap();
-    let manifest = Manifest::load(&dir.path().join("firms.toml")).unwrap();
-    let table = job_table(
+    let manifest = Manifest::load(&dir.join("firms.toml")).unwrap();
+    job_table(
         &manifest,
-        &dir.path().join("firms.csv"),
+        &dir.join("firms.csv"),
         datasandbox::dataset::DataFormat::Csv,
-        &PolicySet::load(&dir.path().join("policies"), None).unwrap(),
+        &PolicySet::load(&dir.join("policies"), None).unwrap(),
         true,
         &datasandbox::release::cell_key::RecordKeys::random(),
-    );
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dominance_check_flags_a_cell_one_unit_owns() {
+    use datasandbox::query::QuerySession;
+    let dir = tempfile::tempdir().unwrap();
+    let table = dominated_firms(dir.path());
     let session = QuerySession::open(&[table], &Default::default())
         .await
         .unwrap();

@@ -281,3 +281,36 @@ async fn a_tenant_compiles_one_upload_at_a_time() {
         .unwrap();
     server.stop().await.unwrap();
 }
+
+/// The review pre-check re-plans the guest's statements: in a worker, on
+/// the job's bound environment sent as data (rules, record keys, schema),
+/// with the same answers as in this process.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dominance_pre_check_runs_in_a_worker_on_the_bound_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let table = crate::review::dominated_firms(dir.path());
+    let pool = datasandbox::worker::WorkerPool::new(
+        datasandbox::worker::WorkerConfig {
+            exe: Some(env!("CARGO_BIN_EXE_dsb").into()),
+            ..Default::default()
+        },
+        &dir.path().join("data"),
+    )
+    .unwrap();
+    let env = common::env("dominance", common::quick_limits(), vec![table]);
+    let statements = vec![
+        "SELECT sector, SUM(revenue) AS revenue FROM firms GROUP BY sector".to_string(),
+        "SELECT sector, COUNT(*) AS firms FROM firms GROUP BY sector".to_string(),
+        "SELECT nothing FROM nowhere".to_string(),
+    ];
+    let in_worker = pool.dominated_cells(&env, statements.clone()).await;
+    assert_eq!(in_worker, vec![Some(1), Some(0), None]);
+    let here = common::sandbox().dominated_cells(&env, statements).await;
+    assert_eq!(in_worker, here);
+    assert_eq!(
+        pool.stats
+            .started
+            .load(std::sync::atomic::Ordering::Relaxed),
+        1
+    );
+}
