@@ -16,6 +16,9 @@ pub struct WorkerArgs {
     /// RLIMIT_NOFILE.
     #[arg(long)]
     open_files: u64,
+    /// RLIMIT_CPU of a call: its wall-clock limit times this.
+    #[arg(long)]
+    cpu_cores_per_call: u32,
 }
 
 pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
@@ -23,6 +26,7 @@ pub async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         memory_bytes: args.memory_bytes,
         open_files: args.open_files,
+        cpu_cores_per_call: args.cpu_cores_per_call,
     })
     .await?;
     Ok(())

@@ -19,7 +19,10 @@
 //!   it.
 //! - Each worker limits itself before it reads a request (`RLIMIT_DATA`:
 //!   heap, wasm memories and thread stacks together; `RLIMIT_NOFILE`;
-//!   `RLIMIT_CORE` 0) and dies with the server (`PR_SET_PDEATHSIG`).
+//!   `RLIMIT_CORE` 0) and dies with the server (`PR_SET_PDEATHSIG`); before
+//!   each call it sets its soft `RLIMIT_CPU` to what it has used plus the
+//!   call's limit times `cpu_cores_per_call` (`SIGXCPU` past it reads
+//!   `timeout`).
 //! - A worker runs one call at a time; idle workers are kept up to
 //!   `idle_workers` and retired after `calls_per_worker` calls, so no
 //!   tenant's call inherits much of another's process.
@@ -69,6 +72,12 @@ pub struct WorkerConfig {
     pub memory_bytes: u64,
     /// `RLIMIT_NOFILE` of each worker.
     pub open_files: u64,
+    /// CPU a call may burn, in cores for its whole wall-clock limit: each
+    /// call's `RLIMIT_CPU` is what the worker used so far plus the call's
+    /// limit times this, plus a second (default: every core, so the OS
+    /// limit backs up the supervisor's deadline and never cuts a query
+    /// short that the deadline allows).
+    pub cpu_cores_per_call: u32,
     /// How long past a call's own wall-clock limit the supervisor waits
     /// before it kills the worker.
     #[serde(deserialize_with = "seconds")]
@@ -105,6 +114,7 @@ impl Default for WorkerConfig {
             exe: None,
             memory_bytes: 4 << 30,
             open_files: 256,
+            cpu_cores_per_call: std::thread::available_parallelism().map_or(2, |n| n.get() as u32),
             kill_after: Duration::from_secs(5),
             idle_workers: 4,
             calls_per_worker: 100,
@@ -193,6 +203,8 @@ impl WorkerPool {
             .arg(self.config.memory_bytes.to_string())
             .arg("--open-files")
             .arg(self.config.open_files.to_string())
+            .arg("--cpu-cores-per-call")
+            .arg(self.config.cpu_cores_per_call.to_string())
             // Nothing of the server's environment (tokens, keys) reaches a
             // worker but the log filter.
             .env_clear()
@@ -295,6 +307,13 @@ impl WorkerPool {
                 execution.diagnostics.trap = Some(format!(
                     "the worker was killed by the supervisor {deadline:?} after the call started"
                 ));
+                execution.diagnostics.duration = started.elapsed();
+                execution
+            }
+            Ended::Died(how) if how == describe_signal(SIGXCPU) => {
+                tracing::warn!(job = %env.job_id, ?pid, "worker passed its CPU limit");
+                let mut execution = Execution::refused(&env.job_id, Category::Timeout);
+                execution.diagnostics.trap = Some(format!("the worker {how} (its CPU limit)"));
                 execution.diagnostics.duration = started.elapsed();
                 execution
             }
@@ -436,10 +455,17 @@ impl WorkerPool {
     }
 }
 
+/// `SIGXCPU`: the kernel's signal past the soft `RLIMIT_CPU`.
+const SIGXCPU: i32 = 24;
+
+fn describe_signal(signal: i32) -> String {
+    format!("was ended by signal {signal}")
+}
+
 fn describe_exit(status: std::process::ExitStatus) -> String {
     use std::os::unix::process::ExitStatusExt;
     match (status.code(), status.signal()) {
-        (_, Some(signal)) => format!("was ended by signal {signal}"),
+        (_, Some(signal)) => describe_signal(signal),
         (Some(code), None) => format!("exited with status {code}"),
         (None, None) => "ended".into(),
     }
@@ -474,6 +500,7 @@ pub struct WorkerArgs {
     pub data_dir: PathBuf,
     pub memory_bytes: u64,
     pub open_files: u64,
+    pub cpu_cores_per_call: u32,
 }
 
 /// Limit this process as a worker: memory, open files, no core dumps, and
@@ -498,6 +525,45 @@ fn limit_self(args: &WorkerArgs) -> Result<(), WorkerError> {
     Ok(())
 }
 
+/// CPU seconds this process has used (user and system, all threads).
+fn cpu_used() -> u64 {
+    // `/proc/self/stat`: fields after the command are state, ppid, …;
+    // utime and stime are the 12th and 13th of them, in clock ticks
+    // (100 a second on Linux).
+    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(") ")
+        .map(|(_, rest)| rest.split(' ').collect())
+        .unwrap_or_default();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (ticks(11) + ticks(12)).div_ceil(100)
+}
+
+/// Let the next call burn at most `seconds` more CPU seconds: the soft
+/// `RLIMIT_CPU` (the kernel sends `SIGXCPU` past it, which ends the
+/// worker). The hard limit stays where it was, so the next call can raise
+/// the soft one again.
+fn limit_cpu(seconds: u64) {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let hard = getrlimit(Resource::Cpu).maximum;
+    let soft = cpu_used().saturating_add(seconds).saturating_add(1);
+    let soft = hard.map_or(soft, |hard| soft.min(hard));
+    if let Err(error) = setrlimit(
+        Resource::Cpu,
+        Rlimit {
+            current: Some(soft),
+            maximum: hard,
+        },
+    ) {
+        tracing::error!(%error, "cannot set the call's CPU limit");
+    }
+}
+
 /// The worker's main loop (`dsb worker`): limit itself, then answer one
 /// request after another from stdin until it closes.
 pub async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
@@ -513,7 +579,12 @@ pub async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
     let store = crate::store::Store::open(&args.data_dir.join("dsb.sqlite")).await?;
     let mut stdin = tokio::io::stdin();
     let mut stdout = tokio::io::stdout();
+    let cores = u64::from(args.cpu_cores_per_call.max(1));
     while let Some(request) = read_frame::<_, Request>(&mut stdin, usize::MAX).await? {
+        limit_cpu(match &request {
+            Request::Call(call) => call.env.limits.timeout.as_secs().max(1) * cores,
+            Request::Compile { .. } | Request::Dominance { .. } => 300 * cores,
+        });
         let response = match request {
             Request::Call(request) => {
                 let job_id = request.env.job_id.clone();
@@ -587,6 +658,9 @@ fn commit_fault(fault: Fault) {
         Fault::Abort => std::process::abort(),
         Fault::Hang => loop {
             std::thread::sleep(Duration::from_secs(3600));
+        },
+        Fault::Spin => loop {
+            std::hint::spin_loop();
         },
         Fault::Panic => panic!("injected host panic"),
         Fault::Allocate => {

@@ -133,6 +133,9 @@ pub enum Fault {
     /// Block the worker's thread forever without yielding, as a host
     /// function stuck in a loop would.
     Hang,
+    /// Burn CPU on the worker's thread without yielding: the worker's
+    /// CPU limit must end it.
+    Spin,
     /// Panic in the host while handling the call.
     Panic,
     /// Allocate and touch 16 GiB: the worker's memory limit must stop it.

@@ -314,3 +314,31 @@ async fn the_dominance_pre_check_runs_in_a_worker_on_the_bound_environment() {
         1
     );
 }
+
+/// The OS limit behind the supervisor: a host thread burning CPU is ended
+/// by the worker's own `RLIMIT_CPU` (the call's limit times one core here)
+/// long before the supervisor's deadline would, and reads `timeout`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_burning_cpu_is_ended_by_its_cpu_limit() {
+    let mut server = TestServer::start_with(|c| {
+        c.workers.fault_injection = true;
+        c.workers.kill_after = Duration::from_secs(60);
+        c.workers.cpu_cores_per_call = 1;
+    })
+    .await;
+    let (client, module) = analyst(&server, "lab-a").await;
+    let started = Instant::now();
+    let (id, category) = run(&client, &module, serde_json::json!({"dsb_fault": "spin"})).await;
+    let took = started.elapsed();
+    assert_eq!(category, "timeout");
+    eprintln!("spin ended after {took:?}");
+    assert!(took < Duration::from_secs(30), "{took:?}");
+    let diagnostics = server.admin.job_diagnostics(&id).await.unwrap();
+    assert!(
+        diagnostics["trap"]
+            .as_str()
+            .is_some_and(|t| t.contains("CPU limit")),
+        "{diagnostics}"
+    );
+    server.stop().await.unwrap();
+}
