@@ -16,7 +16,7 @@ use sha2::{Digest, Sha256};
 use sqlx::Row;
 use subtle::ConstantTimeEq;
 
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// What a principal may do.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, utoipa::ToSchema)]
@@ -151,51 +151,53 @@ pub async fn create_token(
     let id = random_hex(8);
     let secret = random_hex(32);
     let created_at = now();
-    let mut tx = store.begin_write().await?;
-    sqlx::query("INSERT INTO tokens (id, secret_sha256, role, tenant, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)")
-        .bind(&id)
-        .bind(secret_hash(&secret))
-        .bind(role.name())
-        .bind(tenant)
-        .bind(created_at)
-        .bind(expires_at)
-        .execute(&mut *tx)
+    store.transition(async |tx| {
+        sqlx::query("INSERT INTO tokens (id, secret_sha256, role, tenant, created_at, expires_at) VALUES (?, ?, ?, ?, ?, ?)")
+            .bind(&id)
+            .bind(secret_hash(&secret))
+            .bind(role.name())
+            .bind(tenant)
+            .bind(created_at)
+            .bind(expires_at)
+            .execute(tx.conn())
+            .await?;
+        tx.record(
+            actor,
+            "token.created",
+            &id,
+            serde_json::json!({ "role": role, "tenant": tenant, "expires_at": expires_at }),
+        )
         .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "token.created",
-        &id,
-        serde_json::json!({ "role": role, "tenant": tenant, "expires_at": expires_at }),
-    )
-    .await?;
-    tx.commit().await?;
-    let info = TokenInfo {
-        id: id.clone(),
-        role,
-        tenant: tenant.into(),
-        created_at,
-        expires_at,
-        revoked_at: None,
-    };
-    Ok((info, format!("dsb_{id}_{secret}")))
+        let info = TokenInfo {
+            id: id.clone(),
+            role,
+            tenant: tenant.into(),
+            created_at,
+            expires_at,
+            revoked_at: None,
+        };
+        Ok((info, format!("dsb_{id}_{secret}")))
+    }).await
 }
 
 /// Revoke a token at once. Returns false when there is no such token.
 pub async fn revoke_token(store: &Store, actor: &str, id: &str) -> Result<bool, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let updated =
-        sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
-            .bind(now())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
-    }
-    audit::append(&mut tx, actor, "token.revoked", id, serde_json::json!({})).await?;
-    tx.commit().await?;
-    Ok(true)
+    store
+        .transition(async |tx| {
+            let updated =
+                sqlx::query("UPDATE tokens SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+                    .bind(now())
+                    .bind(id)
+                    .execute(tx.conn())
+                    .await?;
+            if updated.rows_affected() == 0 {
+                return Ok(false);
+            }
+            tx.record(actor, "token.revoked", id, serde_json::json!({}))
+                .await?;
+            Ok(true)
+        })
+        .await
 }
 
 pub async fn list_tokens(store: &Store) -> Result<Vec<TokenInfo>, StoreError> {
@@ -279,16 +281,18 @@ pub async fn grant(
     dataset: &str,
     expires_at: Option<i64>,
 ) -> Result<Grant, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let grant = grant_scoped(&mut tx, actor, tenant, dataset, expires_at, None, None).await?;
-    tx.commit().await?;
-    Ok(grant)
+    store
+        .transition(async |tx| {
+            let grant = grant_scoped(tx, actor, tenant, dataset, expires_at, None, None).await?;
+            Ok(grant)
+        })
+        .await
 }
 
 /// Grant inside a write transaction, optionally limited to `columns` and
 /// release `modes` (`None`: all), replacing an earlier grant; audited.
 pub async fn grant_scoped(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut crate::store::Transaction<'_>,
     actor: &str,
     tenant: &str,
     dataset: &str,
@@ -301,7 +305,7 @@ pub async fn grant_scoped(
     sqlx::query("DELETE FROM grants WHERE tenant = ? AND dataset = ?")
         .bind(tenant)
         .bind(dataset)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
     let json =
         |list: Option<&[String]>| list.map(|l| serde_json::to_string(l).expect("serialises"));
@@ -313,11 +317,9 @@ pub async fn grant_scoped(
         .bind(expires_at)
         .bind(json(columns))
         .bind(json(modes))
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
-    audit::append(
-        tx,
-        actor,
+    tx.record(actor,
         "grant.added",
         dataset,
         serde_json::json!({ "tenant": tenant, "expires_at": expires_at, "columns": columns, "modes": modes }),

@@ -9,7 +9,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 const DAY: i64 = 86_400;
 
@@ -133,41 +133,41 @@ pub async fn submit(
 ) -> Result<Application, StoreError> {
     let id = crate::store::jobs::new_job_id();
     let at = now();
-    let mut tx = store.begin_write().await?;
-    sqlx::query("INSERT INTO applications (id, tenant, applicant, dataset, purpose, columns, modes, term_days, intended_outputs, agreement_version, agreement_sha256, accepted_at, submitted_at, deadline_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')")
-        .bind(&id)
-        .bind(tenant)
-        .bind(applicant)
-        .bind(&request.dataset)
-        .bind(&request.purpose)
-        .bind(serde_json::to_string(&request.columns).expect("serialises"))
-        .bind(serde_json::to_string(&request.modes).expect("serialises"))
-        .bind(i64::from(request.term_days))
-        .bind(&request.intended_outputs)
-        .bind(agreement_version)
-        .bind(&request.agreement_sha256)
-        .bind(at)
-        .bind(at)
-        .bind(deadline_at)
-        .execute(&mut *tx)
+    store.transition(async |tx| {
+        sqlx::query("INSERT INTO applications (id, tenant, applicant, dataset, purpose, columns, modes, term_days, intended_outputs, agreement_version, agreement_sha256, accepted_at, submitted_at, deadline_at, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending')")
+            .bind(&id)
+            .bind(tenant)
+            .bind(applicant)
+            .bind(&request.dataset)
+            .bind(&request.purpose)
+            .bind(serde_json::to_string(&request.columns).expect("serialises"))
+            .bind(serde_json::to_string(&request.modes).expect("serialises"))
+            .bind(i64::from(request.term_days))
+            .bind(&request.intended_outputs)
+            .bind(agreement_version)
+            .bind(&request.agreement_sha256)
+            .bind(at)
+            .bind(at)
+            .bind(deadline_at)
+            .execute(tx.conn())
+            .await?;
+        tx.record(
+            applicant,
+            "application.submitted",
+            &id,
+            serde_json::json!({
+                "dataset": request.dataset,
+                "columns": request.columns,
+                "modes": request.modes,
+                "term_days": request.term_days,
+                "agreement_version": agreement_version,
+                "agreement_sha256": request.agreement_sha256,
+                "accepted_at": at,
+            }),
+        )
         .await?;
-    audit::append(
-        &mut tx,
-        applicant,
-        "application.submitted",
-        &id,
-        serde_json::json!({
-            "dataset": request.dataset,
-            "columns": request.columns,
-            "modes": request.modes,
-            "term_days": request.term_days,
-            "agreement_version": agreement_version,
-            "agreement_sha256": request.agreement_sha256,
-            "accepted_at": at,
-        }),
-    )
-    .await?;
-    tx.commit().await?;
+        Ok::<_, StoreError>(())
+    }).await?;
     get(store, &id)
         .await?
         .ok_or_else(|| StoreError::Record("lost an application".into()))
@@ -271,39 +271,41 @@ pub async fn approve(
     }
     let at = now();
     let until = at + i64::from(term_days) * DAY;
-    let mut tx = store.begin_write().await?;
-    let updated = sqlx::query("UPDATE applications SET state = 'approved', decided_by = ?, decided_at = ? WHERE id = ? AND state = 'pending'")
-        .bind(actor)
-        .bind(at)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    if updated.rows_affected() == 0 {
-        // Another decision committed since `pending` read it; nothing of
-        // this one is written (the transaction rolls back on drop).
-        drop(tx);
+    let decided = store.transition(async |tx| {
+        let updated = sqlx::query("UPDATE applications SET state = 'approved', decided_by = ?, decided_at = ? WHERE id = ? AND state = 'pending'")
+            .bind(actor)
+            .bind(at)
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        if updated.rows_affected() == 0 {
+            // Another decision committed since `pending` read it; nothing of
+            // this one is written.
+            return Ok(false);
+        }
+        crate::accounts::grant_scoped(
+            tx,
+            actor,
+            &application.tenant,
+            &asked.dataset,
+            Some(until),
+            Some(&columns),
+            Some(&modes),
+        )
+        .await?;
+        tx.record(
+            actor,
+            "application.approved",
+            id,
+            serde_json::json!({ "columns": columns, "modes": modes, "until": until }),
+        )
+        .await?;
+        Ok::<_, DecisionError>(true)
+    }).await?;
+    if !decided {
         return Err(decided_meanwhile(store, id).await);
     }
-    crate::accounts::grant_scoped(
-        &mut tx,
-        actor,
-        &application.tenant,
-        &asked.dataset,
-        Some(until),
-        Some(&columns),
-        Some(&modes),
-    )
-    .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "application.approved",
-        id,
-        serde_json::json!({ "columns": columns, "modes": modes, "until": until }),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     Ok(get(store, id).await?.expect("just decided"))
 }
 
@@ -315,28 +317,30 @@ pub async fn reject(
     reason: &str,
 ) -> Result<Application, DecisionError> {
     pending(store, id).await?;
-    let mut tx = store.begin_write().await?;
-    let updated = sqlx::query("UPDATE applications SET state = 'rejected', decided_by = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'")
-        .bind(actor)
-        .bind(now())
-        .bind(reason)
-        .bind(id)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    if updated.rows_affected() == 0 {
-        drop(tx);
+    let decided = store.transition(async |tx| {
+        let updated = sqlx::query("UPDATE applications SET state = 'rejected', decided_by = ?, decided_at = ?, reason = ? WHERE id = ? AND state = 'pending'")
+            .bind(actor)
+            .bind(now())
+            .bind(reason)
+            .bind(id)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.record(
+            actor,
+            "application.rejected",
+            id,
+            serde_json::json!({ "reason": reason }),
+        )
+        .await?;
+        Ok::<_, DecisionError>(true)
+    }).await?;
+    if !decided {
         return Err(decided_meanwhile(store, id).await);
     }
-    audit::append(
-        &mut tx,
-        actor,
-        "application.rejected",
-        id,
-        serde_json::json!({ "reason": reason }),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
     Ok(get(store, id).await?.expect("just decided"))
 }
 

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
 use crate::sandbox::Output;
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// One pre-check finding.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -375,111 +375,110 @@ pub async fn decide(
             "a rejection or a change request needs a comment the author sees".into(),
         ));
     }
-    let mut tx = store.begin_write().await?;
-    let row = sqlx::query("SELECT author, state, outputs FROM held_outputs WHERE job_id = ?")
-        .bind(job_id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?
-        .ok_or_else(|| ReviewError::Unknown(job_id.into()))?;
-    let author: String = row.get(0);
-    let state: String = row.get(1);
-    if author == reviewer {
-        return Err(ReviewError::OwnOutput);
-    }
-    if state != "held" {
-        return Err(ReviewError::Ended(state));
-    }
-    let done: Option<String> =
-        sqlx::query_scalar("SELECT decision FROM reviews WHERE job_id = ? AND reviewer = ?")
+    store.transition(async |tx| {
+        let row = sqlx::query("SELECT author, state, outputs FROM held_outputs WHERE job_id = ?")
+            .bind(job_id)
+            .fetch_optional(tx.conn())
+            .await
+            .map_err(StoreError::from)?
+            .ok_or_else(|| ReviewError::Unknown(job_id.into()))?;
+        let author: String = row.get(0);
+        let state: String = row.get(1);
+        if author == reviewer {
+            return Err(ReviewError::OwnOutput);
+        }
+        if state != "held" {
+            return Err(ReviewError::Ended(state));
+        }
+        let done: Option<String> =
+            sqlx::query_scalar("SELECT decision FROM reviews WHERE job_id = ? AND reviewer = ?")
+                .bind(job_id)
+                .bind(reviewer)
+                .fetch_optional(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
+        if done.is_some() {
+            return Err(ReviewError::AlreadyDecided);
+        }
+        sqlx::query("INSERT INTO reviews (job_id, reviewer, key_id, decision, comment, at) VALUES (?, ?, ?, ?, ?, ?)")
             .bind(job_id)
             .bind(reviewer)
-            .fetch_optional(&mut *tx)
+            .bind(key_id)
+            .bind(&decision.decision)
+            .bind(&decision.comment)
+            .bind(now())
+            .execute(tx.conn())
             .await
             .map_err(StoreError::from)?;
-    if done.is_some() {
-        return Err(ReviewError::AlreadyDecided);
-    }
-    sqlx::query("INSERT INTO reviews (job_id, reviewer, key_id, decision, comment, at) VALUES (?, ?, ?, ?, ?, ?)")
+        tx.record(
+            reviewer,
+            "review.decided",
+            job_id,
+            serde_json::json!({ "decision": decision.decision, "comment": decision.comment }),
+        )
+        .await?;
+        let approvals: Vec<String> = sqlx::query_scalar(
+            "SELECT key_id FROM reviews WHERE job_id = ? AND decision = 'approve' ORDER BY at, reviewer",
+        )
         .bind(job_id)
-        .bind(reviewer)
-        .bind(key_id)
-        .bind(&decision.decision)
-        .bind(&decision.comment)
-        .bind(now())
-        .execute(&mut *tx)
+        .fetch_all(tx.conn())
         .await
         .map_err(StoreError::from)?;
-    audit::append(
-        &mut tx,
-        reviewer,
-        "review.decided",
-        job_id,
-        serde_json::json!({ "decision": decision.decision, "comment": decision.comment }),
-    )
-    .await?;
-    let approvals: Vec<String> = sqlx::query_scalar(
-        "SELECT key_id FROM reviews WHERE job_id = ? AND decision = 'approve' ORDER BY at, reviewer",
-    )
-    .bind(job_id)
-    .fetch_all(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    let (new_state, outcome) = match decision.decision.as_str() {
-        "reject" => ("rejected", Outcome::Rejected(decision.comment.clone())),
-        "request-changes" => (
-            "changes-requested",
-            Outcome::ChangesRequested(decision.comment.clone()),
-        ),
-        _ if approvals.len() >= 2 => {
-            let outputs: Vec<Output> = serde_json::from_str(&row.get::<String, _>(2))
-                .map_err(|e| StoreError::Record(e.to_string()))?;
-            let receipt = crate::store::jobs::release_held_in(
-                &mut tx,
-                job_id,
-                &outputs,
-                finish.privacy_cost,
-                approvals,
-                finish.signer,
-            )
-            .await?;
-            ("released", Outcome::Released(receipt.map(Box::new)))
+        let (new_state, outcome) = match decision.decision.as_str() {
+            "reject" => ("rejected", Outcome::Rejected(decision.comment.clone())),
+            "request-changes" => (
+                "changes-requested",
+                Outcome::ChangesRequested(decision.comment.clone()),
+            ),
+            _ if approvals.len() >= 2 => {
+                let outputs: Vec<Output> = serde_json::from_str(&row.get::<String, _>(2))
+                    .map_err(|e| StoreError::Record(e.to_string()))?;
+                let receipt = crate::store::jobs::release_held_in(
+                    tx,
+                    job_id,
+                    &outputs,
+                    finish.privacy_cost,
+                    approvals,
+                    finish.signer,
+                )
+                .await?;
+                ("released", Outcome::Released(receipt.map(Box::new)))
+            }
+            _ => ("held", Outcome::Pending),
+        };
+        match &outcome {
+            Outcome::Rejected(reason) => {
+                crate::store::jobs::end_review_in(
+                    tx,
+                    job_id,
+                    "rejected",
+                    &format!("review-rejected: {reason}"),
+                )
+                .await?
+            }
+            // The job ends unreleased; the author resubmits after the changes
+            // (the review record keeps `changes-requested`).
+            Outcome::ChangesRequested(comment) => {
+                crate::store::jobs::end_review_in(
+                    tx,
+                    job_id,
+                    "rejected",
+                    &format!("changes-requested: {comment}"),
+                )
+                .await?
+            }
+            Outcome::Pending | Outcome::Released(_) => {}
         }
-        _ => ("held", Outcome::Pending),
-    };
-    match &outcome {
-        Outcome::Rejected(reason) => {
-            crate::store::jobs::end_review_in(
-                &mut tx,
-                job_id,
-                "rejected",
-                &format!("review-rejected: {reason}"),
-            )
-            .await?
+        if new_state != "held" {
+            sqlx::query("UPDATE held_outputs SET state = ? WHERE job_id = ?")
+                .bind(new_state)
+                .bind(job_id)
+                .execute(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
         }
-        // The job ends unreleased; the author resubmits after the changes
-        // (the review record keeps `changes-requested`).
-        Outcome::ChangesRequested(comment) => {
-            crate::store::jobs::end_review_in(
-                &mut tx,
-                job_id,
-                "rejected",
-                &format!("changes-requested: {comment}"),
-            )
-            .await?
-        }
-        Outcome::Pending | Outcome::Released(_) => {}
-    }
-    if new_state != "held" {
-        sqlx::query("UPDATE held_outputs SET state = ? WHERE job_id = ?")
-            .bind(new_state)
-            .bind(job_id)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-    }
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(outcome)
+        Ok(outcome)
+    }).await
 }
 
 #[cfg(test)]

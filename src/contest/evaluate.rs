@@ -201,55 +201,55 @@ pub async fn record(
     team: &str,
     outcome: &Result<Scores, Category>,
 ) -> Result<Option<f64>, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let result = match outcome {
-        Ok(scores) => {
-            let best: Vec<f64> = sqlx::query_scalar(
-                "SELECT public_released FROM contest_submissions WHERE contest_id = ? AND team = ? AND state = 'scored'",
-            )
-            .bind(&spec.id)
-            .bind(team)
-            .fetch_all(&mut *tx)
-            .await?;
-            let best = best
-                .into_iter()
-                .reduce(|a, b| if spec.better(a, b) { a } else { b });
-            let rounded = spec.round(scores.public);
-            let released = match (spec.release, best) {
-                (ReleaseRule::Ladder, Some(best)) => {
-                    let margin = if spec.metric.higher_is_better() {
-                        rounded - best
-                    } else {
-                        best - rounded
-                    };
-                    if margin > spec.step { rounded } else { best }
-                }
-                _ => rounded,
-            };
-            sqlx::query("UPDATE contest_submissions SET state = 'scored', counted = 1, category = 'ok', public_raw = ?, private_raw = ?, public_released = ? WHERE id = ?")
-                .bind(scores.public)
-                .bind(scores.private)
-                .bind(released)
-                .bind(submission)
-                .execute(&mut *tx)
+    store.transition(async |tx| {
+        let result = match outcome {
+            Ok(scores) => {
+                let best: Vec<f64> = sqlx::query_scalar(
+                    "SELECT public_released FROM contest_submissions WHERE contest_id = ? AND team = ? AND state = 'scored'",
+                )
+                .bind(&spec.id)
+                .bind(team)
+                .fetch_all(tx.conn())
                 .await?;
-            Some(released)
-        }
-        Err(category) => {
-            let host = matches!(category, Category::Internal | Category::Cancelled);
-            sqlx::query(
-                "UPDATE contest_submissions SET state = ?, counted = ?, category = ?, category_detail = ? WHERE id = ?",
-            )
-            .bind(if host { "interrupted" } else { "failed" })
-            .bind(i64::from(!host))
-            .bind(team_category(category).code())
-            .bind(category.code())
-            .bind(submission)
-            .execute(&mut *tx)
-            .await?;
-            None
-        }
-    };
-    tx.commit().await?;
-    Ok(result)
+                let best = best
+                    .into_iter()
+                    .reduce(|a, b| if spec.better(a, b) { a } else { b });
+                let rounded = spec.round(scores.public);
+                let released = match (spec.release, best) {
+                    (ReleaseRule::Ladder, Some(best)) => {
+                        let margin = if spec.metric.higher_is_better() {
+                            rounded - best
+                        } else {
+                            best - rounded
+                        };
+                        if margin > spec.step { rounded } else { best }
+                    }
+                    _ => rounded,
+                };
+                sqlx::query("UPDATE contest_submissions SET state = 'scored', counted = 1, category = 'ok', public_raw = ?, private_raw = ?, public_released = ? WHERE id = ?")
+                    .bind(scores.public)
+                    .bind(scores.private)
+                    .bind(released)
+                    .bind(submission)
+                    .execute(tx.conn())
+                    .await?;
+                Some(released)
+            }
+            Err(category) => {
+                let host = matches!(category, Category::Internal | Category::Cancelled);
+                sqlx::query(
+                    "UPDATE contest_submissions SET state = ?, counted = ?, category = ?, category_detail = ? WHERE id = ?",
+                )
+                .bind(if host { "interrupted" } else { "failed" })
+                .bind(i64::from(!host))
+                .bind(team_category(category).code())
+                .bind(category.code())
+                .bind(submission)
+                .execute(tx.conn())
+                .await?;
+                None
+            }
+        };
+        Ok(result)
+    }).await
 }

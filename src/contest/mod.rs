@@ -36,7 +36,7 @@ pub use metrics::Metric;
 pub use spec::*;
 
 use crate::sandbox::Category;
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// Contest errors callers can act on.
 #[derive(Debug, thiserror::Error)]
@@ -80,36 +80,34 @@ pub async fn create(store: &Store, spec: &Spec, actor: &str) -> Result<ContestVi
     ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut bytes)
         .map_err(|_| StoreError::Record("no system randomness".into()))?;
     let seed = hex::encode(bytes);
-    let mut tx = store.begin_write().await?;
-    let exists: Option<String> = sqlx::query_scalar("SELECT id FROM contests WHERE id = ?")
-        .bind(&spec.id)
-        .fetch_optional(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    if exists.is_some() {
-        return Err(ContestError::Exists(spec.id.clone()));
-    }
-    sqlx::query("INSERT INTO contests (id, spec, seed, opens_at, closes_at, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)")
-        .bind(&spec.id)
-        .bind(serde_json::to_string(spec).expect("spec serialises"))
-        .bind(&seed)
-        .bind(spec.opens_at)
-        .bind(spec.closes_at)
-        .bind(now())
-        .bind(actor)
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    audit::append(
-        &mut tx,
-        actor,
-        "contest.created",
-        &spec.id,
-        serde_json::json!({ "dataset": spec.dataset, "metric": spec.metric, "seed_sha256": seed_hash(&seed) }),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(view(spec.clone(), &seed))
+    store.transition(async |tx| {
+        let exists: Option<String> = sqlx::query_scalar("SELECT id FROM contests WHERE id = ?")
+            .bind(&spec.id)
+            .fetch_optional(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        if exists.is_some() {
+            return Err(ContestError::Exists(spec.id.clone()));
+        }
+        sqlx::query("INSERT INTO contests (id, spec, seed, opens_at, closes_at, created_at, created_by) VALUES (?, ?, ?, ?, ?, ?, ?)")
+            .bind(&spec.id)
+            .bind(serde_json::to_string(spec).expect("spec serialises"))
+            .bind(&seed)
+            .bind(spec.opens_at)
+            .bind(spec.closes_at)
+            .bind(now())
+            .bind(actor)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        tx.record(actor,
+            "contest.created",
+            &spec.id,
+            serde_json::json!({ "dataset": spec.dataset, "metric": spec.metric, "seed_sha256": seed_hash(&seed) }),
+        )
+        .await?;
+        Ok(view(spec.clone(), &seed))
+    }).await
 }
 
 fn view(spec: Spec, seed: &str) -> ContestView {
@@ -165,55 +163,55 @@ pub async fn admit(
     if !(spec.opens_at <= at && at < spec.closes_at) {
         return Err(ContestError::Closed(spec.id.clone()));
     }
-    let mut tx = store.begin_write().await?;
-    let day_start = at - at.rem_euclid(86_400);
-    let row = sqlx::query(
-        "SELECT COUNT(*), SUM(CASE WHEN submitted_at >= ? THEN 1 ELSE 0 END) FROM contest_submissions WHERE contest_id = ? AND team = ? AND counted = 1",
-    )
-    .bind(day_start)
-    .bind(&spec.id)
-    .bind(team)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    let total: i64 = row.get(0);
-    let today: i64 = row.get::<Option<i64>, _>(1).unwrap_or(0);
-    if today >= i64::from(spec.daily_limit) {
-        return Err(ContestError::Quota(format!(
-            "quota-exhausted: {} submissions a day; the next counts from 00:00 UTC",
-            spec.daily_limit
-        )));
-    }
-    if total >= i64::from(spec.total_limit) {
-        return Err(ContestError::Quota(format!(
-            "quota-exhausted: {} submissions in all",
-            spec.total_limit
-        )));
-    }
-    let contest_today: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND counted = 1 AND submitted_at >= ?",
-    )
-    .bind(&spec.id)
-    .bind(day_start)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    if contest_today >= i64::from(spec.contest_daily_limit) {
-        return Err(ContestError::Quota(format!(
-            "quota-exhausted: the contest takes {} submissions a day from all teams together; the next count from 00:00 UTC",
-            spec.contest_daily_limit
-        )));
-    }
-    sqlx::query("INSERT INTO contest_submissions (id, contest_id, team, submitted_at, state, counted) VALUES (?, ?, ?, ?, 'queued', 1)")
-        .bind(submission)
+    store.transition(async |tx| {
+        let day_start = at - at.rem_euclid(86_400);
+        let row = sqlx::query(
+            "SELECT COUNT(*), SUM(CASE WHEN submitted_at >= ? THEN 1 ELSE 0 END) FROM contest_submissions WHERE contest_id = ? AND team = ? AND counted = 1",
+        )
+        .bind(day_start)
         .bind(&spec.id)
         .bind(team)
-        .bind(at)
-        .execute(&mut *tx)
+        .fetch_one(tx.conn())
         .await
         .map_err(StoreError::from)?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(())
+        let total: i64 = row.get(0);
+        let today: i64 = row.get::<Option<i64>, _>(1).unwrap_or(0);
+        if today >= i64::from(spec.daily_limit) {
+            return Err(ContestError::Quota(format!(
+                "quota-exhausted: {} submissions a day; the next counts from 00:00 UTC",
+                spec.daily_limit
+            )));
+        }
+        if total >= i64::from(spec.total_limit) {
+            return Err(ContestError::Quota(format!(
+                "quota-exhausted: {} submissions in all",
+                spec.total_limit
+            )));
+        }
+        let contest_today: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND counted = 1 AND submitted_at >= ?",
+        )
+        .bind(&spec.id)
+        .bind(day_start)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(StoreError::from)?;
+        if contest_today >= i64::from(spec.contest_daily_limit) {
+            return Err(ContestError::Quota(format!(
+                "quota-exhausted: the contest takes {} submissions a day from all teams together; the next count from 00:00 UTC",
+                spec.contest_daily_limit
+            )));
+        }
+        sqlx::query("INSERT INTO contest_submissions (id, contest_id, team, submitted_at, state, counted) VALUES (?, ?, ?, ?, 'queued', 1)")
+            .bind(submission)
+            .bind(&spec.id)
+            .bind(team)
+            .bind(at)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        Ok(())
+    }).await
 }
 
 /// Submissions whose job ended without the contest path recording it (a
@@ -294,55 +292,54 @@ pub async fn pick(
     if now() >= spec.closes_at {
         return Err(ContestError::Closed(spec.id.clone()));
     }
-    let mut tx = store.begin_write().await?;
-    let state: Option<String> = sqlx::query_scalar(
-        "SELECT state FROM contest_submissions WHERE id = ? AND contest_id = ? AND team = ?",
-    )
-    .bind(submission)
-    .bind(&spec.id)
-    .bind(team)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    match state.as_deref() {
-        None => return Err(ContestError::Unknown(submission.into())),
-        Some("scored") => {}
-        Some(_) => {
-            return Err(ContestError::Pick(
-                "only scored submissions can be picked".into(),
-            ));
-        }
-    }
-    let picked: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND team = ? AND picked = 1 AND id != ?",
-    )
-    .bind(&spec.id)
-    .bind(team)
-    .bind(submission)
-    .fetch_one(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    if picked >= i64::from(spec.final_picks) {
-        return Err(ContestError::Pick(format!(
-            "{} final picks already made",
-            spec.final_picks
-        )));
-    }
-    sqlx::query("UPDATE contest_submissions SET picked = 1 WHERE id = ?")
+    store.transition(async |tx| {
+        let state: Option<String> = sqlx::query_scalar(
+            "SELECT state FROM contest_submissions WHERE id = ? AND contest_id = ? AND team = ?",
+        )
         .bind(submission)
-        .execute(&mut *tx)
+        .bind(&spec.id)
+        .bind(team)
+        .fetch_optional(tx.conn())
         .await
         .map_err(StoreError::from)?;
-    audit::append(
-        &mut tx,
-        team,
-        "contest.picked",
-        submission,
-        serde_json::json!({ "contest": spec.id }),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(())
+        match state.as_deref() {
+            None => return Err(ContestError::Unknown(submission.into())),
+            Some("scored") => {}
+            Some(_) => {
+                return Err(ContestError::Pick(
+                    "only scored submissions can be picked".into(),
+                ));
+            }
+        }
+        let picked: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND team = ? AND picked = 1 AND id != ?",
+        )
+        .bind(&spec.id)
+        .bind(team)
+        .bind(submission)
+        .fetch_one(tx.conn())
+        .await
+        .map_err(StoreError::from)?;
+        if picked >= i64::from(spec.final_picks) {
+            return Err(ContestError::Pick(format!(
+                "{} final picks already made",
+                spec.final_picks
+            )));
+        }
+        sqlx::query("UPDATE contest_submissions SET picked = 1 WHERE id = ?")
+            .bind(submission)
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        tx.record(
+            team,
+            "contest.picked",
+            submission,
+            serde_json::json!({ "contest": spec.id }),
+        )
+        .await?;
+        Ok(())
+    }).await
 }
 
 /// One team on a leaderboard.

@@ -29,7 +29,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 const EPSILON_UNIT: f64 = 1e6;
 const DELTA_UNIT: f64 = 1e15;
@@ -293,78 +293,77 @@ pub async fn charge(
 ) -> Result<(), ChargeError> {
     let caps = population.caps;
     let units = charge_units(cost);
-    let mut tx = store.begin_write().await?;
-    let spent_units = spent(&mut tx, Some(principal), population).await?;
-    let cap = cap_units(caps.total) + granted(&mut tx, principal, population).await?;
-    if !fits(spent_units + units, cap, caps.zcdp) {
-        let (used_epsilon, used_delta) = as_epsilon_delta(spent_units, cap, caps.zcdp);
-        let left = Cost {
-            epsilon: (cap.epsilon as f64 / EPSILON_UNIT - used_epsilon).max(0.0),
-            delta: (cap.delta as f64 / DELTA_UNIT - used_delta).max(0.0),
-            rho: 0.0,
-        };
-        return Err(ChargeError::Exhausted(format!(
-            "this query needs ε={} δ={:e}{}; population {} has ε={} δ={:e} left for you",
-            cost.epsilon,
-            cost.delta,
-            if cost.rho > 0.0 {
-                format!(" ρ={}", cost.rho)
-            } else {
-                String::new()
-            },
-            population.id,
-            left.epsilon,
-            left.delta
-        )));
-    }
-    if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
-        let all = spent(&mut tx, None, population).await? + units;
-        // Under zCDP the ρ charges of all tenants are converted at the
-        // population's δ cap (or, without one, each tenant's).
-        let conversion_delta = caps.dataset_delta.or(caps.zcdp.then_some(caps.total.delta));
-        let cap_all = Units {
-            epsilon: caps
-                .dataset_epsilon
-                .map_or(i64::MAX / 4, |e| (e * EPSILON_UNIT).floor() as i64),
-            delta: conversion_delta.map_or(i64::MAX / 4, |d| (d * DELTA_UNIT).floor() as i64),
-            rho: 0,
-        };
-        if !fits(all, cap_all, caps.zcdp) {
+    store.transition(async |tx| {
+        let spent_units = spent(tx.conn(), Some(principal), population).await?;
+        let cap = cap_units(caps.total) + granted(tx.conn(), principal, population).await?;
+        if !fits(spent_units + units, cap, caps.zcdp) {
+            let (used_epsilon, used_delta) = as_epsilon_delta(spent_units, cap, caps.zcdp);
+            let left = Cost {
+                epsilon: (cap.epsilon as f64 / EPSILON_UNIT - used_epsilon).max(0.0),
+                delta: (cap.delta as f64 / DELTA_UNIT - used_delta).max(0.0),
+                rho: 0.0,
+            };
             return Err(ChargeError::Exhausted(format!(
-                "the budget of population {} over all users is spent",
-                population.id
+                "this query needs ε={} δ={:e}{}; population {} has ε={} δ={:e} left for you",
+                cost.epsilon,
+                cost.delta,
+                if cost.rho > 0.0 {
+                    format!(" ρ={}", cost.rho)
+                } else {
+                    String::new()
+                },
+                population.id,
+                left.epsilon,
+                left.delta
             )));
         }
-    }
-    sqlx::query("INSERT INTO dp_charges (principal, dataset, population, job_id, epsilon_micro, delta_femto, rho_nano, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(principal)
-        .bind(dataset)
-        .bind(&population.id)
-        .bind(job_id)
-        .bind(units.epsilon)
-        .bind(units.delta)
-        .bind(units.rho)
-        .bind(now())
-        .execute(&mut *tx)
-        .await
-        .map_err(StoreError::from)?;
-    audit::append(
-        &mut tx,
-        "system",
-        "budget.charged",
-        job_id,
-        serde_json::json!({
-            "principal": principal,
-            "dataset": dataset,
-            "population": population.id,
-            "epsilon": cost_of(units).epsilon,
-            "delta": cost_of(units).delta,
-            "rho": cost_of(units).rho,
-        }),
-    )
-    .await?;
-    tx.commit().await.map_err(StoreError::from)?;
-    Ok(())
+        if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
+            let all = spent(tx.conn(), None, population).await? + units;
+            // Under zCDP the ρ charges of all tenants are converted at the
+            // population's δ cap (or, without one, each tenant's).
+            let conversion_delta = caps.dataset_delta.or(caps.zcdp.then_some(caps.total.delta));
+            let cap_all = Units {
+                epsilon: caps
+                    .dataset_epsilon
+                    .map_or(i64::MAX / 4, |e| (e * EPSILON_UNIT).floor() as i64),
+                delta: conversion_delta.map_or(i64::MAX / 4, |d| (d * DELTA_UNIT).floor() as i64),
+                rho: 0,
+            };
+            if !fits(all, cap_all, caps.zcdp) {
+                return Err(ChargeError::Exhausted(format!(
+                    "the budget of population {} over all users is spent",
+                    population.id
+                )));
+            }
+        }
+        sqlx::query("INSERT INTO dp_charges (principal, dataset, population, job_id, epsilon_micro, delta_femto, rho_nano, charged_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(principal)
+            .bind(dataset)
+            .bind(&population.id)
+            .bind(job_id)
+            .bind(units.epsilon)
+            .bind(units.delta)
+            .bind(units.rho)
+            .bind(now())
+            .execute(tx.conn())
+            .await
+            .map_err(StoreError::from)?;
+        tx.record(
+            "system",
+            "budget.charged",
+            job_id,
+            serde_json::json!({
+                "principal": principal,
+                "dataset": dataset,
+                "population": population.id,
+                "epsilon": cost_of(units).epsilon,
+                "delta": cost_of(units).delta,
+                "rho": cost_of(units).rho,
+            }),
+        )
+        .await?;
+        Ok(())
+    }).await
 }
 
 /// Add budget on top of the policy's cap on a population (an
@@ -379,28 +378,26 @@ pub async fn grant(
     reason: &str,
 ) -> Result<(), StoreError> {
     let Units { epsilon, delta, .. } = cap_units(amount);
-    let mut tx = store.begin_write().await?;
-    sqlx::query("INSERT INTO dp_budget_grants (principal, dataset, population, epsilon_micro, delta_femto, reason, actor, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
-        .bind(principal)
-        .bind(dataset)
-        .bind(&population.id)
-        .bind(epsilon)
-        .bind(delta)
-        .bind(reason)
-        .bind(actor)
-        .bind(now())
-        .execute(&mut *tx)
+    store.transition(async |tx| {
+        sqlx::query("INSERT INTO dp_budget_grants (principal, dataset, population, epsilon_micro, delta_femto, reason, actor, granted_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+            .bind(principal)
+            .bind(dataset)
+            .bind(&population.id)
+            .bind(epsilon)
+            .bind(delta)
+            .bind(reason)
+            .bind(actor)
+            .bind(now())
+            .execute(tx.conn())
+            .await?;
+        tx.record(actor,
+            "budget.granted",
+            &format!("{principal}/{}", population.id),
+            serde_json::json!({ "epsilon": amount.epsilon, "delta": amount.delta, "reason": reason, "dataset": dataset }),
+        )
         .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "budget.granted",
-        &format!("{principal}/{}", population.id),
-        serde_json::json!({ "epsilon": amount.epsilon, "delta": amount.delta, "reason": reason, "dataset": dataset }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+        Ok(())
+    }).await
 }
 
 /// A principal's budget on a population.

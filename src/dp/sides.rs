@@ -11,7 +11,7 @@
 //! holder that needs ε to hold against them offers one side only.
 
 use crate::policy::Side;
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// The tenant is pinned to the other side of the population.
 #[derive(Debug, thiserror::Error)]
@@ -39,51 +39,50 @@ pub async fn pin(
     side: Side,
     job_id: &str,
 ) -> Result<(), PinError> {
-    let mut tx = store.begin_write().await?;
-    let existing: Option<(String, String)> = sqlx::query_as(
-        "SELECT side, job_id FROM population_sides WHERE tenant = ? AND population = ?",
-    )
-    .bind(tenant)
-    .bind(population)
-    .fetch_optional(&mut *tx)
-    .await
-    .map_err(StoreError::from)?;
-    match existing {
-        Some((pinned, first_job)) => {
-            let pinned = Side::parse(&pinned).unwrap_or(Side::Exact);
-            if pinned == side {
+    store.transition(async |tx| {
+        let existing: Option<(String, String)> = sqlx::query_as(
+            "SELECT side, job_id FROM population_sides WHERE tenant = ? AND population = ?",
+        )
+        .bind(tenant)
+        .bind(population)
+        .fetch_optional(tx.conn())
+        .await
+        .map_err(StoreError::from)?;
+        match existing {
+            Some((pinned, first_job)) => {
+                let pinned = Side::parse(&pinned).unwrap_or(Side::Exact);
+                if pinned == side {
+                    Ok(())
+                } else {
+                    Err(PinError::Conflict {
+                        population: population.to_string(),
+                        pinned: pinned.name(),
+                        wanted: side.name(),
+                        job_id: first_job,
+                    })
+                }
+            }
+            None => {
+                sqlx::query(
+                    "INSERT INTO population_sides (tenant, population, side, job_id, pinned_at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(tenant)
+                .bind(population)
+                .bind(side.name())
+                .bind(job_id)
+                .bind(now())
+                .execute(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
+                tx.record(
+                    "system",
+                    "population.pinned",
+                    &format!("{tenant}/{population}"),
+                    serde_json::json!({ "side": side.name(), "job_id": job_id }),
+                )
+                .await?;
                 Ok(())
-            } else {
-                Err(PinError::Conflict {
-                    population: population.to_string(),
-                    pinned: pinned.name(),
-                    wanted: side.name(),
-                    job_id: first_job,
-                })
             }
         }
-        None => {
-            sqlx::query(
-                "INSERT INTO population_sides (tenant, population, side, job_id, pinned_at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(tenant)
-            .bind(population)
-            .bind(side.name())
-            .bind(job_id)
-            .bind(now())
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-            audit::append(
-                &mut tx,
-                "system",
-                "population.pinned",
-                &format!("{tenant}/{population}"),
-                serde_json::json!({ "side": side.name(), "job_id": job_id }),
-            )
-            .await?;
-            tx.commit().await.map_err(StoreError::from)?;
-            Ok(())
-        }
-    }
+    }).await
 }

@@ -14,7 +14,7 @@
 use std::collections::HashMap;
 
 use crate::policy::LedgerLimits;
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// Why a query was not recorded.
 #[derive(Debug, thiserror::Error)]
@@ -46,39 +46,38 @@ impl QueryLedger {
     pub async fn record(&self, datasets: &[String]) -> Result<(), LedgerError> {
         let at = now();
         let day = day_of(at);
-        let mut tx = self.store.begin_write().await?;
-        for dataset in datasets {
-            let limits = self.limits.get(dataset).copied().unwrap_or_default();
-            if let Some(reason) = exhausted(&mut tx, dataset, &self.tenant, day, limits).await? {
-                audit::append(
-                    &mut tx,
-                    &self.tenant,
-                    "ledger.refused",
-                    &self.job_id,
-                    serde_json::json!({ "dataset": dataset, "limit": reason }),
-                )
-                .await?;
-                tx.commit().await.map_err(StoreError::from)?;
-                return Err(LedgerError::Exhausted(format!(
-                    "{dataset} has answered its {reason}"
-                )));
+        self.store.transition(async |tx| {
+            // A refusal is recorded (and committed) too: `Ok(Err(…))`.
+            for dataset in datasets {
+                let limits = self.limits.get(dataset).copied().unwrap_or_default();
+                if let Some(reason) = exhausted(tx.conn(), dataset, &self.tenant, day, limits).await? {
+                    tx.record(
+                        &self.tenant,
+                        "ledger.refused",
+                        &self.job_id,
+                        serde_json::json!({ "dataset": dataset, "limit": reason }),
+                    )
+                    .await?;
+                    return Ok(Err(LedgerError::Exhausted(format!(
+                        "{dataset} has answered its {reason}"
+                    ))));
+                }
             }
-        }
-        for dataset in datasets {
-            sqlx::query(
-                "INSERT INTO query_ledger (tenant, dataset, job_id, day, at) VALUES (?, ?, ?, ?, ?)",
-            )
-            .bind(&self.tenant)
-            .bind(dataset)
-            .bind(&self.job_id)
-            .bind(day)
-            .bind(at)
-            .execute(&mut *tx)
-            .await
-            .map_err(StoreError::from)?;
-        }
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(())
+            for dataset in datasets {
+                sqlx::query(
+                    "INSERT INTO query_ledger (tenant, dataset, job_id, day, at) VALUES (?, ?, ?, ?, ?)",
+                )
+                .bind(&self.tenant)
+                .bind(dataset)
+                .bind(&self.job_id)
+                .bind(day)
+                .bind(at)
+                .execute(tx.conn())
+                .await
+                .map_err(StoreError::from)?;
+            }
+            Ok::<_, LedgerError>(Ok(()))
+        }).await?
     }
 }
 
@@ -158,15 +157,16 @@ pub async fn has_room(
         return Ok(Ok(()));
     };
     drop(conn);
-    let mut tx = store.begin_write().await?;
-    audit::append(
-        &mut tx,
-        tenant,
-        "ledger.refused",
-        tenant,
-        serde_json::json!({ "dataset": dataset, "limit": reason, "at": "admission" }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Err(format!("{dataset} has answered its {reason}")))
+    store
+        .transition(async |tx| {
+            tx.record(
+                tenant,
+                "ledger.refused",
+                tenant,
+                serde_json::json!({ "dataset": dataset, "limit": reason, "at": "admission" }),
+            )
+            .await?;
+            Ok(Err(format!("{dataset} has answered its {reason}")))
+        })
+        .await
 }

@@ -134,7 +134,7 @@ pub enum IntakeError {
     #[error("forbidden-import: {0}")]
     ForbiddenImport(String),
     #[error("too-complex: {0}")]
-    TooComplex(&'static str),
+    TooComplex(String),
     #[error("wrong-world: the job needs {expected}, the module targets {found}")]
     WrongWorld { expected: World, found: World },
     /// The module directory failed; a host problem, not the module's.
@@ -220,10 +220,12 @@ pub fn check_complexity(bytes: &[u8], bounds: Complexity) -> Result<(), IntakeEr
         };
         functions += 1;
         if functions > bounds.max_functions {
-            return Err(IntakeError::TooComplex("too many functions"));
+            return Err(IntakeError::TooComplex("too many functions".into()));
         }
         if body.range().len() > bounds.max_function_bytes {
-            return Err(IntakeError::TooComplex("a function body is too large"));
+            return Err(IntakeError::TooComplex(
+                "a function body is too large".into(),
+            ));
         }
         let mut locals = 0u64;
         for local in body
@@ -233,7 +235,9 @@ pub fn check_complexity(bytes: &[u8], bounds: Complexity) -> Result<(), IntakeEr
             let (count, _) = local.map_err(|_| IntakeError::InvalidComponent)?;
             locals += u64::from(count);
             if locals > bounds.max_locals {
-                return Err(IntakeError::TooComplex("a function has too many locals"));
+                return Err(IntakeError::TooComplex(
+                    "a function has too many locals".into(),
+                ));
             }
         }
         let mut depth = 0usize;
@@ -252,7 +256,9 @@ pub fn check_complexity(bytes: &[u8], bounds: Complexity) -> Result<(), IntakeEr
                 | Operator::TryTable { .. } => {
                     depth += 1;
                     if depth > bounds.max_nesting {
-                        return Err(IntakeError::TooComplex("control flow nests too deep"));
+                        return Err(IntakeError::TooComplex(
+                            "control flow nests too deep".into(),
+                        ));
                     }
                 }
                 Operator::End => depth = depth.saturating_sub(1),

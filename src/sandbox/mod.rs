@@ -282,8 +282,8 @@ impl Sandbox {
             let hash = intake::module_hash(&bytes);
             let compiled = self.cached(&hash).is_some()
                 || self.store.as_ref().is_some_and(|s| s.has_artifact(&hash));
+            // The worker checks complexity before it compiles.
             if !compiled {
-                intake::check_complexity(&bytes, self.config.complexity)?;
                 isolation.compile(&bytes).await?;
             }
         }

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 /// An approval as the API takes it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -61,38 +61,36 @@ pub async fn approve(
 ) -> Result<Approval, StoreError> {
     let hash = params_sha256(&params_text(&approval.params));
     let at = now();
-    let mut tx = store.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO scoring_approvals (policy, institution, module, params_sha256, approved_by, approved_at) \
-         VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (policy, institution, module, params_sha256) \
-         DO UPDATE SET approved_by = excluded.approved_by, approved_at = excluded.approved_at, revoked_at = NULL",
-    )
-    .bind(&approval.policy)
-    .bind(&approval.institution)
-    .bind(&approval.module)
-    .bind(&hash)
-    .bind(actor)
-    .bind(at)
-    .execute(&mut *tx)
-    .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "scoring.approved",
-        &approval.module,
-        serde_json::json!({ "policy": approval.policy, "institution": approval.institution, "params_sha256": hash }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(Approval {
-        policy: approval.policy.clone(),
-        institution: approval.institution.clone(),
-        module: approval.module.clone(),
-        params_sha256: hash,
-        approved_by: actor.to_string(),
-        approved_at: at,
-        revoked_at: None,
-    })
+    store.transition(async |tx| {
+        sqlx::query(
+            "INSERT INTO scoring_approvals (policy, institution, module, params_sha256, approved_by, approved_at) \
+             VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT (policy, institution, module, params_sha256) \
+             DO UPDATE SET approved_by = excluded.approved_by, approved_at = excluded.approved_at, revoked_at = NULL",
+        )
+        .bind(&approval.policy)
+        .bind(&approval.institution)
+        .bind(&approval.module)
+        .bind(&hash)
+        .bind(actor)
+        .bind(at)
+        .execute(tx.conn())
+        .await?;
+        tx.record(actor,
+            "scoring.approved",
+            &approval.module,
+            serde_json::json!({ "policy": approval.policy, "institution": approval.institution, "params_sha256": hash }),
+        )
+        .await?;
+        Ok(Approval {
+            policy: approval.policy.clone(),
+            institution: approval.institution.clone(),
+            module: approval.module.clone(),
+            params_sha256: hash,
+            approved_by: actor.to_string(),
+            approved_at: at,
+            revoked_at: None,
+        })
+    }).await
 }
 
 /// Whether this exact pair is approved (and not revoked).
@@ -140,22 +138,23 @@ pub async fn list(store: &Store) -> Result<Vec<Approval>, StoreError> {
 
 /// Revoke every approval of `module`; returns how many.
 pub async fn revoke(store: &Store, module: &str, actor: &str) -> Result<u64, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let done = sqlx::query(
+    store
+        .transition(async |tx| {
+            let done = sqlx::query(
         "UPDATE scoring_approvals SET revoked_at = ? WHERE module = ? AND revoked_at IS NULL",
     )
     .bind(now())
     .bind(module)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "scoring.revoked",
-        module,
-        serde_json::json!({ "approvals": done.rows_affected() }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(done.rows_affected())
+            tx.record(
+                actor,
+                "scoring.revoked",
+                module,
+                serde_json::json!({ "approvals": done.rows_affected() }),
+            )
+            .await?;
+            Ok(done.rows_affected())
+        })
+        .await
 }

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 use sqlx::Row;
 
-use crate::store::{Store, StoreError, audit, now};
+use crate::store::{Store, StoreError, now};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -82,68 +82,64 @@ pub async fn add(
             .map_err(|m| StoreError::Record(format!("authorisation {}: {m}", index + 1)))?;
     }
     let created_at = now();
-    let mut tx = store.begin_write().await?;
-    let mut added = Vec::new();
-    for t in terms {
-        let id = crate::store::jobs::new_job_id();
-        sqlx::query("INSERT INTO authorisations (id, subject, tenant, purpose, datasets, valid_from, valid_until, consent_sha256, consent_uri, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
-            .bind(&id)
-            .bind(&t.subject)
-            .bind(&t.tenant)
-            .bind(&t.purpose)
-            .bind(serde_json::to_string(&t.datasets).expect("serialisable"))
-            .bind(t.valid_from)
-            .bind(t.valid_until)
-            .bind(&t.consent_sha256)
-            .bind(&t.consent_uri)
-            .bind(created_at)
-            .execute(&mut *tx)
+    store.transition(async |tx| {
+        let mut added = Vec::new();
+        for t in terms {
+            let id = crate::store::jobs::new_job_id();
+            sqlx::query("INSERT INTO authorisations (id, subject, tenant, purpose, datasets, valid_from, valid_until, consent_sha256, consent_uri, created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)")
+                .bind(&id)
+                .bind(&t.subject)
+                .bind(&t.tenant)
+                .bind(&t.purpose)
+                .bind(serde_json::to_string(&t.datasets).expect("serialisable"))
+                .bind(t.valid_from)
+                .bind(t.valid_until)
+                .bind(&t.consent_sha256)
+                .bind(&t.consent_uri)
+                .bind(created_at)
+                .execute(tx.conn())
+                .await?;
+            tx.record(
+                actor,
+                "authorisation.added",
+                &id,
+                serde_json::json!({
+                    "subject": t.subject, "tenant": t.tenant, "purpose": t.purpose,
+                    "datasets": t.datasets, "valid_from": t.valid_from,
+                    "valid_until": t.valid_until, "consent_sha256": t.consent_sha256,
+                }),
+            )
             .await?;
-        audit::append(
-            &mut tx,
-            actor,
-            "authorisation.added",
-            &id,
-            serde_json::json!({
-                "subject": t.subject, "tenant": t.tenant, "purpose": t.purpose,
-                "datasets": t.datasets, "valid_from": t.valid_from,
-                "valid_until": t.valid_until, "consent_sha256": t.consent_sha256,
-            }),
-        )
-        .await?;
-        added.push(Authorisation {
-            id,
-            terms: t.clone(),
-            created_at,
-            revoked_at: None,
-        });
-    }
-    tx.commit().await?;
-    Ok(added)
+            added.push(Authorisation {
+                id,
+                terms: t.clone(),
+                created_at,
+                revoked_at: None,
+            });
+        }
+        Ok(added)
+    }).await
 }
 
 /// Revoke at once; false when unknown or already revoked.
 pub async fn revoke(store: &Store, actor: &str, id: &str) -> Result<bool, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let updated =
-        sqlx::query("UPDATE authorisations SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL")
+    store
+        .transition(async |tx| {
+            let updated = sqlx::query(
+                "UPDATE authorisations SET revoked_at = ? WHERE id = ? AND revoked_at IS NULL",
+            )
             .bind(now())
             .bind(id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
-    }
-    audit::append(
-        &mut tx,
-        actor,
-        "authorisation.revoked",
-        id,
-        serde_json::json!({}),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(true)
+            if updated.rows_affected() == 0 {
+                return Ok(false);
+            }
+            tx.record(actor, "authorisation.revoked", id, serde_json::json!({}))
+                .await?;
+            Ok(true)
+        })
+        .await
 }
 
 fn from_row(row: &sqlx::sqlite::SqliteRow) -> Result<Authorisation, StoreError> {

@@ -230,54 +230,54 @@ async fn reserve(
     policy: &ScoringPolicy,
     job_id: &str,
 ) -> Result<Reserved, StoreError> {
-    let mut tx = service.store.begin_write().await?;
-    let at = now();
-    if let Some(days) = policy.one_score_per_days {
-        let period = at.div_euclid(86_400 * i64::from(days));
-        let inserted = sqlx::query(
-            "INSERT INTO scoring_subject_periods (tenant, purpose, subject, period, job_id, scored_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
-        )
-        .bind(tenant)
-        .bind(&policy.purpose)
-        .bind(subject)
-        .bind(period)
-        .bind(job_id)
-        .bind(at)
-        .execute(&mut *tx)
-        .await?;
-        if inserted.rows_affected() == 0 {
-            return Ok(Reserved::AlreadyScored);
+    service.store.transition(async |tx| {
+        let at = now();
+        if let Some(days) = policy.one_score_per_days {
+            let period = at.div_euclid(86_400 * i64::from(days));
+            let inserted = sqlx::query(
+                "INSERT INTO scoring_subject_periods (tenant, purpose, subject, period, job_id, scored_at) VALUES (?, ?, ?, ?, ?, ?) ON CONFLICT DO NOTHING",
+            )
+            .bind(tenant)
+            .bind(&policy.purpose)
+            .bind(subject)
+            .bind(period)
+            .bind(job_id)
+            .bind(at)
+            .execute(tx.conn())
+            .await?;
+            if inserted.rows_affected() == 0 {
+                return Ok(Reserved::AlreadyScored);
+            }
         }
-    }
-    let today = day(at);
-    let used: Option<i64> =
-        sqlx::query_scalar("SELECT scored FROM scoring_usage WHERE tenant = ? AND day = ?")
-            .bind(tenant)
-            .bind(today)
-            .fetch_optional(&mut *tx)
-            .await?;
-    if policy
-        .daily_cap
-        .is_some_and(|cap| used.unwrap_or(0) as u64 >= cap)
-    {
-        // Dropping the transaction undoes the period's row too.
-        return Ok(Reserved::CapReached);
-    }
-    if used.is_some() {
-        sqlx::query("UPDATE scoring_usage SET scored = scored + 1 WHERE tenant = ? AND day = ?")
-            .bind(tenant)
-            .bind(today)
-            .execute(&mut *tx)
-            .await?;
-    } else {
-        sqlx::query("INSERT INTO scoring_usage (tenant, day, scored) VALUES (?, ?, 1)")
-            .bind(tenant)
-            .bind(today)
-            .execute(&mut *tx)
-            .await?;
-    }
-    tx.commit().await?;
-    Ok(Reserved::Taken)
+        let today = day(at);
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT scored FROM scoring_usage WHERE tenant = ? AND day = ?")
+                .bind(tenant)
+                .bind(today)
+                .fetch_optional(tx.conn())
+                .await?;
+        if policy
+            .daily_cap
+            .is_some_and(|cap| used.unwrap_or(0) as u64 >= cap)
+        {
+            // Dropping the transaction undoes the period's row too.
+            return Ok(Reserved::CapReached);
+        }
+        if used.is_some() {
+            sqlx::query("UPDATE scoring_usage SET scored = scored + 1 WHERE tenant = ? AND day = ?")
+                .bind(tenant)
+                .bind(today)
+                .execute(tx.conn())
+                .await?;
+        } else {
+            sqlx::query("INSERT INTO scoring_usage (tenant, day, scored) VALUES (?, ?, 1)")
+                .bind(tenant)
+                .bind(today)
+                .execute(tx.conn())
+                .await?;
+        }
+        Ok(Reserved::Taken)
+    }).await
 }
 
 /// Take up to `wanted` subjects from `tenant`'s per-minute bucket (a
@@ -293,30 +293,30 @@ async fn take_rate(
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as i64);
-    let mut tx = service.store.begin_write().await?;
-    let bucket: Option<(f64, i64)> =
-        sqlx::query_as("SELECT tokens, at_ms FROM scoring_rate WHERE tenant = ?")
-            .bind(tenant)
-            .fetch_optional(&mut *tx)
-            .await?;
-    let tokens = match bucket {
-        Some((tokens, at_ms)) => {
-            let elapsed = (now_ms - at_ms).max(0) as f64 / 60_000.0;
-            (tokens + elapsed * capacity).min(capacity)
-        }
-        None => capacity,
-    };
-    let granted = (tokens.floor().max(0.0) as u64).min(wanted);
-    sqlx::query(
-        "INSERT INTO scoring_rate (tenant, tokens, at_ms) VALUES (?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
-    )
-    .bind(tenant)
-    .bind(tokens - granted as f64)
-    .bind(now_ms)
-    .execute(&mut *tx)
-    .await?;
-    tx.commit().await?;
-    Ok(granted)
+    service.store.transition(async |tx| {
+        let bucket: Option<(f64, i64)> =
+            sqlx::query_as("SELECT tokens, at_ms FROM scoring_rate WHERE tenant = ?")
+                .bind(tenant)
+                .fetch_optional(tx.conn())
+                .await?;
+        let tokens = match bucket {
+            Some((tokens, at_ms)) => {
+                let elapsed = (now_ms - at_ms).max(0) as f64 / 60_000.0;
+                (tokens + elapsed * capacity).min(capacity)
+            }
+            None => capacity,
+        };
+        let granted = (tokens.floor().max(0.0) as u64).min(wanted);
+        sqlx::query(
+            "INSERT INTO scoring_rate (tenant, tokens, at_ms) VALUES (?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
+        )
+        .bind(tenant)
+        .bind(tokens - granted as f64)
+        .bind(now_ms)
+        .execute(tx.conn())
+        .await?;
+        Ok(granted)
+    }).await
 }
 
 /// How the queue steers a batch: the job id it registered for

@@ -663,17 +663,18 @@ impl Service {
                 )
             })
             .collect();
-        let mut tx = self.store.begin_write().await?;
-        audit::append(
-            &mut tx,
-            actor,
-            "policy.reloaded",
-            "policies",
-            serde_json::Value::Object(hashes),
-        )
-        .await?;
-        tx.commit().await.map_err(StoreError::from)?;
-        Ok(())
+        self.store
+            .transition(async |tx| {
+                tx.record(
+                    actor,
+                    "policy.reloaded",
+                    "policies",
+                    serde_json::Value::Object(hashes),
+                )
+                .await?;
+                Ok(())
+            })
+            .await
     }
 
     /// Write a released job's receipt to `receipts/<job>.json`, the copy
@@ -712,19 +713,20 @@ pub async fn record_dataset_added(
     actor: &str,
     version: &DatasetVersion,
 ) -> Result<(), StoreError> {
-    let mut tx = store.begin_write().await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "dataset.added",
-        &version.id,
-        serde_json::json!({
-            "version": version.hash,
-            "classification": version.manifest.classification,
-            "rows": version.profile.rows,
-        }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    store
+        .transition(async |tx| {
+            tx.record(
+                actor,
+                "dataset.added",
+                &version.id,
+                serde_json::json!({
+                    "version": version.hash,
+                    "classification": version.manifest.classification,
+                    "rows": version.profile.rows,
+                }),
+            )
+            .await?;
+            Ok(())
+        })
+        .await
 }

@@ -57,7 +57,7 @@ pub async fn next_seq(conn: &mut SqliteConnection) -> Result<i64, StoreError> {
 
 /// Append an entry; run it in the transaction of the change it records
 /// (begun with [`Store::begin_write`], so appends are serialised).
-pub async fn append(
+pub(super) async fn append(
     conn: &mut SqliteConnection,
     actor: &str,
     action: &str,

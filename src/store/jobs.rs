@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 
-use super::{Store, StoreError, audit, now};
+use super::{Store, StoreError, Transaction, audit, now};
 use crate::receipt::{DatasetRef, PrivacyCost, Receipt, ReceiptBody, Signer, canonical_hash};
 use crate::sandbox::{Category, Limits, Output};
 
@@ -74,56 +74,58 @@ pub fn new_job_id() -> String {
 /// `actor` is who submitted it, as the audit log names them.
 pub async fn submit(store: &Store, job: &NewJob, actor: &str) -> Result<(), StoreError> {
     let params_sha256 = hex::encode(Sha256::digest(job.params.as_bytes()));
-    let mut tx = store.begin_write().await?;
-    sqlx::query(
-        "INSERT INTO jobs (id, principal, module_sha256, world, mode, datasets, policy_sha256, params_sha256, params, limits, state, created_at) \
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
-    )
-    .bind(&job.id)
-    .bind(&job.principal)
-    .bind(&job.module_sha256)
-    .bind(&job.world)
-    .bind(&job.mode)
-    .bind(serde_json::to_string(&job.datasets).expect("serialisable"))
-    .bind(&job.policy_sha256)
-    .bind(&params_sha256)
-    .bind(&job.params)
-    .bind(serde_json::to_string(&job.limits).expect("serialisable"))
-    .bind(now())
-    .execute(&mut *tx)
-    .await?;
-    audit::append(
-        &mut tx,
-        actor,
-        "job.submitted",
-        &job.id,
-        serde_json::json!({ "module": job.module_sha256, "mode": job.mode, "datasets": job.datasets, "params_sha256": params_sha256 }),
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(())
+    store.transition(async |tx| {
+        sqlx::query(
+            "INSERT INTO jobs (id, principal, module_sha256, world, mode, datasets, policy_sha256, params_sha256, params, limits, state, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'queued', ?)",
+        )
+        .bind(&job.id)
+        .bind(&job.principal)
+        .bind(&job.module_sha256)
+        .bind(&job.world)
+        .bind(&job.mode)
+        .bind(serde_json::to_string(&job.datasets).expect("serialisable"))
+        .bind(&job.policy_sha256)
+        .bind(&params_sha256)
+        .bind(&job.params)
+        .bind(serde_json::to_string(&job.limits).expect("serialisable"))
+        .bind(now())
+        .execute(tx.conn())
+        .await?;
+        tx.record(
+            actor,
+            "job.submitted",
+            &job.id,
+            serde_json::json!({ "module": job.module_sha256, "mode": job.mode, "datasets": job.datasets, "params_sha256": params_sha256 }),
+        )
+        .await?;
+        Ok(())
+    }).await
 }
 
 /// `queued → running`.
 pub async fn start(store: &Store, id: &str) -> Result<(), StoreError> {
-    let mut tx = store.begin_write().await?;
-    let updated = sqlx::query(
+    store
+        .transition(async |tx| {
+            let updated = sqlx::query(
         "UPDATE jobs SET state = 'running', started_at = ? WHERE id = ? AND state = 'queued'",
     )
     .bind(now())
     .bind(id)
-    .execute(&mut *tx)
+    .execute(tx.conn())
     .await?;
-    if updated.rows_affected() != 1 {
-        return Err(StoreError::WrongState {
-            id: id.into(),
-            state: state_of(&mut tx, id).await?,
-            expected: "queued",
-        });
-    }
-    audit::append(&mut tx, "system", "job.started", id, serde_json::json!({})).await?;
-    tx.commit().await?;
-    Ok(())
+            if updated.rows_affected() != 1 {
+                return Err(StoreError::WrongState {
+                    id: id.into(),
+                    state: state_of(tx.conn(), id).await?,
+                    expected: "queued",
+                });
+            }
+            tx.record("system", "job.started", id, serde_json::json!({}))
+                .await?;
+            Ok(())
+        })
+        .await
 }
 
 async fn state_of(conn: &mut sqlx::SqliteConnection, id: &str) -> Result<String, StoreError> {
@@ -164,7 +166,7 @@ pub async fn finish(
 /// decision, the release and their audit entries commit together or not
 /// at all.
 pub async fn release_held_in(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Transaction<'_>,
     id: &str,
     outputs: &[Output],
     privacy_cost: PrivacyCost,
@@ -187,30 +189,30 @@ pub async fn release_held_in(
 /// `running → held`: the output waits for review; nothing is released and
 /// the job's own output stays empty until then.
 pub async fn hold(store: &Store, id: &str) -> Result<(), StoreError> {
-    let mut tx = store.begin_write().await?;
-    let updated = sqlx::query(
-        "UPDATE jobs SET state = 'held', category = 'ok', finished_at = ? WHERE id = ? AND state = 'running'",
-    )
-    .bind(now())
-    .bind(id)
-    .execute(&mut *tx)
-    .await?;
-    if updated.rows_affected() == 0 {
-        return Err(StoreError::WrongState {
-            id: id.into(),
-            state: "not running".into(),
-            expected: "running",
-        });
-    }
-    audit::append(&mut tx, "system", "job.held", id, serde_json::json!({})).await?;
-    tx.commit().await?;
-    Ok(())
+    store.transition(async |tx| {
+        let updated = sqlx::query(
+            "UPDATE jobs SET state = 'held', category = 'ok', finished_at = ? WHERE id = ? AND state = 'running'",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(tx.conn())
+        .await?;
+        if updated.rows_affected() == 0 {
+            return Err(StoreError::WrongState {
+                id: id.into(),
+                state: "not running".into(),
+                expected: "running",
+            });
+        }
+        tx.record("system", "job.held", id, serde_json::json!({})).await?;
+        Ok(())
+    }).await
 }
 
 /// `held → rejected` or `held → changes-requested` after a review.
 /// Inside the caller's transaction, like [`release_held_in`].
 pub async fn end_review_in(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Transaction<'_>,
     id: &str,
     state: &str,
     category: &str,
@@ -220,7 +222,7 @@ pub async fn end_review_in(
             .bind(state)
             .bind(category)
             .bind(id)
-            .execute(&mut *tx)
+            .execute(tx.conn())
             .await?;
     if updated.rows_affected() == 0 {
         return Err(StoreError::WrongState {
@@ -229,8 +231,7 @@ pub async fn end_review_in(
             expected: "held",
         });
     }
-    audit::append(
-        tx,
+    tx.record(
         "system",
         "job.review-ended",
         id,
@@ -251,25 +252,26 @@ async fn end(
     reviewers: Option<Vec<String>>,
     signer: &Signer,
 ) -> Result<Option<Receipt>, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let receipt = end_in(
-        &mut tx,
-        id,
-        expected,
-        category,
-        outputs,
-        privacy_cost,
-        reviewers,
-        signer,
-    )
-    .await?;
-    tx.commit().await?;
-    Ok(receipt)
+    store
+        .transition(async |tx| {
+            end_in(
+                tx,
+                id,
+                expected,
+                category,
+                outputs,
+                privacy_cost,
+                reviewers,
+                signer,
+            )
+            .await
+        })
+        .await
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn end_in(
-    tx: &mut sqlx::SqliteConnection,
+    tx: &mut Transaction<'_>,
     id: &str,
     expected: &'static str,
     category: &Category,
@@ -280,7 +282,7 @@ async fn end_in(
 ) -> Result<Option<Receipt>, StoreError> {
     let row = sqlx::query("SELECT state, module_sha256, world, mode, datasets, policy_sha256, params_sha256 FROM jobs WHERE id = ?")
         .bind(id)
-        .fetch_optional(&mut *tx)
+        .fetch_optional(tx.conn())
         .await?
         .ok_or_else(|| StoreError::UnknownJob(id.into()))?;
     let state: String = row.get(0);
@@ -320,7 +322,7 @@ async fn end_in(
             output_sha256: output_sha256.clone(),
             output: embedded.then(|| output_json.clone()),
             released_at: finished as u64,
-            audit_position: audit::next_seq(&mut *tx).await? as u64,
+            audit_position: audit::next_seq(tx.conn()).await? as u64,
             reviewers: reviewers.clone(),
             key_id: signer.key_id.clone(),
         };
@@ -333,7 +335,7 @@ async fn end_in(
         });
         receipt = Some(signed);
     }
-    let entry = audit::append(&mut *tx, "system", action, id, details).await?;
+    let entry = tx.record("system", action, id, details).await?;
     if let Some(receipt) = &receipt
         && receipt.body.audit_position != entry.seq as u64
     {
@@ -348,7 +350,7 @@ async fn end_in(
         .bind(receipt.as_ref().map(|r| serde_json::to_string(r).expect("receipt serialises")))
         .bind(finished)
         .bind(id)
-        .execute(&mut *tx)
+        .execute(tx.conn())
         .await?;
     Ok(receipt)
 }
@@ -356,29 +358,23 @@ async fn end_in(
 /// Mark jobs a crash left `queued` or `running` as `failed: interrupted`
 /// (they can be resubmitted). Returns how many.
 pub async fn recover_interrupted(store: &Store) -> Result<usize, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let ids: Vec<String> = sqlx::query_scalar(
-        "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
-    )
-    .fetch_all(&mut *tx)
-    .await?;
-    for id in &ids {
-        sqlx::query("UPDATE jobs SET state = 'failed', category = 'interrupted', finished_at = ? WHERE id = ?")
-            .bind(now())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        audit::append(
-            &mut tx,
-            "system",
-            "job.interrupted",
-            id,
-            serde_json::json!({}),
+    store.transition(async |tx| {
+        let ids: Vec<String> = sqlx::query_scalar(
+            "SELECT id FROM jobs WHERE state IN ('queued', 'running') ORDER BY created_at, id",
         )
+        .fetch_all(tx.conn())
         .await?;
-    }
-    tx.commit().await?;
-    Ok(ids.len())
+        for id in &ids {
+            sqlx::query("UPDATE jobs SET state = 'failed', category = 'interrupted', finished_at = ? WHERE id = ?")
+                .bind(now())
+                .bind(id)
+                .execute(tx.conn())
+                .await?;
+            tx.record("system", "job.interrupted", id, serde_json::json!({}))
+                .await?;
+        }
+        Ok(ids.len())
+    }).await
 }
 
 /// One job.
@@ -428,18 +424,18 @@ pub async fn of_principal(
 /// `queued → failed: cancelled`, before the job started. Returns false
 /// when the job is no longer queued.
 pub async fn cancel_queued(store: &Store, id: &str, actor: &str) -> Result<bool, StoreError> {
-    let mut tx = store.begin_write().await?;
-    let updated = sqlx::query("UPDATE jobs SET state = 'failed', category = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
-        .bind(now())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-    if updated.rows_affected() == 0 {
-        return Ok(false);
-    }
-    audit::append(&mut tx, actor, "job.cancelled", id, serde_json::json!({})).await?;
-    tx.commit().await?;
-    Ok(true)
+    store.transition(async |tx| {
+        let updated = sqlx::query("UPDATE jobs SET state = 'failed', category = 'cancelled', finished_at = ? WHERE id = ? AND state = 'queued'")
+            .bind(now())
+            .bind(id)
+            .execute(tx.conn())
+            .await?;
+        if updated.rows_affected() == 0 {
+            return Ok(false);
+        }
+        tx.record(actor, "job.cancelled", id, serde_json::json!({})).await?;
+        Ok(true)
+    }).await
 }
 
 fn record(row: &sqlx::sqlite::SqliteRow) -> Result<JobRecord, StoreError> {

@@ -37,6 +37,38 @@ pub enum StoreError {
     Record(String),
 }
 
+/// A write transaction inside [`Store::transition`]: its connection for
+/// queries, and the audit log.
+pub struct Transaction<'c> {
+    conn: &'c mut sqlx::SqliteConnection,
+    recorded: usize,
+}
+
+impl Transaction<'_> {
+    /// The connection, for the change's own queries.
+    pub fn conn(&mut self) -> &mut sqlx::SqliteConnection {
+        self.conn
+    }
+
+    /// Append one audit entry in this transaction.
+    pub async fn record(
+        &mut self,
+        actor: &str,
+        action: &str,
+        subject: &str,
+        details: serde_json::Value,
+    ) -> Result<audit::AuditEntry, StoreError> {
+        let entry = audit::append(self.conn, actor, action, subject, details).await?;
+        self.recorded += 1;
+        Ok(entry)
+    }
+
+    /// Entries recorded so far in this transaction.
+    pub fn recorded(&self) -> usize {
+        self.recorded
+    }
+}
+
 /// Seconds since the Unix epoch.
 pub fn now() -> i64 {
     std::time::SystemTime::now()
@@ -74,13 +106,41 @@ impl Store {
         &self.pool
     }
 
+    /// The one way to change state: `change` runs inside a write
+    /// transaction and records its audit entries through
+    /// [`Transaction::record`] (in the same transaction, in order); then it
+    /// commits. An error from `change` rolls everything back, so no state
+    /// change is ever without its entry and no entry without its change.
+    ///
+    /// ```ignore
+    /// store.transition(async |tx| {
+    ///     sqlx::query("UPDATE …").execute(tx.conn()).await?;
+    ///     tx.record(actor, "thing.done", id, json!({})).await?;
+    ///     Ok::<_, StoreError>(())
+    /// }).await?;
+    /// ```
+    pub async fn transition<T, E>(
+        &self,
+        change: impl AsyncFnOnce(&mut Transaction<'_>) -> Result<T, E>,
+    ) -> Result<T, E>
+    where
+        E: From<StoreError>,
+    {
+        let mut tx = self.begin_write().await?;
+        let mut transaction = Transaction {
+            conn: &mut tx,
+            recorded: 0,
+        };
+        let value = change(&mut transaction).await?;
+        tx.commit().await.map_err(StoreError::from)?;
+        Ok(value)
+    }
+
     /// Begin a transaction that writes. SQLite's `BEGIN IMMEDIATE` takes the
     /// write lock at once, so concurrent appends to the audit chain are
     /// serialised instead of failing at commit; this is the one place that
     /// knows the dialect (a PostgreSQL store would lock the chain head).
-    pub async fn begin_write(
-        &self,
-    ) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
+    async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
     }
 }

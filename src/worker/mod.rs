@@ -48,7 +48,7 @@ use crate::sandbox::{
     Category, Execution, GuestCall, Isolation, JobEnv, LoadedModule, Sandbox, SandboxConfig,
 };
 use wire::{
-    CallRequest, CompileRefusal, Fault, Hex, Request, Response, WireEnv, WireError, read_frame,
+    CallRequest, CompileRefusal, Fault, Request, Response, WireEnv, WireError, read_frame,
     write_frame,
 };
 
@@ -339,8 +339,16 @@ impl WorkerPool {
             .acquire()
             .await
             .map_err(|_| IntakeError::Store(std::io::Error::other("the compiler is closed")))?;
+        // The bytes travel as a file in the module directory, not through
+        // the pipe (a Python component is 18 MB).
+        let staged = tempfile::NamedTempFile::new_in(self.data_dir.join("modules"))
+            .and_then(|mut file| {
+                std::io::Write::write_all(&mut file, bytes)?;
+                Ok(file)
+            })
+            .map_err(IntakeError::Store)?;
         let request = Request::Compile {
-            module: Hex(bytes.to_vec()),
+            module: staged.path().to_path_buf(),
         };
         let (ended, pid) = self
             .exchange(&request, self.config.compile_timeout)
@@ -360,13 +368,13 @@ impl WorkerPool {
             Ended::Deadline => {
                 tracing::warn!(?pid, "compilation overran its limit; worker killed");
                 Err(IntakeError::TooComplex(
-                    "compilation took longer than its limit",
+                    "compilation took longer than its limit".into(),
                 ))
             }
             Ended::Died(how) => {
                 tracing::warn!(?pid, %how, "worker died compiling a module");
                 Err(IntakeError::TooComplex(
-                    "compilation needed more than the compiler's limits",
+                    "compilation needed more than the compiler's limits".into(),
                 ))
             }
         }
@@ -614,8 +622,9 @@ pub async fn serve(args: WorkerArgs) -> Result<(), WorkerError> {
                 Response::Dominance(checked.unwrap_or_else(|| vec![None; statements.len()]))
             }
             Request::Compile { module } => Response::Compiled(
-                sandbox
-                    .load_module(&module.0)
+                std::fs::read(&module)
+                    .map_err(crate::sandbox::IntakeError::Store)
+                    .and_then(|bytes| sandbox.load_module(&bytes))
                     .map(|_| ())
                     .map_err(|error| CompileRefusal::from(&error)),
             ),

@@ -47,9 +47,10 @@ impl<'de> Deserialize<'de> for Hex {
 pub enum Request {
     /// Run one guest call.
     Call(Box<CallRequest>),
-    /// Validate and compile a module's bytes into the shared module
-    /// directory (the server then loads the artifact without compiling).
-    Compile { module: Hex },
+    /// Validate and compile the module in this file (written by the
+    /// server, read here) into the shared module directory; the server then
+    /// loads the artifact without compiling.
+    Compile { module: std::path::PathBuf },
     /// The review pre-check: dominated cells of each statement.
     Dominance {
         env: Box<WireEnv>,
@@ -74,6 +75,7 @@ pub enum CompileRefusal {
     InvalidComponent,
     UnknownWorld,
     ForbiddenImport(String),
+    TooComplex(String),
     /// The module directory failed in the worker.
     Store(String),
 }
@@ -87,9 +89,10 @@ impl From<&crate::sandbox::IntakeError> for CompileRefusal {
             E::UnknownWorld => CompileRefusal::UnknownWorld,
             E::ForbiddenImport(name) => CompileRefusal::ForbiddenImport(name.clone()),
             E::Store(error) => CompileRefusal::Store(error.to_string()),
-            // Size and complexity are checked before the bytes leave the
-            // server; a wrong world needs a job.
-            E::TooLarge { .. } | E::TooComplex(_) | E::WrongWorld { .. } | E::InvalidComponent => {
+            E::TooComplex(what) => CompileRefusal::TooComplex(what.clone()),
+            // Size is checked before the bytes leave the server; a wrong
+            // world needs a job.
+            E::TooLarge { .. } | E::WrongWorld { .. } | E::InvalidComponent => {
                 CompileRefusal::InvalidComponent
             }
         }
@@ -105,6 +108,7 @@ impl From<CompileRefusal> for crate::sandbox::IntakeError {
             CompileRefusal::InvalidComponent => E::InvalidComponent,
             CompileRefusal::UnknownWorld => E::UnknownWorld,
             CompileRefusal::ForbiddenImport(name) => E::ForbiddenImport(name),
+            CompileRefusal::TooComplex(what) => E::TooComplex(what),
             CompileRefusal::Store(message) => E::Store(std::io::Error::other(message)),
         }
     }

@@ -228,3 +228,44 @@ async fn interrupted_jobs_are_marked_on_restart_and_audited() {
     assert_eq!(entries.last().unwrap().action, "job.interrupted");
     assert!(restarted.verify_audit().await.unwrap().is_ok());
 }
+
+/// `Store::transition` is the one way to change state: a change that
+/// fails after recording its audit entry leaves neither the row nor the
+/// entry; one that succeeds leaves both.
+#[tokio::test]
+async fn a_transition_commits_its_change_and_entry_together_or_neither() {
+    use datasandbox::store::{Store, StoreError, audit};
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(&dir.path().join("dsb.sqlite")).await.unwrap();
+    let tokens = async |store: &Store| -> i64 {
+        sqlx::query_scalar("SELECT COUNT(*) FROM tokens")
+            .fetch_one(store.pool())
+            .await
+            .unwrap()
+    };
+    let insert = "INSERT INTO tokens (id, secret_sha256, role, tenant, created_at) VALUES ('t1', 'x', 'admin', 'platform', 0)";
+    let failed: Result<(), StoreError> = store
+        .transition(async |tx| {
+            sqlx::query(insert).execute(tx.conn()).await?;
+            tx.record("tester", "token.created", "t1", serde_json::json!({}))
+                .await?;
+            Err(StoreError::Record("changed its mind".into()))
+        })
+        .await;
+    assert!(failed.is_err());
+    assert_eq!(tokens(&store).await, 0);
+    assert!(audit::entries(&store).await.unwrap().is_empty());
+    store
+        .transition(async |tx| {
+            sqlx::query(insert).execute(tx.conn()).await?;
+            tx.record("tester", "token.created", "t1", serde_json::json!({}))
+                .await?;
+            Ok::<_, StoreError>(())
+        })
+        .await
+        .unwrap();
+    assert_eq!(tokens(&store).await, 1);
+    let entries = audit::entries(&store).await.unwrap();
+    assert_eq!(entries.len(), 1);
+    assert_eq!(entries[0].action, "token.created");
+}
