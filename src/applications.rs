@@ -211,6 +211,34 @@ pub async fn overdue(store: &Store) -> Result<i64, StoreError> {
 }
 
 /// Why a decision was refused.
+/// An approval that asks for more than the application did.
+#[derive(Debug, thiserror::Error)]
+pub enum Widening {
+    #[error("{what}: {extra} was not applied for; an approval can only narrow")]
+    NotAppliedFor { what: &'static str, extra: String },
+    #[error("term_days: at least 1, at most what was applied for")]
+    TermDays,
+}
+
+/// Why an application is refused before it is recorded.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplicationProblem {
+    #[error("{0} is open: no application needed")]
+    OpenDataset(String),
+    #[error("purpose and intended_outputs: say what and why")]
+    NoPurpose,
+    #[error("columns: one or more columns of the dictionary")]
+    Columns,
+    #[error("modes: one or more of {0:?}")]
+    Modes(Vec<String>),
+    #[error("term_days: 1 to 366")]
+    TermDays,
+    #[error("{0} has no data-use agreement to accept yet")]
+    NoAgreement(String),
+    #[error("agreement_sha256: accept the current agreement (version {version}, sha256 {sha256})")]
+    StaleAgreement { version: String, sha256: String },
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DecisionError {
     #[error("no application {0}")]
@@ -218,7 +246,7 @@ pub enum DecisionError {
     #[error("the application is already {0}")]
     Decided(String),
     #[error("{0}")]
-    Wider(String),
+    Wider(Widening),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -252,12 +280,13 @@ pub async fn approve(
 ) -> Result<Application, DecisionError> {
     let application = pending(store, id).await?;
     let asked = &application.request;
-    let narrower = |given: &Option<Vec<String>>, asked: &[String], what: &str| {
+    let narrower = |given: &Option<Vec<String>>, asked: &[String], what: &'static str| {
         let given = given.clone().unwrap_or_else(|| asked.to_vec());
         match given.iter().find(|g| !asked.contains(g)) {
-            Some(extra) => Err(DecisionError::Wider(format!(
-                "{what}: {extra} was not applied for; an approval can only narrow"
-            ))),
+            Some(extra) => Err(DecisionError::Wider(Widening::NotAppliedFor {
+                what,
+                extra: extra.clone(),
+            })),
             None => Ok(given),
         }
     };
@@ -265,9 +294,7 @@ pub async fn approve(
     let modes = narrower(&approval.modes, &asked.modes, "modes")?;
     let term_days = approval.term_days.unwrap_or(asked.term_days);
     if term_days > asked.term_days || term_days == 0 {
-        return Err(DecisionError::Wider(
-            "term_days: at least 1, at most what was applied for".into(),
-        ));
+        return Err(DecisionError::Wider(Widening::TermDays));
     }
     let at = now();
     let until = at + i64::from(term_days) * DAY;

@@ -232,8 +232,10 @@ pub enum ReviewError {
     Ended(String),
     #[error("you already decided on this output")]
     AlreadyDecided,
-    #[error("{0}")]
-    Bad(String),
+    #[error("decision: approve, reject or request-changes")]
+    UnknownDecision,
+    #[error("a rejection or a change request needs a comment the author sees")]
+    NoComment,
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -366,14 +368,10 @@ pub async fn decide(
         decision.decision.as_str(),
         "approve" | "reject" | "request-changes"
     ) {
-        return Err(ReviewError::Bad(
-            "decision: approve, reject or request-changes".into(),
-        ));
+        return Err(ReviewError::UnknownDecision);
     }
     if decision.decision != "approve" && decision.comment.trim().is_empty() {
-        return Err(ReviewError::Bad(
-            "a rejection or a change request needs a comment the author sees".into(),
-        ));
+        return Err(ReviewError::NoComment);
     }
     store.transition(async |tx| {
         let row = sqlx::query("SELECT author, state, outputs FROM held_outputs WHERE job_id = ?")

@@ -51,12 +51,28 @@ pub enum ContestError {
     Closed(String),
     #[error("contest {0} is still open: private scores show after the close")]
     StillOpen(String),
-    #[error("{0}")]
-    Quota(String),
-    #[error("{0}")]
-    Pick(String),
+    #[error("quota-exhausted: {0}")]
+    Quota(Quota),
+    #[error("only scored submissions can be picked")]
+    PickNotScored,
+    #[error("{0} final picks already made")]
+    PicksSpent(u32),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// Which submission quota is spent.
+#[derive(Debug, thiserror::Error)]
+pub enum Quota {
+    #[error("{0} submissions a day; the next counts from 00:00 UTC")]
+    TeamDaily(u32),
+    #[error("{0} submissions in all")]
+    TeamTotal(u32),
+    #[error(
+        "the contest takes {0} submissions a day from all teams together; the next count from \
+         00:00 UTC"
+    )]
+    ContestDaily(u32),
 }
 
 /// A contest as anyone may see it (never the seed).
@@ -177,16 +193,10 @@ pub async fn admit(
         let total: i64 = row.get(0);
         let today: i64 = row.get::<Option<i64>, _>(1).unwrap_or(0);
         if today >= i64::from(spec.daily_limit) {
-            return Err(ContestError::Quota(format!(
-                "quota-exhausted: {} submissions a day; the next counts from 00:00 UTC",
-                spec.daily_limit
-            )));
+            return Err(ContestError::Quota(Quota::TeamDaily(spec.daily_limit)));
         }
         if total >= i64::from(spec.total_limit) {
-            return Err(ContestError::Quota(format!(
-                "quota-exhausted: {} submissions in all",
-                spec.total_limit
-            )));
+            return Err(ContestError::Quota(Quota::TeamTotal(spec.total_limit)));
         }
         let contest_today: i64 = sqlx::query_scalar(
             "SELECT COUNT(*) FROM contest_submissions WHERE contest_id = ? AND counted = 1 AND submitted_at >= ?",
@@ -197,9 +207,8 @@ pub async fn admit(
         .await
         .map_err(StoreError::from)?;
         if contest_today >= i64::from(spec.contest_daily_limit) {
-            return Err(ContestError::Quota(format!(
-                "quota-exhausted: the contest takes {} submissions a day from all teams together; the next count from 00:00 UTC",
-                spec.contest_daily_limit
+            return Err(ContestError::Quota(Quota::ContestDaily(
+                spec.contest_daily_limit,
             )));
         }
         sqlx::query("INSERT INTO contest_submissions (id, contest_id, team, submitted_at, state, counted) VALUES (?, ?, ?, ?, 'queued', 1)")
@@ -306,9 +315,7 @@ pub async fn pick(
             None => return Err(ContestError::Unknown(submission.into())),
             Some("scored") => {}
             Some(_) => {
-                return Err(ContestError::Pick(
-                    "only scored submissions can be picked".into(),
-                ));
+                return Err(ContestError::PickNotScored);
             }
         }
         let picked: i64 = sqlx::query_scalar(
@@ -321,10 +328,7 @@ pub async fn pick(
         .await
         .map_err(StoreError::from)?;
         if picked >= i64::from(spec.final_picks) {
-            return Err(ContestError::Pick(format!(
-                "{} final picks already made",
-                spec.final_picks
-            )));
+            return Err(ContestError::PicksSpent(spec.final_picks));
         }
         sqlx::query("UPDATE contest_submissions SET picked = 1 WHERE id = ?")
             .bind(submission)

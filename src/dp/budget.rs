@@ -203,11 +203,29 @@ impl Population {
     }
 }
 
+/// Which budget a refused charge would have passed.
+#[derive(Debug, thiserror::Error)]
+pub enum Spent {
+    #[error(
+        "this query needs ε={} δ={:e}{}; population {population} has ε={} δ={:e} left for you",
+        .needs.epsilon, .needs.delta,
+        if .needs.rho > 0.0 { format!(" ρ={}", .needs.rho) } else { String::new() },
+        .left.epsilon, .left.delta
+    )]
+    Principal {
+        needs: Cost,
+        population: String,
+        left: Cost,
+    },
+    #[error("the budget of population {0} over all users is spent")]
+    Population(String),
+}
+
 /// Why a charge was refused.
 #[derive(Debug, thiserror::Error)]
 pub enum ChargeError {
     #[error("budget-exhausted: {0}")]
-    Exhausted(String),
+    Exhausted(Spent),
     #[error(transparent)]
     Store(#[from] StoreError),
 }
@@ -303,19 +321,11 @@ pub async fn charge(
                 delta: (cap.delta as f64 / DELTA_UNIT - used_delta).max(0.0),
                 rho: 0.0,
             };
-            return Err(ChargeError::Exhausted(format!(
-                "this query needs ε={} δ={:e}{}; population {} has ε={} δ={:e} left for you",
-                cost.epsilon,
-                cost.delta,
-                if cost.rho > 0.0 {
-                    format!(" ρ={}", cost.rho)
-                } else {
-                    String::new()
-                },
-                population.id,
-                left.epsilon,
-                left.delta
-            )));
+            return Err(ChargeError::Exhausted(Spent::Principal {
+                needs: cost,
+                population: population.id.clone(),
+                left,
+            }));
         }
         if caps.dataset_epsilon.is_some() || caps.dataset_delta.is_some() {
             let all = spent(tx.conn(), None, population).await? + units;
@@ -330,9 +340,8 @@ pub async fn charge(
                 rho: 0,
             };
             if !fits(all, cap_all, caps.zcdp) {
-                return Err(ChargeError::Exhausted(format!(
-                    "the budget of population {} over all users is spent",
-                    population.id
+                return Err(ChargeError::Exhausted(Spent::Population(
+                    population.id.clone(),
                 )));
             }
         }

@@ -119,43 +119,57 @@ impl Spec {
     }
 }
 
+/// A sample-aggregate request's field outside what the host accepts; the
+/// message names the field.
+#[derive(Debug, thiserror::Error)]
+pub enum SpecProblem {
+    #[error("dimensions: 1 to {MAX_DIMENSIONS}")]
+    Dimensions,
+    #[error("dimension {0}: finite lo < hi and a finite default")]
+    Dimension(String),
+    #[error("epsilon: within [{low}, {high}]")]
+    Epsilon { low: f64, high: f64 },
+    #[error("blocks: 2 to 1000")]
+    Blocks,
+    #[error("block_millis: 50 to 60000")]
+    BlockMillis,
+    #[error(
+        "blocks × block_millis: every block runs its full allowance, {PARALLEL_BLOCKS} at a \
+         time, so the release would come {seconds} s after the start; at most {max} s"
+    )]
+    Hold { seconds: u64, max: u64 },
+}
+
 impl Spec {
-    /// Field checks against the dataset's dp rules; the message names the
-    /// field.
-    pub fn check(&self, rules: &DpRules) -> Result<(), String> {
+    /// Field checks against the dataset's dp rules.
+    pub fn check(&self, rules: &DpRules) -> Result<(), SpecProblem> {
         if self.dimensions.is_empty() || self.dimensions.len() > MAX_DIMENSIONS {
-            return Err(format!("dimensions: 1 to {MAX_DIMENSIONS}"));
+            return Err(SpecProblem::Dimensions);
         }
         for d in &self.dimensions {
             if !(d.lo.is_finite() && d.hi.is_finite() && d.lo < d.hi && d.default.is_finite()) {
-                return Err(format!(
-                    "dimension {}: finite lo < hi and a finite default",
-                    d.name
-                ));
+                return Err(SpecProblem::Dimension(d.name.clone()));
             }
         }
         let (low, high) = rules.query_epsilon;
         if !(low..=high).contains(&self.epsilon) {
-            return Err(format!("epsilon: within [{low}, {high}]"));
+            return Err(SpecProblem::Epsilon { low, high });
         }
         if let Some(k) = self.blocks
             && !(2..=1_000).contains(&k)
         {
-            return Err("blocks: 2 to 1000".into());
+            return Err(SpecProblem::Blocks);
         }
         if let Some(ms) = self.block_millis
             && !(50..=60_000).contains(&ms)
         {
-            return Err("block_millis: 50 to 60000".into());
+            return Err(SpecProblem::BlockMillis);
         }
         if self.hold() > MAX_HOLD {
-            return Err(format!(
-                "blocks × block_millis: every block runs its full allowance, {} at a time, so the \
-                 release would come {} s after the start; at most {} s",
-                PARALLEL_BLOCKS,
-                self.hold().as_secs(),
-                MAX_HOLD.as_secs()
-            ));
+            return Err(SpecProblem::Hold {
+                seconds: self.hold().as_secs(),
+                max: MAX_HOLD.as_secs(),
+            });
         }
         Ok(())
     }
@@ -412,7 +426,11 @@ mod tests {
         assert!(spec(Some(20), Some(2_000)).check(&rules).is_ok());
         // 1,000 blocks of a minute each would release after more than 8 h.
         let refused = spec(Some(1_000), Some(60_000)).check(&rules).unwrap_err();
-        assert!(refused.contains("at most 600 s"), "{refused}");
+        assert!(
+            matches!(refused, SpecProblem::Hold { max: 600, .. }),
+            "{refused}"
+        );
+        assert!(refused.to_string().contains("at most 600 s"), "{refused}");
     }
 
     #[test]

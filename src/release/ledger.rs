@@ -19,11 +19,19 @@ use crate::store::{Store, StoreError, now};
 /// Why a query was not recorded.
 #[derive(Debug, thiserror::Error)]
 pub enum LedgerError {
-    /// A limit is reached; the text names the dataset and the limit.
     #[error("query-limit: {0}")]
-    Exhausted(String),
+    Exhausted(#[from] Exhausted),
     #[error(transparent)]
     Store(#[from] StoreError),
+}
+
+/// A dataset's ledger limit is reached.
+#[derive(Debug, thiserror::Error)]
+#[error("{dataset} has answered its {limit}")]
+pub struct Exhausted {
+    pub dataset: String,
+    /// Which limit (`tenant_queries_per_day`, …).
+    pub limit: &'static str,
 }
 
 /// One job's ledger: where its queries are recorded, under which limits.
@@ -58,9 +66,10 @@ impl QueryLedger {
                         serde_json::json!({ "dataset": dataset, "limit": reason }),
                     )
                     .await?;
-                    return Ok(Err(LedgerError::Exhausted(format!(
-                        "{dataset} has answered its {reason}"
-                    ))));
+                    return Ok(Err(LedgerError::Exhausted(Exhausted {
+                        dataset: dataset.clone(),
+                        limit: reason,
+                    })));
                 }
             }
             for dataset in datasets {
@@ -147,7 +156,7 @@ pub async fn has_room(
     dataset: &str,
     tenant: &str,
     limits: LedgerLimits,
-) -> Result<Result<(), String>, StoreError> {
+) -> Result<Result<(), Exhausted>, StoreError> {
     if limits == LedgerLimits::default() {
         return Ok(Ok(()));
     }
@@ -166,7 +175,10 @@ pub async fn has_room(
                 serde_json::json!({ "dataset": dataset, "limit": reason, "at": "admission" }),
             )
             .await?;
-            Ok(Err(format!("{dataset} has answered its {reason}")))
+            Ok(Err(Exhausted {
+                dataset: dataset.to_string(),
+                limit: reason,
+            }))
         })
         .await
 }

@@ -50,6 +50,17 @@ use crate::store::{StoreError, jobs, now};
 /// Most subjects one batch may carry.
 pub const MAX_SUBJECTS: usize = 100_000;
 
+/// Why a scoring request is refused before any subject runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringProblem {
+    #[error("the scoring policy names column {column:?}, which {dataset} does not offer")]
+    UnknownColumn { column: String, dataset: String },
+    #[error("subjects: 1 to {max} per batch")]
+    BatchSize { max: usize },
+    #[error("subjects: {0} is listed more than once")]
+    Repeated(String),
+}
+
 /// A scoring request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -128,10 +139,10 @@ async fn load_rows(
     };
     for column in columns {
         if *column == key || !version.manifest.columns.iter().any(|c| &c.name == column) {
-            return Err(ServiceError::Scoring(format!(
-                "the scoring policy names column {column:?}, which {} does not offer",
-                version.id
-            )));
+            return Err(ServiceError::Scoring(ScoringProblem::UnknownColumn {
+                column: column.clone(),
+                dataset: version.id.clone(),
+            }));
         }
     }
     let policies = crate::policy::PolicySet::default();
@@ -337,17 +348,16 @@ pub async fn score(
     control: Control,
 ) -> Result<ScoreBatch, ServiceError> {
     if request.subjects.is_empty() || request.subjects.len() > MAX_SUBJECTS {
-        return Err(ServiceError::Scoring(format!(
-            "subjects: 1 to {MAX_SUBJECTS} per batch"
-        )));
+        return Err(ServiceError::Scoring(ScoringProblem::BatchSize {
+            max: MAX_SUBJECTS,
+        }));
     }
     // One subject twice in a batch would be scored twice by one module:
     // refused, like any request that asks for more than one score a subject.
     let mut seen = std::collections::HashSet::with_capacity(request.subjects.len());
     if let Some(repeated) = request.subjects.iter().find(|s| !seen.insert(s.as_str())) {
-        return Err(ServiceError::Scoring(format!(
-            "subjects: {} is listed more than once",
-            &repeated[..repeated.len().min(64)]
+        return Err(ServiceError::Scoring(ScoringProblem::Repeated(
+            repeated.chars().take(64).collect(),
         )));
     }
     let policy = policies(service)?
@@ -376,10 +386,10 @@ pub async fn score(
     )
     .await?
     {
-        return Err(ServiceError::NotApproved(format!(
-            "module {} with these params is not approved for scoring policy {}",
-            module.hash, policy.name
-        )));
+        return Err(ServiceError::NotApproved {
+            module: module.hash.clone(),
+            policy: policy.name.clone(),
+        });
     }
 
     // Authorisations first; data is read only for authorised subjects.

@@ -188,7 +188,9 @@ impl From<crate::contest::ContestError> for ApiError {
             ContestError::Quota(_) => {
                 ApiError::new(StatusCode::TOO_MANY_REQUESTS, "quota-exhausted", message)
             }
-            ContestError::Pick(_) => ApiError::new(StatusCode::CONFLICT, "bad-pick", message),
+            ContestError::PickNotScored | ContestError::PicksSpent(_) => {
+                ApiError::new(StatusCode::CONFLICT, "bad-pick", message)
+            }
             ContestError::Store(error) => error.into(),
         }
     }
@@ -212,11 +214,15 @@ impl From<ServiceError> for ApiError {
                     ReviewError::AlreadyDecided => {
                         ApiError::new(StatusCode::CONFLICT, "already-decided", message)
                     }
-                    ReviewError::Bad(_) => ApiError::bad_request("bad-decision", message),
+                    ReviewError::UnknownDecision | ReviewError::NoComment => {
+                        ApiError::bad_request("bad-decision", message)
+                    }
                     ReviewError::Store(error) => error.into(),
                 }
             }
-            ServiceError::Application(message) => ApiError::bad_request("bad-application", message),
+            ServiceError::Application(problem) => {
+                ApiError::bad_request("bad-application", problem.to_string())
+            }
             ServiceError::Decision(error) => {
                 use crate::applications::DecisionError;
                 let message = error.to_string();
@@ -264,21 +270,26 @@ impl From<ServiceError> for ApiError {
                     .collect::<Vec<_>>()
                     .join("\n"),
             ),
-            ServiceError::QueryLimit(message) => ApiError::too_many("query-limit", message, 3600),
             error @ ServiceError::CompileBusy => {
                 ApiError::too_many("compile-busy", error.to_string(), 5)
             }
             error @ ServiceError::ModeConflict { .. } => {
                 ApiError::new(StatusCode::FORBIDDEN, "mode-conflict", error.to_string())
             }
-            ServiceError::NotApproved(message) => {
-                ApiError::new(StatusCode::FORBIDDEN, "module-not-approved", message)
+            ServiceError::QueryLimit(exhausted) => {
+                ApiError::too_many("query-limit", exhausted.to_string(), 3600)
             }
+            error @ ServiceError::NotApproved { .. } => ApiError::new(
+                StatusCode::FORBIDDEN,
+                "module-not-approved",
+                error.to_string(),
+            ),
             error @ (ServiceError::WrongWorld { .. }
             | ServiceError::ModeNotAllowed(_)
             | ServiceError::Kind(_)
             | ServiceError::EpsilonOutOfRange { .. }
-            | ServiceError::Dp(_)
+            | ServiceError::SampleAggregateDatasets
+            | ServiceError::SampleAggregate(_)
             | ServiceError::NoDatasets
             | ServiceError::Params { .. }
             | ServiceError::Scoring(_)) => ApiError::bad_request("bad-job", error.to_string()),

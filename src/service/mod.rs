@@ -54,8 +54,13 @@ pub enum ServiceError {
         mode: String,
         expected: String,
     },
+    #[error("dp: sample-aggregate runs over exactly one dataset")]
+    SampleAggregateDatasets,
     #[error("dp: {0}")]
-    Dp(String),
+    SampleAggregate(#[from] crate::dp::sample_aggregate::SpecProblem),
+    /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
+    #[error("query-limit: {0}")]
+    QueryLimit(#[from] crate::release::ledger::Exhausted),
     #[error(transparent)]
     ModeNotAllowed(#[from] crate::release::bind::ModeNotAllowed),
     #[error(transparent)]
@@ -70,7 +75,7 @@ pub enum ServiceError {
     )]
     ColumnsNotGranted { dataset: String, mode: String },
     #[error("application: {0}")]
-    Application(String),
+    Application(#[from] crate::applications::ApplicationProblem),
     #[error(transparent)]
     Review(#[from] crate::review::ReviewError),
     #[error(transparent)]
@@ -84,14 +89,14 @@ pub enum ServiceError {
     #[error("params must be at most {max} bytes of JSON")]
     Params { max: usize },
     #[error("scoring: {0}")]
-    Scoring(String),
+    Scoring(#[from] crate::scoring::ScoringProblem),
     /// Reading a dataset on the host failed (a host fault: the detail can
     /// quote the data, so it is logged and never answered).
     #[error("reading dataset {dataset}: {detail}")]
     DataRead { dataset: String, detail: String },
     /// The scorer (module and params) is not approved for the policy.
-    #[error("{0}")]
-    NotApproved(String),
+    #[error("module {module} with these params is not approved for scoring policy {policy}")]
+    NotApproved { module: String, policy: String },
     /// The tenant is pinned to the other side of a population (exact or
     /// noisy answers).
     #[error(
@@ -111,9 +116,6 @@ pub enum ServiceError {
         low: f64,
         high: f64,
     },
-    /// A dataset's query ledger is exhausted for this tenant (HTTP 429).
-    #[error("query-limit: {0}")]
-    QueryLimit(String),
     #[error("{0}: {1}")]
     Io(PathBuf, std::io::Error),
 }
@@ -449,17 +451,18 @@ impl Service {
         working_days: u32,
         holidays: &[i64],
     ) -> Result<crate::applications::Application, ServiceError> {
-        let refuse = |m: String| Err(ServiceError::Application(m));
+        use crate::applications::ApplicationProblem as Problem;
+        let refuse = |problem: Problem| Err(ServiceError::Application(problem));
         let version = match self.catalog.get(&request.dataset) {
             Ok(v) if v.manifest.classification == Classification::Conditional => v,
             Ok(v) if v.manifest.classification == Classification::Open => {
-                return refuse(format!("{} is open: no application needed", v.id));
+                return refuse(Problem::OpenDataset(v.id.clone()));
             }
             // Restricted and unknown look alike.
             _ => return Err(ServiceError::NoAccess(request.dataset.clone())),
         };
         if request.purpose.trim().is_empty() || request.intended_outputs.trim().is_empty() {
-            return refuse("purpose and intended_outputs: say what and why".into());
+            return refuse(Problem::NoPurpose);
         }
         if request.columns.is_empty()
             || request
@@ -467,7 +470,7 @@ impl Service {
                 .iter()
                 .any(|c| !version.manifest.columns.iter().any(|d| &d.name == c))
         {
-            return refuse("columns: one or more columns of the dictionary".into());
+            return refuse(Problem::Columns);
         }
         let policy = self.policies.current().policy_for(&version.id);
         let allowed: Vec<&str> = policy
@@ -476,22 +479,21 @@ impl Service {
             .unwrap_or_default();
         if request.modes.is_empty() || request.modes.iter().any(|m| !allowed.contains(&m.as_str()))
         {
-            return refuse(format!("modes: one or more of {allowed:?}"));
+            return refuse(Problem::Modes(
+                allowed.iter().map(|m| m.to_string()).collect(),
+            ));
         }
         if !(1..=366).contains(&request.term_days) {
-            return refuse("term_days: 1 to 366".into());
+            return refuse(Problem::TermDays);
         }
         let Some(agreement) = policy.and_then(|p| p.agreement.clone()) else {
-            return refuse(format!(
-                "{} has no data-use agreement to accept yet",
-                version.id
-            ));
+            return refuse(Problem::NoAgreement(version.id.clone()));
         };
         if request.agreement_sha256 != agreement.sha256 {
-            return refuse(format!(
-                "agreement_sha256: accept the current agreement (version {}, sha256 {})",
-                agreement.version, agreement.sha256
-            ));
+            return refuse(Problem::StaleAgreement {
+                version: agreement.version,
+                sha256: agreement.sha256,
+            });
         }
         let deadline = crate::applications::deadline(crate::store::now(), working_days, holidays);
         Ok(crate::applications::submit(

@@ -215,9 +215,7 @@ impl Service {
         spec: crate::dp::sample_aggregate::Spec,
     ) -> Result<QueuedJob, ServiceError> {
         let [version] = versions else {
-            return Err(ServiceError::Dp(
-                "sample-aggregate runs over exactly one dataset".into(),
-            ));
+            return Err(ServiceError::SampleAggregateDatasets);
         };
         let policies = self.policies.current();
         let policy =
@@ -228,7 +226,7 @@ impl Service {
                 dataset: version.id.clone(),
                 mode: Mode::SampleAggregate,
             })?;
-        spec.check(&rules).map_err(ServiceError::Dp)?;
+        spec.check(&rules)?;
         let population = self
             .population_of(&version.id)?
             .unwrap_or_else(|| crate::dp::budget::Population::solo(&version.id, rules.caps()));

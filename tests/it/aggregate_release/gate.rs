@@ -888,7 +888,7 @@ async fn an_exhausted_ledger_refuses_new_aggregate_jobs_up_front() {
     assert!(first.receipt.unwrap().body.privacy_cost.perturbed);
     match submit().await {
         Err(datasandbox::service::ServiceError::QueryLimit(reason)) => {
-            assert!(reason.contains("queries per tenant and day"), "{reason}")
+            assert_eq!(reason.limit, "queries per tenant and day", "{reason}")
         }
         Err(other) => panic!("expected query-limit, got {other}"),
         Ok(result) => panic!("expected query-limit, got {:?}", result.execution.category),
