@@ -16,6 +16,7 @@
 //! - [`policy`]: output policy files, checked with `file:line` errors.
 //! - [`release`]: the release gate: the positive grammar over protected rows, the `aggregate` mode (thresholds, dominance, cell-key perturbation), the query ledger, the fail-closed check.
 //! - [`dp`]: differential privacy: DP SQL, OpenDP noise, privacy budgets.
+//! - [`rate`]: the token bucket behind job admission and scoring rates.
 //! - [`review`]: held outputs, two-person blind review, automated pre-checks.
 //! - [`receipt`]: Ed25519 keys and signed receipts, verifiable offline.
 //! - [`contest`]: contests on hidden data: specs, secret splits, metrics, leaderboards.
@@ -45,6 +46,7 @@ pub mod dataset;
 pub mod dp;
 pub mod policy;
 pub mod query;
+pub mod rate;
 pub mod receipt;
 pub mod release;
 pub mod review;

@@ -50,16 +50,7 @@ use crate::store::{StoreError, jobs, now};
 /// Most subjects one batch may carry.
 pub const MAX_SUBJECTS: usize = 100_000;
 
-/// Why a scoring request is refused before any subject runs.
-#[derive(Debug, thiserror::Error)]
-pub enum ScoringProblem {
-    #[error("the scoring policy names column {column:?}, which {dataset} does not offer")]
-    UnknownColumn { column: String, dataset: String },
-    #[error("subjects: 1 to {max} per batch")]
-    BatchSize { max: usize },
-    #[error("subjects: {0} is listed more than once")]
-    Repeated(String),
-}
+pub use policy::ScoringProblem;
 
 /// A scoring request.
 #[derive(Debug, Clone, Deserialize, utoipa::ToSchema)]
@@ -300,30 +291,24 @@ async fn take_rate(
     per_minute: u32,
     wanted: u64,
 ) -> Result<u64, StoreError> {
-    let capacity = f64::from(per_minute);
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now_ms = crate::rate::now_ms();
     service.store.transition(async |tx| {
-        let bucket: Option<(f64, i64)> =
+        let stored: Option<(f64, i64)> =
             sqlx::query_as("SELECT tokens, at_ms FROM scoring_rate WHERE tenant = ?")
                 .bind(tenant)
                 .fetch_optional(tx.conn())
                 .await?;
-        let tokens = match bucket {
-            Some((tokens, at_ms)) => {
-                let elapsed = (now_ms - at_ms).max(0) as f64 / 60_000.0;
-                (tokens + elapsed * capacity).min(capacity)
-            }
-            None => capacity,
+        let mut bucket = match stored {
+            Some((tokens, at_ms)) => crate::rate::Bucket { tokens, at_ms }.at(per_minute, now_ms),
+            None => crate::rate::Bucket::full(per_minute, now_ms),
         };
-        let granted = (tokens.floor().max(0.0) as u64).min(wanted);
+        let granted = bucket.take(wanted);
         sqlx::query(
             "INSERT INTO scoring_rate (tenant, tokens, at_ms) VALUES (?, ?, ?) ON CONFLICT (tenant) DO UPDATE SET tokens = excluded.tokens, at_ms = excluded.at_ms",
         )
         .bind(tenant)
-        .bind(tokens - granted as f64)
-        .bind(now_ms)
+        .bind(bucket.tokens)
+        .bind(bucket.at_ms)
         .execute(tx.conn())
         .await?;
         Ok(granted)

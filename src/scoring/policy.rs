@@ -233,6 +233,17 @@ fn parse(file: &Path) -> Result<ScoringPolicy, Vec<PolicyDiagnostic>> {
     })
 }
 
+/// Why a scoring request is refused before any subject runs.
+#[derive(Debug, thiserror::Error)]
+pub enum ScoringProblem {
+    #[error("the scoring policy names column {column:?}, which {dataset} does not offer")]
+    UnknownColumn { column: String, dataset: String },
+    #[error("subjects: 1 to {max} per batch")]
+    BatchSize { max: usize },
+    #[error("subjects: {0} is listed more than once")]
+    Repeated(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Notify;
 
@@ -34,16 +34,11 @@ pub struct QueueLimits {
     pub per_tenant_per_minute: u32,
 }
 
-struct Bucket {
-    tokens: f64,
-    at: Instant,
-}
-
 #[derive(Default)]
 struct Admission {
     queued: usize,
     per_tenant: HashMap<String, usize>,
-    buckets: HashMap<String, Bucket>,
+    buckets: HashMap<String, crate::rate::Bucket>,
 }
 
 pub struct JobQueue {
@@ -114,23 +109,16 @@ impl JobQueue {
             });
         }
         let mut admission = self.admission();
-        if self.limits.per_tenant_per_minute > 0 {
-            let capacity = f64::from(self.limits.per_tenant_per_minute);
-            let per_second = capacity / 60.0;
-            let now = Instant::now();
+        let per_minute = self.limits.per_tenant_per_minute;
+        if per_minute > 0 {
+            let now = crate::rate::now_ms();
             let bucket = admission
                 .buckets
                 .entry(tenant.to_string())
-                .or_insert(Bucket {
-                    tokens: capacity,
-                    at: now,
-                });
-            bucket.tokens = (bucket.tokens
-                + now.duration_since(bucket.at).as_secs_f64() * per_second)
-                .min(capacity);
-            bucket.at = now;
-            if bucket.tokens < 1.0 {
-                let wait = ((1.0 - bucket.tokens) / per_second).ceil() as u64;
+                .or_insert(crate::rate::Bucket::full(per_minute, now));
+            *bucket = bucket.at(per_minute, now);
+            if bucket.take(1) == 0 {
+                let wait = bucket.seconds_to_next(per_minute);
                 return Err(ApiError::too_many(
                     "rate-limited",
                     format!(
@@ -140,7 +128,6 @@ impl JobQueue {
                     wait,
                 ));
             }
-            bucket.tokens -= 1.0;
         }
         let active = admission.per_tenant.get(tenant).copied().unwrap_or(0);
         if active >= self.limits.per_tenant_jobs {

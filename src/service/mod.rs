@@ -21,11 +21,13 @@ use crate::sandbox::{
     Category, Execution, IntakeError, JobEnv, Limits, LoadedModule, Sandbox, SandboxConfig,
     SandboxError,
 };
-use crate::store::{Store, StoreError, audit, jobs, modules};
+use crate::store::{Store, StoreError, audit, jobs};
 
+mod applications;
 mod budgets;
 mod execute;
 mod submit;
+mod uploads;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -89,7 +91,7 @@ pub enum ServiceError {
     #[error("params must be at most {max} bytes of JSON")]
     Params { max: usize },
     #[error("scoring: {0}")]
-    Scoring(#[from] crate::scoring::ScoringProblem),
+    Scoring(#[from] crate::scoring::policy::ScoringProblem),
     /// Reading a dataset on the host failed (a host fault: the detail can
     /// quote the data, so it is logged and never answered).
     #[error("reading dataset {dataset}: {detail}")]
@@ -226,23 +228,6 @@ pub struct Service {
     compiling: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
-/// A tenant's place in the compiler, given back on every path out
-/// (including a dropped upload).
-struct Compiling<'a> {
-    service: &'a Service,
-    tenant: String,
-}
-
-impl Drop for Compiling<'_> {
-    fn drop(&mut self) {
-        self.service
-            .compiling
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&self.tenant);
-    }
-}
-
 impl Service {
     /// Open a data directory (creating what is missing) and mark jobs a
     /// previous process left unfinished as interrupted.
@@ -279,40 +264,6 @@ impl Service {
         })
     }
 
-    /// Validate and compile a module where guest calls run (a worker on a
-    /// server, a blocking thread otherwise): seconds for a large component.
-    async fn load_blocking(
-        &self,
-        bytes: Vec<u8>,
-    ) -> Result<(Arc<LoadedModule>, crate::sandbox::ModuleLoad), IntakeError> {
-        self.sandbox.load_module_isolated(bytes).await
-    }
-
-    pub async fn upload_module(
-        &self,
-        submitter: &Submitter,
-        bytes: Vec<u8>,
-        name: Option<String>,
-    ) -> Result<modules::ModuleInfo, ServiceError> {
-        let size = bytes.len();
-        let _compiling = {
-            let mut compiling = self.compiling.lock().unwrap_or_else(|e| e.into_inner());
-            if !compiling.insert(submitter.tenant.clone()) {
-                return Err(ServiceError::CompileBusy);
-            }
-            Compiling {
-                service: self,
-                tenant: submitter.tenant.clone(),
-            }
-        };
-        let (module, _) = self.load_blocking(bytes).await?;
-        let info = modules::info(&module.hash, module.world.name(), size, name);
-        modules::record(&self.store, &submitter.actor, &submitter.tenant, &info).await?;
-        Ok(modules::get(&self.store, &submitter.tenant, &module.hash)
-            .await?
-            .unwrap_or(info))
-    }
-
     /// Whether `tenant` (in `role`) may run jobs on this dataset version:
     /// open data for everyone; conditional and restricted data for
     /// administrators and tenants holding a grant.
@@ -327,37 +278,6 @@ impl Service {
             _ if role == Role::Admin => true,
             _ => accounts::has_grant(&self.store, tenant, &version.id).await?,
         })
-    }
-
-    /// A module `tenant` uploaded, loaded, and of the world `mode` runs.
-    pub async fn tenant_module(
-        &self,
-        tenant: &str,
-        sha256: &str,
-        world: crate::sandbox::World,
-        mode: &str,
-    ) -> Result<Arc<LoadedModule>, ServiceError> {
-        if modules::get(&self.store, tenant, sha256).await?.is_none() {
-            return Err(ServiceError::UnknownModule(sha256.into()));
-        }
-        // Off the async workers: after a restart this loads the compiled
-        // artifact (14 ms for a Python component) or, without one,
-        // compiles (seconds).
-        let sandbox = Arc::clone(&self.sandbox);
-        let hash = sha256.to_string();
-        let module = tokio::task::spawn_blocking(move || sandbox.module_by_hash(&hash))
-            .await
-            .map_err(|_| IntakeError::Store(std::io::Error::other("loading a module panicked")))??
-            .ok_or_else(|| ServiceError::UnknownModule(sha256.into()))?;
-        if module.world != world {
-            return Err(ServiceError::WrongWorld {
-                module: sha256.into(),
-                world: module.world.name().into(),
-                mode: mode.into(),
-                expected: world.name().into(),
-            });
-        }
-        Ok(module)
     }
 
     /// Create a contest from its TOML spec (checked against the dataset's
@@ -431,80 +351,6 @@ impl Service {
             Outcome::ChangesRequested(_) => "changes-requested",
         };
         Ok(state.to_string())
-    }
-
-    /// A dataset's data-use agreement (conditional datasets).
-    pub fn agreement(&self, dataset: &str) -> Option<crate::policy::Agreement> {
-        self.policies
-            .current()
-            .policy_for(dataset)?
-            .agreement
-            .clone()
-    }
-
-    /// Check and record an application for a conditional dataset; the
-    /// answer is due `working_days` working days later.
-    pub async fn apply(
-        &self,
-        submitter: &Submitter,
-        request: crate::applications::NewApplication,
-        working_days: u32,
-        holidays: &[i64],
-    ) -> Result<crate::applications::Application, ServiceError> {
-        use crate::applications::ApplicationProblem as Problem;
-        let refuse = |problem: Problem| Err(ServiceError::Application(problem));
-        let version = match self.catalog.get(&request.dataset) {
-            Ok(v) if v.manifest.classification == Classification::Conditional => v,
-            Ok(v) if v.manifest.classification == Classification::Open => {
-                return refuse(Problem::OpenDataset(v.id.clone()));
-            }
-            // Restricted and unknown look alike.
-            _ => return Err(ServiceError::NoAccess(request.dataset.clone())),
-        };
-        if request.purpose.trim().is_empty() || request.intended_outputs.trim().is_empty() {
-            return refuse(Problem::NoPurpose);
-        }
-        if request.columns.is_empty()
-            || request
-                .columns
-                .iter()
-                .any(|c| !version.manifest.columns.iter().any(|d| &d.name == c))
-        {
-            return refuse(Problem::Columns);
-        }
-        let policy = self.policies.current().policy_for(&version.id);
-        let allowed: Vec<&str> = policy
-            .as_ref()
-            .map(|p| p.modes.iter().map(|m| m.name()).collect())
-            .unwrap_or_default();
-        if request.modes.is_empty() || request.modes.iter().any(|m| !allowed.contains(&m.as_str()))
-        {
-            return refuse(Problem::Modes(
-                allowed.iter().map(|m| m.to_string()).collect(),
-            ));
-        }
-        if !(1..=366).contains(&request.term_days) {
-            return refuse(Problem::TermDays);
-        }
-        let Some(agreement) = policy.and_then(|p| p.agreement.clone()) else {
-            return refuse(Problem::NoAgreement(version.id.clone()));
-        };
-        if request.agreement_sha256 != agreement.sha256 {
-            return refuse(Problem::StaleAgreement {
-                version: agreement.version,
-                sha256: agreement.sha256,
-            });
-        }
-        let deadline = crate::applications::deadline(crate::store::now(), working_days, holidays);
-        Ok(crate::applications::submit(
-            &self.store,
-            &submitter.tenant,
-            &submitter.actor,
-            &request,
-            &agreement.version,
-            deadline,
-        )
-        .await?)
     }
 
     /// Cancel a job that has not started. False if it already has.
