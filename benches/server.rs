@@ -119,6 +119,11 @@ async fn main() {
             max_queued: 100_000,
             per_tenant_jobs: 100_000,
             per_tenant_per_minute: 0,
+            // As deployed: every guest call in a `dsb worker` process.
+            workers: datasandbox::worker::WorkerConfig {
+                exe: Some(env!("CARGO_BIN_EXE_dsb").into()),
+                ..Default::default()
+            },
             ..ServerConfig::default()
         },
         Arc::clone(&service),
@@ -237,6 +242,12 @@ async fn main() {
             max_queued: 1000,
             per_tenant_jobs: 1000,
             per_tenant_per_minute: 0,
+            // In process, so the figure is every job's memory in one
+            // process (with workers it would be spread over 64 of them).
+            workers: datasandbox::worker::WorkerConfig {
+                isolation: datasandbox::worker::IsolationMode::InProcess,
+                ..Default::default()
+            },
             ..ServerConfig::default()
         },
         Arc::clone(&service),

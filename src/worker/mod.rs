@@ -65,7 +65,8 @@ const MAX_RESPONSE_BYTES: usize = 256 << 20;
 pub struct WorkerConfig {
     /// `process` (supervised workers) or `in-process`.
     pub isolation: IsolationMode,
-    /// The `dsb` executable to start workers from (default: this one).
+    /// The `dsb` executable to start workers from (default: this one,
+    /// which must then be `dsb`).
     pub exe: Option<PathBuf>,
     /// `RLIMIT_DATA` of each worker, bytes: its heap, wasm memories and
     /// thread stacks together.
@@ -181,7 +182,19 @@ impl WorkerPool {
     pub fn new(config: WorkerConfig, data_dir: &Path) -> Result<WorkerPool, WorkerError> {
         let exe = match &config.exe {
             Some(exe) => exe.clone(),
-            None => std::env::current_exe().map_err(WorkerError::Exe)?,
+            // Only `dsb` has the `worker` command: a program that embeds
+            // the server names the executable to start workers from.
+            None => {
+                let exe = std::env::current_exe().map_err(WorkerError::Exe)?;
+                if exe.file_stem().and_then(|s| s.to_str()) != Some("dsb") {
+                    return Err(WorkerError::Exe(std::io::Error::other(format!(
+                        "{} is not dsb; set [workers] exe to the dsb executable (or \
+                         isolation = \"in-process\")",
+                        exe.display()
+                    ))));
+                }
+                exe
+            }
         };
         Ok(WorkerPool {
             config,

@@ -101,6 +101,10 @@ async fn api_error_bodies() {
         listen: "127.0.0.1:0".parse().unwrap(),
         data_dir,
         policies: repo().join("policies"),
+        workers: datasandbox::worker::WorkerConfig {
+            exe: Some(env!("CARGO_BIN_EXE_dsb").into()),
+            ..Default::default()
+        },
         ..Default::default()
     };
     let server = datasandbox::server::Server::bind_service(config, std::sync::Arc::clone(&service))

@@ -342,3 +342,15 @@ async fn a_worker_burning_cpu_is_ended_by_its_cpu_limit() {
     );
     server.stop().await.unwrap();
 }
+
+/// Only `dsb` has the `worker` command: a program embedding the server
+/// (this test binary) is told to name the executable instead of starting
+/// itself as a worker.
+#[test]
+fn a_server_outside_dsb_must_name_the_worker_executable() {
+    let dir = tempfile::tempdir().unwrap();
+    let Err(error) = datasandbox::worker::WorkerPool::new(Default::default(), dir.path()) else {
+        panic!("a pool started from the test binary");
+    };
+    assert!(error.to_string().contains("is not dsb"), "{error}");
+}
