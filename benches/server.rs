@@ -25,7 +25,6 @@ use datasandbox::client::Client;
 use datasandbox::receipt::{PrivacyCost, Receipt, ReceiptBody};
 use datasandbox::server::{Server, ServerConfig};
 use datasandbox::service::Service;
-use datasandbox::store::audit;
 
 /// Peak and current resident set, from /proc (kB → bytes).
 fn rss() -> (u64, u64) {
@@ -68,17 +67,19 @@ async fn main() {
     let n = 300;
     let started = Instant::now();
     for i in 0..n {
-        let mut tx = service.store.begin_write().await.unwrap();
-        audit::append(
-            &mut tx,
-            "bench",
-            "bench.entry",
-            &i.to_string(),
-            serde_json::json!({ "i": i }),
-        )
-        .await
-        .unwrap();
-        tx.commit().await.unwrap();
+        service
+            .store
+            .transition(async |tx| {
+                tx.record(
+                    "bench",
+                    "bench.entry",
+                    &i.to_string(),
+                    serde_json::json!({ "i": i }),
+                )
+                .await
+            })
+            .await
+            .unwrap();
     }
     let append = started.elapsed() / n;
     let body = ReceiptBody {

@@ -66,9 +66,11 @@ struct Running {
 impl Drop for Running {
     fn drop(&mut self) {
         self.queue.metrics.running.dec();
-        self.queue.service.announce_end(&self.id);
         self.queue.forget(&self.id);
         self.queue.release(&self.tenant, false);
+        // Waiters last: a client told its job ended may submit the next at
+        // once, and its slot is free by then.
+        self.queue.service.announce_end(&self.id);
     }
 }
 

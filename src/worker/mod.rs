@@ -19,7 +19,8 @@
 //!   it.
 //! - Each worker limits itself before it reads a request (`RLIMIT_DATA`:
 //!   heap, wasm memories and thread stacks together; `RLIMIT_NOFILE`;
-//!   `RLIMIT_CORE` 0) and dies with the server (`PR_SET_PDEATHSIG`); before
+//!   `RLIMIT_CORE` 0) and dies with the server (a watchdog thread that
+//!   sees its parent change within half a second); before
 //!   each call it sets its soft `RLIMIT_CPU` to what it has used plus the
 //!   call's limit times `cpu_cores_per_call` (`SIGXCPU` past it reads
 //!   `timeout`).
@@ -541,9 +542,30 @@ fn limit_self(args: &WorkerArgs) -> Result<(), WorkerError> {
     limit(Resource::Data, args.memory_bytes)?;
     limit(Resource::Nofile, args.open_files)?;
     limit(Resource::Core, 0)?;
-    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
-        .map_err(|e| WorkerError::Limits(e.into()))?;
+    die_with_parent();
     Ok(())
+}
+
+/// End this process as soon as the server that started it is gone, even
+/// when a call holds every other thread. (Not `PR_SET_PDEATHSIG`: it fires
+/// when the *thread* that spawned the worker exits, and the server's
+/// runtime threads come and go.)
+fn die_with_parent() {
+    let parent = rustix::process::getppid();
+    std::thread::Builder::new()
+        .name("dsb-worker-watchdog".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(Duration::from_millis(500));
+                if rustix::process::getppid() != parent {
+                    std::process::exit(70);
+                }
+            }
+        })
+        .map(drop)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot start the worker's watchdog");
+        });
 }
 
 /// CPU seconds this process has used (user and system, all threads).

@@ -354,3 +354,62 @@ fn a_server_outside_dsb_must_name_the_worker_executable() {
     };
     assert!(error.to_string().contains("is not dsb"), "{error}");
 }
+
+/// `dsb worker` children of `pid` that are alive (not zombies).
+fn workers_of(pid: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|child| {
+            let stat = std::fs::read_to_string(format!("/proc/{child}/stat")).unwrap_or_default();
+            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
+            let mut fields = after.split(' ');
+            let (state, ppid) = (fields.next().unwrap_or(""), fields.next().unwrap_or(""));
+            let cmdline = std::fs::read(format!("/proc/{child}/cmdline")).unwrap_or_default();
+            ppid == pid.to_string()
+                && state != "Z"
+                && String::from_utf8_lossy(&cmdline).contains("worker")
+        })
+        .collect()
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(") ")
+            .is_some_and(|(_, rest)| !rest.starts_with('Z'))
+    })
+}
+
+/// A `dsb serve` killed with SIGKILL takes its workers with it (their
+/// watchdog sees the parent gone), so no orphan keeps running a guest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_a_killed_server() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = common::ServeProcess::start(&dir.path().join("data"));
+    let admin = Client::new(&server.url, Some(server.admin_token.clone()));
+    admin
+        .add_dataset(
+            &common::samples().join("enterprises.csv"),
+            &common::samples().join("enterprises.toml"),
+        )
+        .await
+        .unwrap();
+    admin.reload_policies().await.unwrap();
+    let module = admin
+        .upload_module(guest("district_stats"), None)
+        .await
+        .unwrap()
+        .sha256;
+    let job = common::aggregate_job(&admin, &module, "enterprises", serde_json::json!({})).await;
+    assert_eq!(job.category.as_deref(), Some("ok"));
+    let workers = workers_of(server.child.id());
+    assert!(!workers.is_empty(), "the job ran in a worker");
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while workers.iter().any(|&w| alive(w)) {
+        assert!(Instant::now() < deadline, "a worker outlived its server");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
