@@ -41,7 +41,6 @@ pub enum StoreError {
 /// queries, and the audit log.
 pub struct Transaction<'c> {
     conn: &'c mut sqlx::SqliteConnection,
-    recorded: usize,
 }
 
 impl Transaction<'_> {
@@ -58,14 +57,7 @@ impl Transaction<'_> {
         subject: &str,
         details: serde_json::Value,
     ) -> Result<audit::AuditEntry, StoreError> {
-        let entry = audit::append(self.conn, actor, action, subject, details).await?;
-        self.recorded += 1;
-        Ok(entry)
-    }
-
-    /// Entries recorded so far in this transaction.
-    pub fn recorded(&self) -> usize {
-        self.recorded
+        audit::append(self.conn, actor, action, subject, details).await
     }
 }
 
@@ -127,10 +119,7 @@ impl Store {
         E: From<StoreError>,
     {
         let mut tx = self.begin_write().await?;
-        let mut transaction = Transaction {
-            conn: &mut tx,
-            recorded: 0,
-        };
+        let mut transaction = Transaction { conn: &mut tx };
         let value = change(&mut transaction).await?;
         tx.commit().await.map_err(StoreError::from)?;
         Ok(value)

@@ -191,24 +191,7 @@ async fn cancelling_a_running_job_kills_its_worker() {
 
 /// Live (not zombie) `dsb worker` children of this process.
 fn live_workers() -> usize {
-    let me = std::process::id().to_string();
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .filter_map(Result::ok)
-        .filter(|e| e.file_name().to_string_lossy().parse::<u32>().is_ok())
-        .filter(|e| {
-            let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
-                return false;
-            };
-            // pid (comm) state ppid …
-            let after = stat.rsplit_once(") ").map(|(_, rest)| rest).unwrap_or("");
-            let mut fields = after.split(' ');
-            let state = fields.next().unwrap_or("");
-            let ppid = fields.next().unwrap_or("");
-            let cmdline = std::fs::read(e.path().join("cmdline")).unwrap_or_default();
-            ppid == me && state != "Z" && String::from_utf8_lossy(&cmdline).contains("worker")
-        })
-        .count()
+    workers_of(std::process::id()).len()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
