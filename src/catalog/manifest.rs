@@ -90,6 +90,9 @@ struct ManifestFile {
     /// one population share one privacy budget per tenant. Defaults to the
     /// dataset's id (a population of its own).
     population: Option<Spanned<String>>,
+    /// A public bound on the rows one privacy unit has, checked against the
+    /// data at registration.
+    max_rows_per_unit: Option<Spanned<u32>>,
     #[serde(default)]
     join_keys: Vec<Spanned<String>>,
     columns: Spanned<Vec<ColumnFile>>,
@@ -117,6 +120,9 @@ pub struct ColumnSpec {
     pub line: usize,
 }
 
+/// Largest `max_rows_per_unit` a manifest may declare.
+pub const MAX_ROWS_PER_UNIT: u32 = 1_000_000;
+
 /// A checked manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Manifest {
@@ -132,6 +138,16 @@ pub struct Manifest {
     /// Empty when the file names none: see [`Manifest::population`].
     #[serde(default)]
     pub population: String,
+    /// At most this many rows per privacy unit: public, declared by the
+    /// data holder and checked against the data when a version is
+    /// registered (a file with a unit over it is refused). `dp` queries on
+    /// the table are bounded by it instead of per query when it is no
+    /// looser than the policy's per-query bounds.
+    #[serde(default)]
+    pub max_rows_per_unit: Option<u32>,
+    /// Line of `max_rows_per_unit` in the manifest, for messages.
+    #[serde(skip)]
+    pub max_rows_per_unit_line: usize,
     pub join_keys: Vec<String>,
     pub columns: Vec<ColumnSpec>,
     #[serde(skip)]
@@ -283,6 +299,15 @@ impl Manifest {
                 ));
             }
         }
+        if let Some(rows) = &parsed.max_rows_per_unit
+            && !(1..=MAX_ROWS_PER_UNIT).contains(rows.get_ref())
+        {
+            problems.push(error(
+                at(rows.span()),
+                "max_rows_per_unit",
+                format!("1 to {MAX_ROWS_PER_UNIT}"),
+            ));
+        }
         for key in &parsed.join_keys {
             if !columns.iter().any(|c| &c.name == key.get_ref()) {
                 problems.push(error(
@@ -333,6 +358,11 @@ impl Manifest {
                 .population
                 .map(Spanned::into_inner)
                 .unwrap_or_default(),
+            max_rows_per_unit_line: parsed
+                .max_rows_per_unit
+                .as_ref()
+                .map_or(1, |rows| at(rows.span())),
+            max_rows_per_unit: parsed.max_rows_per_unit.map(Spanned::into_inner),
             join_keys: parsed
                 .join_keys
                 .into_iter()

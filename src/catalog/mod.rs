@@ -122,6 +122,7 @@ impl Catalog {
         let format = DataFormat::from_path(data)
             .ok_or_else(|| CatalogError::UnsupportedFormat(data.to_path_buf()))?;
         check_data(&manifest, data, format).await?;
+        check_rows_per_unit(&manifest, &raw_table(&manifest, data, format)).await?;
         let bytes = std::fs::read(data).map_err(io(data))?;
         let hash = hex::encode(Sha256::digest(&bytes));
         let versions = self.dir.join(&manifest.id).join("versions");
@@ -334,6 +335,66 @@ async fn check_data(
                 .check_schema(&names, Some(&types))
                 .map_err(CatalogError::Manifest)?;
         }
+    }
+    Ok(())
+}
+
+/// Hold the data to the manifest's `max_rows_per_unit`: the bound is a
+/// public fact every `dp` query's noise is scaled to, so a file with a unit
+/// over it is refused, not truncated.
+async fn check_rows_per_unit(
+    manifest: &Manifest,
+    table: &DatasetSource,
+) -> Result<(), CatalogError> {
+    let Some(allowed) = manifest.max_rows_per_unit else {
+        return Ok(());
+    };
+    let ctx = SessionContext::new();
+    crate::query::register(&ctx, table).await?;
+    let unit = &manifest.privacy_unit;
+    let sql = format!(
+        "SELECT CAST(COALESCE(MAX(n), 0) AS BIGINT) FROM (SELECT COUNT(*) AS n FROM {} \
+         WHERE \"{unit}\" IS NOT NULL GROUP BY \"{unit}\")",
+        table.name
+    );
+    let batches = ctx.sql(&sql).await?.collect().await?;
+    let most = batches
+        .first()
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0);
+    if most > i64::from(allowed) {
+        let over = format!(
+            "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT COUNT(*) AS n FROM {} \
+             WHERE \"{unit}\" IS NOT NULL GROUP BY \"{unit}\") WHERE n > {allowed}",
+            table.name
+        );
+        let units = ctx
+            .sql(&over)
+            .await?
+            .collect()
+            .await?
+            .first()
+            .and_then(|b| {
+                b.column(0)
+                    .as_any()
+                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                    .map(|a| a.value(0))
+            })
+            .unwrap_or(0);
+        return Err(CatalogError::Manifest(vec![ManifestError {
+            file: manifest.source.clone(),
+            line: manifest.max_rows_per_unit_line,
+            field: "max_rows_per_unit".into(),
+            message: format!(
+                "{units} privacy unit(s) have more than {allowed} rows (the most: {most}); \
+                 raise the bound or split the data"
+            ),
+        }]));
     }
     Ok(())
 }

@@ -42,6 +42,9 @@ pub struct DpTable {
     pub categories: HashMap<String, Vec<String>>,
     /// One row per privacy unit (from the profile): no bounding needed.
     pub unit_is_unique: bool,
+    /// The manifest's `max_rows_per_unit`, which the registered data was
+    /// checked against.
+    pub rows_per_unit: Option<u32>,
     pub rules: DpRules,
 }
 

@@ -120,6 +120,7 @@ pub fn dp_table(manifest: &Manifest, rules: DpRules, unit_is_unique: bool) -> Dp
             .filter_map(|c| c.categories.clone().map(|list| (c.name.clone(), list)))
             .collect(),
         unit_is_unique,
+        rows_per_unit: manifest.max_rows_per_unit,
         rules,
     }
 }

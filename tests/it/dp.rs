@@ -61,7 +61,7 @@ fn dp_sample(id: &str, policies: &PolicySet) -> DatasetSource {
     )
 }
 
-fn session(
+pub(crate) fn session(
     store: &Store,
     tenant: &str,
     job: &str,
@@ -85,7 +85,7 @@ fn session(
     })
 }
 
-async fn store(dir: &Path) -> Store {
+pub(crate) async fn store(dir: &Path) -> Store {
     Store::open(&dir.join("dsb.sqlite")).await.unwrap()
 }
 
@@ -104,11 +104,11 @@ async fn dp_query(
     query.run(sql, 64 << 20).await
 }
 
-fn report(schema: &SchemaRef) -> serde_json::Value {
+pub(crate) fn report(schema: &SchemaRef) -> serde_json::Value {
     serde_json::from_str(&schema.metadata()[DP_METADATA_KEY]).unwrap()
 }
 
-fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
+pub(crate) fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
     batches
         .iter()
         .flat_map(|b| {
@@ -123,7 +123,7 @@ fn strings(batches: &[RecordBatch], column: usize) -> Vec<String> {
         .collect()
 }
 
-fn numbers(batches: &[RecordBatch], column: usize) -> Vec<f64> {
+pub(crate) fn numbers(batches: &[RecordBatch], column: usize) -> Vec<f64> {
     batches
         .iter()
         .flat_map(|b| {

@@ -14,6 +14,7 @@ mod crash_safety;
 mod data_path;
 mod dp;
 mod dp_channels;
+mod dp_declared_bounds;
 mod guest_cannot_escape;
 mod guest_worlds;
 mod hostile_guests;

@@ -2,7 +2,9 @@
 //! per-unit state in Rust, so it scales with DataFusion's aggregation).
 //!
 //! With one row per unit every unit is in one group with one row: the plan
-//! aggregates per group directly. Otherwise, in three stages:
+//! aggregates per group directly. With a declared `max_rows_per_unit` the
+//! data was checked against, it does too (counting distinct units per group
+//! only when the query needs them). Otherwise, in three stages:
 //! 1. per (unit, group): each measure's partial, bounded as if the unit
 //!    kept at most `max_rows` rows there: counts capped at `max_rows`, sums
 //!    of clamped values clamped to `max_rows·[min(lo,0), max(hi,0)]`;
@@ -20,13 +22,13 @@ use datafusion::arrow::array::{Array, Float64Array, StringArray};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::DataType;
 use datafusion::common::Column;
-use datafusion::functions_aggregate::expr_fn::{count, sum};
+use datafusion::functions_aggregate::expr_fn::{count, count_distinct, min, sum};
 use datafusion::logical_expr::{
     Expr, ExprFunctionExt, LogicalPlan, LogicalPlanBuilder, col, lit, when,
 };
 use datafusion::prelude::SessionContext;
 
-use super::spend::Bounds;
+use super::spend::{Bounds, Enforced};
 use super::{Key, Measure, failed};
 use crate::query::error::QueryError;
 
@@ -65,8 +67,8 @@ pub(super) struct Input<'a> {
     pub unit: Column,
     pub groups: &'a [Column],
     pub measures: &'a [Measure],
-    /// One row per privacy unit (no bounding stages).
-    pub unique: bool,
+    /// The query releases unit counts or thresholds keys on them.
+    pub units_needed: bool,
     /// How many keys a query with published categories can have.
     pub published_keys: Option<usize>,
 }
@@ -82,7 +84,7 @@ pub(super) async fn totals(
         unit,
         groups,
         measures,
-        unique,
+        units_needed,
         published_keys,
     } = input;
     let width = width(measures);
@@ -117,9 +119,18 @@ pub(super) async fn totals(
     let mut builder = LogicalPlanBuilder::from(rows)
         .filter(Expr::Column(unit.clone()).is_not_null())
         .map_err(failed)?;
-    if unique {
+    if bounds.by != Enforced::PerQuery {
         let mut all = aggregates;
-        all.push(count(lit(1i64)).alias("__dsb_units"));
+        all.push(
+            match bounds.by {
+                Enforced::Unique => count(lit(1i64)),
+                _ if units_needed => count_distinct(Expr::Column(unit.clone())),
+                // Not released and not thresholded on: not computed (an
+                // aggregate that is always 0 keeps the batch's layout).
+                _ => min(lit(0i64)),
+            }
+            .alias("__dsb_units"),
+        );
         builder = builder
             .aggregate(group_exprs.clone(), all)
             .map_err(failed)?;

@@ -9,10 +9,16 @@
 //!
 //! The host, not the guest, decides everything that matters for privacy:
 //!
-//! 1. Contribution bounding, in DataFusion, in two stages (no per-unit
-//!    state in Rust, so it scales with DataFusion): per (unit, group) each
-//!    measure's partial is computed on values clamped to the manifest's
-//!    bounds and then capped as if the unit kept at most
+//! 1. Contribution bounding ([`spend::Bounds`]): a table with one row per
+//!    unit needs none; a manifest's `max_rows_per_unit`, which the data was
+//!    held to at registration, is used as it is when it is no looser than
+//!    the policy's per-query bounds on every sensitivity the query uses
+//!    (see [`spend::Bounds::of`]; a unit then moves a count by at most that
+//!    many rows, in L1 and L2 alike, and the
+//!    query runs with no per-unit stage); otherwise, in DataFusion, in two
+//!    stages (no per-unit state in Rust, so it scales with DataFusion): per
+//!    (unit, group) each measure's partial is computed on values clamped to
+//!    the manifest's bounds and then capped as if the unit kept at most
 //!    `max_rows_per_group` rows there (counts at most that many, sums within
 //!    `max_rows_per_group·[min(lo,0), max(hi,0)]`); then each unit keeps at
 //!    most `max_groups_per_unit` of its groups, a uniform random subset
@@ -129,8 +135,13 @@ struct Report {
     /// `public` (published categories) or `threshold`.
     keys: &'static str,
     threshold: Option<i64>,
+    /// How a unit's contribution is bounded: `one row per unit`,
+    /// `max_rows_per_unit` (the manifest's, checked at registration) or
+    /// `per query` (in the plan).
+    bounded: &'static str,
     max_groups_per_unit: u32,
     max_rows_per_group: u32,
+    max_rows_per_unit: u32,
     columns: Vec<ColumnNoise>,
 }
 
@@ -397,7 +408,6 @@ async fn noisy_aggregate(
     measures: &[Measure],
     session: &DpSession,
 ) -> Result<(RecordBatch, Report), QueryError> {
-    let bounds = Bounds::of(table);
     let input = aggregate.input.as_ref().clone();
     let unit = input
         .schema()
@@ -427,6 +437,8 @@ async fn noisy_aggregate(
             format!("{keys} category combinations; at most {MAX_PUBLIC_KEYS}"),
         ));
     }
+    let units_needed = public.is_none() || measures.contains(&Measure::Units);
+    let bounds = Bounds::of(table, units_needed);
     let spend = Spend::plan(&table.rules, bounds, measures, public.is_none(), session)?;
 
     // The charge is committed before anything is computed or drawn.
@@ -453,7 +465,7 @@ async fn noisy_aggregate(
             unit,
             groups,
             measures,
-            unique: table.unit_is_unique,
+            units_needed,
             published_keys,
         },
         bounds,

@@ -11,7 +11,7 @@ use datafusion::arrow::compute::cast;
 use datafusion::logical_expr::Aggregate;
 
 use super::bounding::{Totals, width};
-use super::spend::{Bounds, Spend};
+use super::spend::{Bounds, Enforced, Spend};
 use super::{ColumnNoise, Key, Measure, Report, failed};
 use crate::dp::DpTable;
 use crate::dp::noise::{self, ci95};
@@ -121,7 +121,8 @@ pub(super) fn answer(
     let fields = aggregate.schema.fields();
     // Noise of one quantity: integer counts or float sums, with their L1
     // sensitivity (Laplace) or L2 sensitivity (Gaussian: a unit in
-    // `max_groups` groups moves the vector by √max_groups, not max_groups).
+    // `max_groups` groups moves the unit counts by √max_groups, not
+    // max_groups; its row counts by `l2_rows`).
     let spread = f64::from(bounds.max_groups).sqrt();
     let counts_noise =
         |values: &[i64], l1: i64, l2: f64| -> Result<(Vec<i64>, f64, f64), QueryError> {
@@ -161,7 +162,7 @@ pub(super) fn answer(
             }
         };
     let group_factor = bounds.group_factor();
-    let rows_factor = f64::from(bounds.max_rows);
+    let l2_rows = bounds.l2_rows;
     for (i, m) in measures.iter().enumerate() {
         let field = &fields[groups + i];
         let (array, scales, interval): (ArrayRef, Vec<f64>, Option<f64>) = match m {
@@ -171,8 +172,7 @@ pub(super) fn answer(
                     .map(|k| totals_of(k).partials[slot].round() as i64)
                     .collect();
                 slot += 1;
-                let (noisy, scale, interval) =
-                    counts_noise(&values, group_factor, rows_factor * spread)?;
+                let (noisy, scale, interval) = counts_noise(&values, group_factor, l2_rows)?;
                 (
                     Arc::new(Int64Array::from_iter_values(
                         noisy.into_iter().map(|v| v.max(0)),
@@ -205,11 +205,8 @@ pub(super) fn answer(
                     .collect();
                 slot += 1;
                 let bound = lo.abs().max(hi.abs());
-                let (noisy, scale, interval) = sums_noise(
-                    &values,
-                    group_factor as f64 * bound,
-                    rows_factor * bound * spread,
-                )?;
+                let (noisy, scale, interval) =
+                    sums_noise(&values, group_factor as f64 * bound, l2_rows * bound)?;
                 (
                     Arc::new(Float64Array::from(noisy)),
                     vec![scale],
@@ -227,13 +224,9 @@ pub(super) fn answer(
                     .collect();
                 slot += 2;
                 let bound = lo.abs().max(hi.abs());
-                let (noisy_sums, sum_scale, _) = sums_noise(
-                    &sums,
-                    group_factor as f64 * bound,
-                    rows_factor * bound * spread,
-                )?;
-                let (noisy_counts, count_scale, _) =
-                    counts_noise(&counts, group_factor, rows_factor * spread)?;
+                let (noisy_sums, sum_scale, _) =
+                    sums_noise(&sums, group_factor as f64 * bound, l2_rows * bound)?;
+                let (noisy_counts, count_scale, _) = counts_noise(&counts, group_factor, l2_rows)?;
                 let averages: Float64Array = noisy_sums
                     .iter()
                     .zip(&noisy_counts)
@@ -280,8 +273,14 @@ pub(super) fn answer(
                 "public"
             },
             threshold,
+            bounded: match bounds.by {
+                Enforced::Unique => "one row per unit",
+                Enforced::Declared => "max_rows_per_unit",
+                Enforced::PerQuery => "per query",
+            },
             max_groups_per_unit: bounds.max_groups,
             max_rows_per_group: bounds.max_rows,
+            max_rows_per_unit: bounds.total_rows,
             columns: noise_report,
         },
     ))

@@ -10,27 +10,83 @@ use crate::dp::{DpSession, DpTable};
 use crate::policy::{Accounting, DpRules, Mechanism};
 use crate::query::error::QueryError;
 
-/// How much of the data one privacy unit may move: at most `max_groups`
-/// groups, at most `max_rows` rows in each.
+/// How much of the data one privacy unit may move, and how that is made
+/// true.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Bounds {
+    /// Groups one unit may be in.
     pub max_groups: u32,
+    /// Rows one unit may have in one group.
     pub max_rows: u32,
+    /// Rows one unit may have over all groups: the L1 sensitivity of a
+    /// grouped count (a sum's is this times its bound).
+    pub total_rows: u32,
+    /// The largest L2 norm of one unit's per-group row counts (a sum's is
+    /// this times its bound).
+    pub l2_rows: f64,
+    pub by: Enforced,
+}
+
+/// Who keeps a unit within its [`Bounds`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Enforced {
+    /// The table has one row per unit: nothing to bound.
+    Unique,
+    /// The manifest's `max_rows_per_unit`, which the data was checked
+    /// against at registration: a unit has at most that many rows in all,
+    /// so the query runs as it is, with no per-unit stage.
+    Declared,
+    /// The query's plan: per (unit, group) capped at `max_rows` rows'
+    /// worth, at most `max_groups` groups per unit.
+    PerQuery,
 }
 
 impl Bounds {
-    /// The policy's bounds; with one row per unit, every unit is in one
-    /// group with one row.
-    pub fn of(table: &DpTable) -> Self {
+    /// The bounds of a query over `table`: one row per unit needs none; a
+    /// declared `max_rows_per_unit` r is used as it is (less noise, no
+    /// truncation, no per-unit stage) when it is no looser than the
+    /// policy's per-query bounds on every sensitivity the query's noise is
+    /// scaled to: rows in all (r ≤ groups · rows), their L2 norm under
+    /// Gaussian noise (r ≤ rows · √groups), and groups per unit when unit
+    /// counts are released or keys thresholded on them (r ≤ groups);
+    /// otherwise the policy's bounds, enforced in the plan. The choice
+    /// depends on the policy, the manifest and the query's shape only.
+    pub fn of(table: &DpTable, units_needed: bool) -> Self {
+        let (groups, rows) = (
+            table.rules.max_groups_per_unit,
+            table.rules.max_rows_per_group,
+        );
+        let gaussian = table.rules.mechanism == Mechanism::Gaussian;
+        let per_query_l2 = f64::from(rows) * f64::from(groups).sqrt();
         if table.unit_is_unique {
             Bounds {
                 max_groups: 1,
                 max_rows: 1,
+                total_rows: 1,
+                l2_rows: 1.0,
+                by: Enforced::Unique,
+            }
+        } else if let Some(declared) = table.rows_per_unit
+            && u64::from(declared) <= u64::from(groups) * u64::from(rows)
+            && (!gaussian || f64::from(declared) <= per_query_l2)
+            && (!units_needed || declared <= groups)
+        {
+            // r rows in all: in at most r groups, at most r in one; the L2
+            // norm of counts summing to r is at most r (all in one group).
+            Bounds {
+                max_groups: declared,
+                max_rows: declared,
+                total_rows: declared,
+                l2_rows: f64::from(declared),
+                by: Enforced::Declared,
             }
         } else {
             Bounds {
-                max_groups: table.rules.max_groups_per_unit,
-                max_rows: table.rules.max_rows_per_group,
+                max_groups: groups,
+                max_rows: rows,
+                total_rows: groups.saturating_mul(rows),
+                l2_rows: per_query_l2,
+                by: Enforced::PerQuery,
             }
         }
     }
@@ -38,7 +94,7 @@ impl Bounds {
     /// Rows one unit contributes over all groups (the L1 sensitivity of a
     /// grouped count).
     pub fn group_factor(self) -> i64 {
-        i64::from(self.max_groups) * i64::from(self.max_rows)
+        i64::from(self.total_rows)
     }
 }
 
