@@ -552,7 +552,6 @@ pub async fn score(
     if let Some(batch) = &receipt {
         service.write_receipt(&job.id, batch)?;
     }
-    service.announce_end(&job.id);
     if let Some(batch) = &receipt {
         let mut released = outputs.iter();
         for result in results.iter_mut().filter(|r| r.outcome == "scored") {

@@ -13,6 +13,7 @@ mod fair;
 pub mod metrics;
 pub mod queue;
 pub mod routes;
+pub mod waiters;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -38,6 +39,8 @@ use crate::service::{Service, ServiceError};
 pub struct AppState {
     pub service: Arc<Service>,
     pub queue: Arc<JobQueue>,
+    /// Long-poll waiters by job id.
+    pub waiters: Arc<waiters::Waiters>,
     pub metrics: Arc<Metrics>,
     pub config: Arc<ServerConfig>,
     /// The supervisor of the worker processes, when calls run in them.
@@ -224,8 +227,10 @@ impl Server {
             .build()
             .map_err(|e| ServiceError::Io("jobs runtime".into(), e))?;
         let metrics = Arc::new(Metrics::default());
+        let waiters = Arc::new(waiters::Waiters::default());
         let queue = Arc::new(JobQueue::new(
             Arc::clone(&service),
+            Arc::clone(&waiters),
             Arc::clone(&metrics),
             QueueLimits {
                 concurrency,
@@ -244,6 +249,7 @@ impl Server {
         let state = AppState {
             service,
             queue,
+            waiters,
             metrics,
             config: Arc::new(config),
             workers,
@@ -309,6 +315,7 @@ impl Server {
         let _ = checkpoints.await;
         drop(jobs_runtime);
         let interrupted = service.interrupt_unfinished().await?;
+        state.waiters.announce_all();
         if interrupted > 0 {
             tracing::warn!(interrupted, "jobs marked interrupted at shutdown");
         }

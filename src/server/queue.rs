@@ -43,6 +43,7 @@ struct Admission {
 
 pub struct JobQueue {
     service: Arc<Service>,
+    waiters: Arc<super::waiters::Waiters>,
     metrics: Arc<Metrics>,
     limits: QueueLimits,
     runtime: tokio::runtime::Handle,
@@ -70,18 +71,20 @@ impl Drop for Running {
         self.queue.release(&self.tenant, false);
         // Waiters last: a client told its job ended may submit the next at
         // once, and its slot is free by then.
-        self.queue.service.announce_end(&self.id);
+        self.queue.waiters.announce(&self.id);
     }
 }
 
 impl JobQueue {
     pub fn new(
         service: Arc<Service>,
+        waiters: Arc<super::waiters::Waiters>,
         metrics: Arc<Metrics>,
         limits: QueueLimits,
         runtime: tokio::runtime::Handle,
     ) -> Self {
         JobQueue {
+            waiters,
             permits: super::fair::FairSlots::new(limits.concurrency.max(1)),
             service,
             metrics,
@@ -335,7 +338,10 @@ impl JobQueue {
         };
         // A queued job is ended in the store first, so it never starts; a
         // running one is stopped by the notification and ends `cancelled`.
-        self.service.cancel_queued(id, actor).await?;
+        if self.service.cancel_queued(id, actor).await? {
+            // It ended now, though its task may wait long for a slot.
+            self.waiters.announce(id);
+        }
         notify.notify_one();
         Ok(true)
     }

@@ -10,9 +10,9 @@ use crate::store::jobs;
 impl Service {
     /// Run a queued job to its end: `running`, the sandbox, then release
     /// (with receipt) or rejection/failure. If `cancel` completes first the
-    /// guest is stopped and the job ends `cancelled`. Long-poll waiters are
-    /// woken by [`Service::announce_end`], which the caller invokes once it
-    /// has recorded what it needs (metrics).
+    /// guest is stopped and the job ends `cancelled`. The caller wakes
+    /// whoever waits for the job (the server's `server::waiters`) once it
+    /// has recorded what it needs (metrics, the queue's slot).
     ///
     /// Jobs with a release hold (dp, sample-aggregate, contest) are released
     /// at `start + hold`, a time fixed before any data is read, so how long

@@ -220,9 +220,6 @@ pub struct Service {
     pub catalog: Catalog,
     pub policies: PolicyStore,
     pub sandbox: Arc<Sandbox>,
-    /// Long-poll waiters by job id; told when that job reaches a final
-    /// state (one wake-up per waiter of that job, not of every job).
-    waiters: std::sync::Mutex<std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>>,
     /// Tenants with an upload being validated and compiled: one each, so
     /// one tenant's uploads cannot fill the compiler's queue.
     compiling: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -259,7 +256,6 @@ impl Service {
             catalog,
             policies,
             sandbox,
-            waiters: std::sync::Mutex::new(std::collections::HashMap::new()),
             compiling: std::sync::Mutex::new(std::collections::HashSet::new()),
         })
     }
@@ -355,11 +351,7 @@ impl Service {
 
     /// Cancel a job that has not started. False if it already has.
     pub async fn cancel_queued(&self, id: &str, actor: &str) -> Result<bool, ServiceError> {
-        let cancelled = jobs::cancel_queued(&self.store, id, actor).await?;
-        if cancelled {
-            self.notify_finished(id);
-        }
-        Ok(cancelled)
+        Ok(jobs::cancel_queued(&self.store, id, actor).await?)
     }
 
     /// Mark every unfinished job interrupted (at shutdown, after the grace
@@ -367,50 +359,7 @@ impl Service {
     pub async fn interrupt_unfinished(&self) -> Result<usize, ServiceError> {
         let count = jobs::recover_interrupted(&self.store).await?;
         crate::contest::settle_interrupted(&self.store).await?;
-        let waiting: Vec<String> = self.waiters().keys().cloned().collect();
-        for id in waiting {
-            self.notify_finished(&id);
-        }
         Ok(count)
-    }
-
-    fn waiters(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, tokio::sync::watch::Sender<bool>>,
-    > {
-        self.waiters.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
-    /// Wake the long-poll waiters of a job that has ended.
-    pub fn announce_end(&self, id: &str) {
-        self.notify_finished(id);
-    }
-
-    fn notify_finished(&self, id: &str) {
-        if let Some(sender) = self.waiters().remove(id) {
-            let _ = sender.send(true);
-        }
-    }
-
-    /// A receiver that changes when job `id` reaches a final state. Take it
-    /// before reading the job's state, so no ending is missed; call
-    /// [`Service::stop_watching`] when done.
-    pub fn watch_job(&self, id: &str) -> tokio::sync::watch::Receiver<bool> {
-        self.waiters()
-            .entry(id.to_string())
-            .or_insert_with(|| tokio::sync::watch::Sender::new(false))
-            .subscribe()
-    }
-
-    /// Drop a waiter's registration (the entry goes with its last waiter).
-    pub fn stop_watching(&self, id: &str, receiver: tokio::sync::watch::Receiver<bool>) {
-        drop(receiver);
-        let mut waiters = self.waiters();
-        if waiters.get(id).is_some_and(|s| s.receiver_count() == 0) {
-            waiters.remove(id);
-        }
     }
 
     /// Run an `analysis` job in aggregate mode over catalog datasets,
@@ -440,10 +389,7 @@ impl Service {
                     .commit(&submitter, loaded, &versions, params.into())
                     .await?;
                 on_submitted(&job.id);
-                let id = job.id.clone();
-                let result = self.execute(job, std::future::pending(), || ()).await;
-                self.announce_end(&id);
-                result
+                self.execute(job, std::future::pending(), || ()).await
             }
             Err(error) => {
                 // Refused modules are still recorded: what was tried, by whom.

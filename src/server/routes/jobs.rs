@@ -92,7 +92,7 @@ pub async fn show_job(
     if job.is_final() || wait.is_zero() {
         return Ok(ApiJson(JobView::from(&job)));
     }
-    let mut ended = state.service.watch_job(&id);
+    let mut ended = state.waiters.watch(&id);
     let deadline = tokio::time::Instant::now() + wait;
     // Re-read after registering, so an ending in between is not missed.
     job = own_job(&state, &caller, &id).await?;
@@ -102,7 +102,7 @@ pub async fn show_job(
             _ => break,
         }
     }
-    state.service.stop_watching(&id, ended);
+    state.waiters.stop_watching(&id, ended);
     Ok(ApiJson(JobView::from(&job)))
 }
 

@@ -58,7 +58,7 @@ pub async fn decide_review(
         .service
         .review(&admin.actor(), &admin.token_id, &job, &body)
         .await?;
-    state.service.announce_end(&job);
+    state.waiters.announce(&job);
     Ok(ApiJson(ReviewState { state: new_state }))
 }
 
