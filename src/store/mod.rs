@@ -90,7 +90,10 @@ impl Store {
             .max_connections(4)
             .connect_with(options)
             .await?;
-        sqlx::migrate!("./migrations").run(&pool).await?;
+        sqlx::migrate::Migrator::new(Migrations)
+            .await?
+            .run(&pool)
+            .await?;
         Ok(Store { pool })
     }
 
@@ -131,5 +134,39 @@ impl Store {
     /// knows the dialect (a PostgreSQL store would lock the chain head).
     async fn begin_write(&self) -> Result<sqlx::Transaction<'static, sqlx::Sqlite>, StoreError> {
         Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    }
+}
+
+/// The schema migrations, `migrations/NNNN_description.sql` embedded by
+/// `build.rs` as (version, description, SQL), in order.
+const MIGRATIONS: &[(i64, &str, &str)] = include!(concat!(env!("OUT_DIR"), "/migrations.rs"));
+
+/// The embedded migrations as sqlx's migrator reads them (the same version,
+/// description and checksum `sqlx::migrate!` gives, so data directories
+/// made before keep their history).
+#[derive(Debug)]
+struct Migrations;
+
+impl sqlx::migrate::MigrationSource<'static> for Migrations {
+    fn resolve(
+        self,
+    ) -> futures::future::BoxFuture<
+        'static,
+        Result<Vec<sqlx::migrate::Migration>, sqlx::error::BoxDynError>,
+    > {
+        Box::pin(async {
+            Ok(MIGRATIONS
+                .iter()
+                .map(|(version, description, sql)| {
+                    sqlx::migrate::Migration::new(
+                        *version,
+                        std::borrow::Cow::Borrowed(*description),
+                        sqlx::migrate::MigrationType::Simple,
+                        sqlx::SqlSafeStr::into_sql_str(*sql),
+                        sql.starts_with("-- no-transaction"),
+                    )
+                })
+                .collect())
+        })
     }
 }

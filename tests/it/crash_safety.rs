@@ -136,3 +136,49 @@ async fn killing_the_process_loses_no_job_receipt_or_audit_entry() {
     assert!(released > 0, "some jobs must have completed between kills");
     assert!(interrupted > 0, "some kills must have hit a running job");
 }
+
+/// The migrations the store applies are every file of `migrations/`, each
+/// under the version, description and SHA-384 checksum sqlx's own
+/// `migrate!` recorded, so a data directory made by an earlier build keeps
+/// its history (a changed checksum would refuse to open it).
+#[tokio::test]
+async fn the_store_applies_every_migration_file_under_sqlx_names_and_checksums() {
+    use sha2::{Digest, Sha384};
+    use sqlx::Row;
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = datasandbox::store::Store::open(&dir.path().join("dsb.sqlite"))
+        .await
+        .unwrap();
+    let applied: Vec<(i64, String, Vec<u8>)> = sqlx::query(
+        "SELECT version, description, checksum FROM _sqlx_migrations WHERE success ORDER BY version",
+    )
+    .fetch_all(store.pool())
+    .await
+    .unwrap()
+    .into_iter()
+    .map(|row| (row.get(0), row.get(1), row.get(2)))
+    .collect();
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(repo().join("migrations"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    assert_eq!(applied.len(), files.len());
+    for ((version, description, checksum), file) in applied.iter().zip(&files) {
+        let name = file.file_stem().unwrap().to_str().unwrap();
+        let (number, rest) = name.split_once('_').unwrap();
+        assert_eq!(*version, number.parse::<i64>().unwrap());
+        assert_eq!(description, &rest.replace('_', " "));
+        assert_eq!(
+            checksum.as_slice(),
+            Sha384::digest(std::fs::read(file).unwrap()).as_slice(),
+            "{name}"
+        );
+    }
+    // Opening it again applies nothing and refuses nothing.
+    drop(store);
+    datasandbox::store::Store::open(&dir.path().join("dsb.sqlite"))
+        .await
+        .unwrap();
+}
