@@ -288,16 +288,7 @@ async fn check_data(
                     column.name,
                     column.data_type.sql()
                 );
-                let batches = ctx.sql(&sql).await?.collect().await?;
-                let invalid = batches
-                    .first()
-                    .and_then(|b| {
-                        b.column(0)
-                            .as_any()
-                            .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                            .map(|a| a.value(0))
-                    })
-                    .unwrap_or(0);
+                let invalid = scalar_i64(&ctx, &sql).await?;
                 if invalid > 0 {
                     problems.push(ManifestError {
                         file: manifest.source.clone(),
@@ -357,35 +348,14 @@ async fn check_rows_per_unit(
          WHERE \"{unit}\" IS NOT NULL GROUP BY \"{unit}\")",
         table.name
     );
-    let batches = ctx.sql(&sql).await?.collect().await?;
-    let most = batches
-        .first()
-        .and_then(|b| {
-            b.column(0)
-                .as_any()
-                .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                .map(|a| a.value(0))
-        })
-        .unwrap_or(0);
+    let most = scalar_i64(&ctx, &sql).await?;
     if most > i64::from(allowed) {
         let over = format!(
             "SELECT CAST(COUNT(*) AS BIGINT) FROM (SELECT COUNT(*) AS n FROM {} \
              WHERE \"{unit}\" IS NOT NULL GROUP BY \"{unit}\") WHERE n > {allowed}",
             table.name
         );
-        let units = ctx
-            .sql(&over)
-            .await?
-            .collect()
-            .await?
-            .first()
-            .and_then(|b| {
-                b.column(0)
-                    .as_any()
-                    .downcast_ref::<datafusion::arrow::array::Int64Array>()
-                    .map(|a| a.value(0))
-            })
-            .unwrap_or(0);
+        let units = scalar_i64(&ctx, &over).await?;
         return Err(CatalogError::Manifest(vec![ManifestError {
             file: manifest.source.clone(),
             line: manifest.max_rows_per_unit_line,
@@ -397,6 +367,21 @@ async fn check_rows_per_unit(
         }]));
     }
     Ok(())
+}
+
+/// The first column of the first row of a `BIGINT` query (0 if none).
+async fn scalar_i64(ctx: &SessionContext, sql: &str) -> Result<i64, CatalogError> {
+    let batches = ctx.sql(sql).await?.collect().await?;
+    Ok(batches
+        .first()
+        .filter(|b| b.num_rows() > 0)
+        .and_then(|b| {
+            b.column(0)
+                .as_any()
+                .downcast_ref::<datafusion::arrow::array::Int64Array>()
+                .map(|a| a.value(0))
+        })
+        .unwrap_or(0))
 }
 
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), CatalogError> {
