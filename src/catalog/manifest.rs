@@ -33,6 +33,30 @@ impl ColumnType {
         }
     }
 
+    /// Whether a file column of physical type `held` holds this logical
+    /// type without loss, so jobs can read it cast to [`Self::arrow`]:
+    /// any string encoding for strings, integers of up to 32 bits (signed,
+    /// or unsigned below 2³²) for int64, single floats for float64, and
+    /// either Arrow date. Anything that could overflow or round (unsigned
+    /// 64-bit integers, doubles for int64, text for dates) is refused.
+    pub fn accepts(self, held: &DataType) -> bool {
+        use DataType as D;
+        let is_string = |t: &DataType| matches!(t, D::Utf8 | D::LargeUtf8 | D::Utf8View);
+        match self {
+            ColumnType::String => {
+                is_string(held)
+                    || matches!(held, D::Dictionary(key, value) if key.is_integer() && is_string(value))
+            }
+            ColumnType::Int64 => matches!(
+                held,
+                D::Int8 | D::Int16 | D::Int32 | D::Int64 | D::UInt8 | D::UInt16 | D::UInt32
+            ),
+            ColumnType::Float64 => matches!(held, D::Float32 | D::Float64),
+            ColumnType::Boolean => held == &D::Boolean,
+            ColumnType::Date => matches!(held, D::Date32 | D::Date64),
+        }
+    }
+
     pub fn is_numeric(self) -> bool {
         matches!(self, ColumnType::Int64 | ColumnType::Float64)
     }
@@ -446,7 +470,7 @@ impl Manifest {
                 )),
                 Some(position) => {
                     if let Some(types) = types
-                        && types[position] != column.data_type.arrow()
+                        && !column.data_type.accepts(&types[position])
                     {
                         problems.push(error(
                             column.line,

@@ -30,6 +30,7 @@ use datafusion::sql::sqlparser::dialect::GenericDialect;
 use futures::StreamExt;
 
 pub mod bounds;
+mod cast_table;
 pub mod error;
 
 pub use error::QueryError;
@@ -565,14 +566,32 @@ pub async fn register(
             ctx.register_csv(&dataset.name, path.as_ref(), options)
                 .await
         }
+        // Parquet scans cast the file's columns to a given schema
+        // themselves (string views, narrower integers), keeping projection
+        // and predicate pushdown.
         DataFormat::Parquet => {
-            ctx.register_parquet(&dataset.name, path.as_ref(), ParquetReadOptions::default())
+            let mut options = ParquetReadOptions::default();
+            if let Some(schema) = &dataset.schema {
+                options = options.schema(schema);
+            }
+            ctx.register_parquet(&dataset.name, path.as_ref(), options)
                 .await
         }
-        DataFormat::Arrow => {
-            ctx.register_arrow(&dataset.name, path.as_ref(), ArrowReadOptions::default())
-                .await
-        }
+        DataFormat::Arrow => match &dataset.schema {
+            None => {
+                ctx.register_arrow(&dataset.name, path.as_ref(), ArrowReadOptions::default())
+                    .await
+            }
+            Some(schema) => {
+                let file = ctx
+                    .read_arrow(path.as_ref(), ArrowReadOptions::default())
+                    .await?
+                    .into_view();
+                let table = cast_table::CastTable::new(file, Arc::clone(schema))?;
+                ctx.register_table(dataset.name.as_str(), Arc::new(table))
+                    .map(|_| ())
+            }
+        },
     }
 }
 

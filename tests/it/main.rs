@@ -11,6 +11,7 @@ mod catalog_and_policies;
 mod cli;
 mod contest;
 mod crash_safety;
+mod data_formats;
 mod data_path;
 mod dp;
 mod dp_channels;
