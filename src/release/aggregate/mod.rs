@@ -19,9 +19,10 @@
 //! released rows replace every vetted aggregation the final plan is checked
 //! again ([`super::no_protected_scan_left`]).
 //!
-//! [`enforce`] runs each vetted aggregation as one DataFusion query per
-//! (group, privacy unit) (per row when the table holds one row per unit),
-//! reduces it on the host and releases, per group:
+//! [`enforce`] runs each vetted aggregation as one DataFusion plan, per
+//! (group, privacy unit) (per row when the table holds one row per unit)
+//! and then per group, so only one row per group reaches the host, which
+//! releases, per group:
 //! - nothing, unless the group holds at least `min_group_size` distinct
 //!   privacy units (a withheld group looks exactly like an absent one);
 //! - NULL for a value backed by fewer units with a non-NULL argument;
