@@ -59,10 +59,15 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> CatalogError + '_ {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DatasetVersion {
     pub id: String,
-    /// Hex SHA-256 of the data file's bytes.
+    /// Hex SHA-256 of the data file's bytes, as the data holder gave them.
     pub hash: String,
+    /// What jobs read: the version's Parquet copy (typed by the manifest),
+    /// or, for versions stored before there were copies, the original.
     pub format: DataFormat,
     pub path: PathBuf,
+    /// The data file as registered (the bytes `hash` is of).
+    #[serde(default)]
+    pub original: PathBuf,
     pub manifest: Manifest,
     pub profile: Profile,
     /// The catalog's record keys for cell-key perturbation (never stored
@@ -139,7 +144,11 @@ impl Catalog {
         write_atomically(&manifest_copy, manifest_text.as_bytes())?;
         let mut manifest = manifest;
         manifest.source = manifest_copy;
-        let table = raw_table(&manifest, &stored, format);
+        let scan = versions.join(format!("{hash}.{SCAN_SUFFIX}"));
+        if !scan.exists() {
+            write_scan_copy(&raw_table(&manifest, &stored, format), &scan).await?;
+        }
+        let table = raw_table(&manifest, &scan, DataFormat::Parquet);
         let profile = profile::profile(&manifest, &table).await?;
         let profile_path = versions.join(format!("{hash}.profile.json"));
         write_atomically(
@@ -153,8 +162,9 @@ impl Catalog {
         Ok(DatasetVersion {
             id: manifest.id.clone(),
             hash,
-            format,
-            path: stored,
+            format: DataFormat::Parquet,
+            path: scan,
+            original: stored,
             manifest,
             profile,
             record_keys: self.record_keys.clone(),
@@ -226,16 +236,58 @@ impl Catalog {
                 id: id.into(),
                 hash: hash.clone(),
             })?;
+        let scan = versions.join(format!("{hash}.{SCAN_SUFFIX}"));
+        let (format, scan) = if scan.exists() {
+            (DataFormat::Parquet, scan)
+        } else {
+            (
+                DataFormat::from_path(&path).expect("filtered on format"),
+                path.clone(),
+            )
+        };
         Ok(DatasetVersion {
             id: id.to_string(),
-            format: DataFormat::from_path(&path).expect("filtered on format"),
+            format,
             hash,
-            path,
+            path: scan,
+            original: path,
             manifest,
             profile,
             record_keys: self.record_keys.clone(),
         })
     }
+}
+
+/// The suffix of a version's Parquet copy: `<hash>.scan.parquet`.
+const SCAN_SUFFIX: &str = "scan.parquet";
+
+/// Rows per Parquet row group of a version's copy: large enough for scans,
+/// small enough that a filtered query skips most of a big table.
+const SCAN_ROW_GROUP_ROWS: usize = 256 * 1024;
+
+/// Write a checked data file as the version's Parquet copy: typed by the
+/// manifest, in the file's row order, with page-level statistics and page
+/// indexes, so every job reads it with projection and predicate pushdown
+/// instead of parsing the original again.
+async fn write_scan_copy(table: &DatasetSource, scan: &Path) -> Result<(), CatalogError> {
+    // One partition keeps the original's row order.
+    let ctx = SessionContext::new_with_config(
+        datafusion::prelude::SessionConfig::new().with_target_partitions(1),
+    );
+    crate::query::register(&ctx, table).await?;
+    let tmp = scan.with_extension(format!("tmp{}.parquet", std::process::id()));
+    let mut options = datafusion::config::TableParquetOptions::default();
+    options.global.max_row_group_size = SCAN_ROW_GROUP_ROWS;
+    options.global.statistics_enabled = Some("page".into());
+    ctx.table(table.name.as_str())
+        .await?
+        .write_parquet(
+            &tmp.to_string_lossy(),
+            datafusion::dataframe::DataFrameWriteOptions::new().with_single_file_output(true),
+            Some(options),
+        )
+        .await?;
+    std::fs::rename(&tmp, scan).map_err(io(scan))
 }
 
 /// Check the data file against the manifest: columns, order and types.

@@ -135,15 +135,14 @@ async fn dev_run(args: DevRun) -> anyhow::Result<bool> {
                 &path,
                 synthetic::sample_csv(&version.manifest, &version.profile, 500, 1),
             )?;
-            let mut table = datasandbox::release::bind::job_table(
+            let table = datasandbox::release::bind::job_table(
                 &version.manifest,
                 &path,
-                version.format,
+                datasandbox::dataset::DataFormat::Csv,
                 &policies,
                 false,
                 &datasandbox::release::cell_key::RecordKeys::random(),
             );
-            table.format = datasandbox::dataset::DataFormat::Csv;
             if let Some(policy) = policies.policy_for(&version.id) {
                 policy_limits = Some(policy);
             }

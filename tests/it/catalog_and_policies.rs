@@ -255,7 +255,7 @@ async fn synthetic_samples_contain_no_real_row_and_no_real_identifier() {
     let table = datasandbox::release::bind::job_table(
         &version.manifest,
         &path,
-        version.format,
+        datasandbox::dataset::DataFormat::Csv,
         &policies,
         false,
         &version.record_keys,

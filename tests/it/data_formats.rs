@@ -1,8 +1,10 @@
 //! A data holder's file registers as CSV, Parquet or Arrow IPC, whatever
 //! physical types its writer chose for a declared logical type (string
 //! views, large strings, narrower integers, single floats), and every job
-//! reads it with the declared types: the same rows answer the same query
-//! with the same released result in all three formats.
+//! reads it with the declared types from the version's Parquet copy (the
+//! original is kept, and versions stored without a copy stay readable):
+//! the same rows answer the same query with the same released result in
+//! all three formats.
 
 use crate::common;
 
@@ -14,8 +16,10 @@ use datafusion::arrow::array::{ArrayRef, RecordBatch};
 use datafusion::arrow::compute::cast;
 use datafusion::arrow::datatypes::{DataType, Field, Schema};
 use datasandbox::catalog::{Catalog, CatalogError, DatasetVersion};
+use datasandbox::dataset::DataFormat;
 use datasandbox::policy::PolicySet;
 use datasandbox::sandbox::Category;
+use sha2::Digest;
 
 /// The sample register read with its declared types.
 async fn register_batches() -> Vec<RecordBatch> {
@@ -143,11 +147,37 @@ async fn csv_parquet_and_arrow_register_and_answer_alike() {
     let hashes: std::collections::HashSet<_> = versions.iter().map(|v| v.hash.clone()).collect();
     assert_eq!(hashes.len(), 4, "four files, four versions");
 
-    // Jobs see the declared types, whatever the file holds.
+    // Every version is read from its Parquet copy; the original is kept.
     for version in &versions {
-        let table =
-            datasandbox::catalog::raw_table(&version.manifest, &version.path, version.format);
-        let read = native_typed("SELECT * FROM enterprises LIMIT 1", &[table]).await;
+        assert_eq!(version.format, DataFormat::Parquet);
+        assert!(version.path.to_string_lossy().ends_with(".scan.parquet"));
+        let original = std::fs::read(&version.original).unwrap();
+        assert_eq!(
+            hex::encode(sha2::Sha256::digest(&original)),
+            version.hash,
+            "the version's hash is of the bytes as registered"
+        );
+    }
+
+    // Jobs see the declared types, whatever the file holds: the copies and
+    // the originals read alike.
+    let readings = versions.iter().flat_map(|v| {
+        [
+            (v, v.path.clone(), v.format),
+            (
+                v,
+                v.original.clone(),
+                DataFormat::from_path(&v.original).unwrap(),
+            ),
+        ]
+    });
+    for (version, path, format) in readings {
+        let table = datasandbox::catalog::raw_table(&version.manifest, &path, format);
+        let read = native_typed(
+            "SELECT * FROM enterprises LIMIT 1",
+            std::slice::from_ref(&table),
+        )
+        .await;
         let types: Vec<DataType> = read[0]
             .schema()
             .fields()
@@ -166,8 +196,13 @@ async fn csv_parquet_and_arrow_register_and_answer_alike() {
                 DataType::Float64,
                 DataType::Date32
             ],
-            "{:?}",
-            version.format
+            "{format:?}"
+        );
+        let all = native_typed("SELECT * FROM enterprises", &[table]).await;
+        assert_eq!(
+            all.iter().map(|b| b.num_rows()).sum::<usize>(),
+            2000,
+            "{format:?}"
         );
     }
 
@@ -193,6 +228,28 @@ async fn csv_parquet_and_arrow_register_and_answer_alike() {
             assert!((a - b).abs() <= b.abs() * 1e-6, "{g:?} vs {e:?}");
         }
     }
+}
+
+#[tokio::test]
+async fn a_version_stored_before_parquet_copies_is_read_from_its_original() {
+    let dir = tempfile::tempdir().unwrap();
+    let catalog = Catalog::open(&dir.path().join("catalog")).unwrap();
+    let version = catalog
+        .add(
+            &samples().join("enterprises.csv"),
+            &samples().join("enterprises.toml"),
+        )
+        .await
+        .unwrap();
+    let with_copy = aggregate_over(&version).await;
+    // A version stored by an earlier release has no copy.
+    std::fs::remove_file(&version.path).unwrap();
+    let old = catalog
+        .get(&format!("enterprises@{}", version.hash))
+        .unwrap();
+    assert_eq!(old.format, DataFormat::Csv);
+    assert_eq!(old.path, version.original);
+    assert_eq!(aggregate_over(&old).await, with_copy);
 }
 
 #[tokio::test]

@@ -989,14 +989,16 @@ async fn a_data_file_that_fails_to_read_answers_internal_and_never_its_text() {
     // The stored file goes bad after registration (disk fault, a botched
     // restore): its first row now holds a value that cannot be parsed,
     // a canary a reader's error message would quote.
+    // The version is one stored before Parquet copies (read from its CSV).
     let version = server.service.catalog.get("enterprises").unwrap();
-    let mut text = std::fs::read_to_string(&version.path).unwrap();
+    std::fs::remove_file(&version.path).unwrap();
+    let mut text = std::fs::read_to_string(&version.original).unwrap();
     let header_end = text.find('\n').unwrap() + 1;
     text.insert_str(
         header_end,
         "913199999999999999,Canary Co.,Yangpu,it-services,small,CANARY-7f3e,1.0,2010-01-01\n",
     );
-    std::fs::write(&version.path, text).unwrap();
+    std::fs::write(&version.original, text).unwrap();
     let body = serde_json::json!({
         "module": scorer, "policy": "credit-risk", "subjects": [ids[0].0],
         "params": {"column": "employees"},
