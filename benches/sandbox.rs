@@ -52,20 +52,25 @@ fn f64_column(rows: usize) -> (SchemaRef, Vec<RecordBatch>) {
     (batches[0].schema(), batches)
 }
 
-/// Native baseline of the guest kernel: the same decode and sum.
-fn native_kernel(bytes: &[u8]) -> (f64, f64) {
-    let (_, batches) = arrow_ipc::decode(bytes).unwrap();
+/// Native baseline of the guest kernel: the same in-place decode and sum
+/// of bytes it owns.
+fn native_kernel(bytes: Vec<u8>) -> (f64, f64) {
+    let mut buffer = datafusion::arrow::buffer::Buffer::from_vec(bytes);
+    let mut decoder = datafusion::arrow::ipc::reader::StreamDecoder::new();
     let (mut sum, mut count) = (0.0f64, 0usize);
-    for batch in &batches {
-        let values = batch
-            .column(0)
-            .as_any()
-            .downcast_ref::<Float64Array>()
-            .unwrap()
-            .values();
-        sum += values.iter().sum::<f64>();
-        count += values.len();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer).unwrap() {
+            let values = batch
+                .column(0)
+                .as_any()
+                .downcast_ref::<Float64Array>()
+                .unwrap()
+                .values();
+            sum += values.iter().sum::<f64>();
+            count += values.len();
+        }
     }
+    decoder.finish().unwrap();
     (sum, sum / count.max(1) as f64)
 }
 
@@ -174,7 +179,7 @@ async fn main() {
     // 3. Numeric kernel over 10M f64.
     let (schema, batches) = f64_column(ROWS);
     let ipc = arrow_ipc::encode(&schema, &batches).unwrap();
-    let expected = native_kernel(&ipc);
+    let expected = native_kernel(ipc.clone());
     let mut kernel_runs = Vec::new();
     for _ in 0..5 {
         let block = ipc.clone();
@@ -199,8 +204,9 @@ async fn main() {
     let transfer_only = percentile(&mut transfer_runs, 0.5);
     let kernel_only = guest_kernel.saturating_sub(transfer_only);
     let native_time = median(5, || {
+        let owned = ipc.clone();
         let started = Instant::now();
-        std::hint::black_box(native_kernel(std::hint::black_box(&ipc)));
+        std::hint::black_box(native_kernel(std::hint::black_box(owned)));
         started.elapsed()
     });
     println!(

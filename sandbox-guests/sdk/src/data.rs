@@ -51,5 +51,5 @@ pub fn query_ipc(sql: &str) -> Result<Vec<u8>, QueryError> {
 /// Run one SELECT and return its result as record batches.
 pub fn query(sql: &str) -> Result<Vec<RecordBatch>, QueryError> {
     let bytes = query_ipc(sql)?;
-    crate::ipc::decode(&bytes).map_err(|e| QueryError::Decode(e.to_string()))
+    crate::ipc::decode_owned(bytes).map_err(|e| QueryError::Decode(e.to_string()))
 }

@@ -10,6 +10,23 @@ pub fn decode(bytes: &[u8]) -> Result<Vec<RecordBatch>, ArrowError> {
     StreamReader::try_new(bytes, None)?.collect()
 }
 
+/// Decode Arrow IPC stream bytes the guest owns (a block handed to
+/// `analyze`) in place: the batches' buffers point into `bytes` instead of
+/// a second copy of them (a buffer is copied only where the stream leaves
+/// it unaligned for its type).
+pub fn decode_owned(bytes: Vec<u8>) -> Result<Vec<RecordBatch>, ArrowError> {
+    let mut buffer = arrow_buffer::Buffer::from_vec(bytes);
+    let mut decoder = arrow_ipc::reader::StreamDecoder::new();
+    let mut batches = Vec::new();
+    while !buffer.is_empty() {
+        if let Some(batch) = decoder.decode(&mut buffer)? {
+            batches.push(batch);
+        }
+    }
+    decoder.finish()?;
+    Ok(batches)
+}
+
 /// Encode batches as Arrow IPC stream bytes. `batches` must share one schema;
 /// an empty slice encodes nothing and is refused by the host.
 pub fn encode(batches: &[RecordBatch]) -> Result<Vec<u8>, ArrowError> {

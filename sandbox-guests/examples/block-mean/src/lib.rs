@@ -16,7 +16,7 @@ impl Guest for BlockMean {
             .and_then(|c| c.as_str())
             .ok_or("params need a \"column\"")?;
         let (mut sum, mut count) = (0.0, 0usize);
-        for batch in ipc::decode(&block).map_err(|e| e.to_string())? {
+        for batch in ipc::decode_owned(block).map_err(|e| e.to_string())? {
             for value in ipc::numeric_column(&batch, column)?.into_iter().flatten() {
                 sum += value;
                 count += 1;
