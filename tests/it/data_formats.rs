@@ -90,11 +90,20 @@ fn narrowed(name: &str, logical: &DataType) -> DataType {
 }
 
 async fn aggregate_over(version: &DatasetVersion) -> Vec<Vec<String>> {
+    aggregate_over_file(version, &version.path, version.format).await
+}
+
+/// The same job over one of the version's files (its copy or original).
+async fn aggregate_over_file(
+    version: &DatasetVersion,
+    path: &Path,
+    format: DataFormat,
+) -> Vec<Vec<String>> {
     let policies = PolicySet::load(&repo().join("policies"), None).unwrap();
     let dataset = datasandbox::release::bind::job_table(
         &version.manifest,
-        &version.path,
-        version.format,
+        path,
+        format,
         &policies,
         true,
         &version.record_keys,
@@ -108,8 +117,7 @@ async fn aggregate_over(version: &DatasetVersion) -> Vec<Vec<String>> {
     assert_eq!(
         execution.category,
         Category::Ok,
-        "{:?}: {:?}",
-        version.format,
+        "{format:?}: {:?}",
         execution.diagnostics
     );
     rows(&table(&execution, "result"))
@@ -219,11 +227,22 @@ async fn csv_parquet_and_arrow_register_and_answer_alike() {
     let exact = aggregate_over(&versions[0]).await;
     assert!(exact.len() >= 5, "{exact:?}");
     assert_eq!(aggregate_over(&versions[1]).await, exact, "parquet");
-    for narrow in [&versions[2], &versions[3]] {
-        let got = aggregate_over(narrow).await;
-        assert_eq!(got.len(), exact.len(), "{:?}", narrow.format);
+    // Read through the gate from the originals too (Arrow IPC through the
+    // casting table).
+    assert_eq!(
+        aggregate_over_file(&versions[1], &versions[1].original, DataFormat::Parquet).await,
+        exact,
+        "original parquet"
+    );
+    let narrow = [
+        aggregate_over(&versions[2]).await,
+        aggregate_over(&versions[3]).await,
+        aggregate_over_file(&versions[3], &versions[3].original, DataFormat::Arrow).await,
+    ];
+    for (file, got) in narrow.iter().enumerate() {
+        assert_eq!(got.len(), exact.len(), "narrow file {file}");
         for (g, e) in got.iter().zip(&exact) {
-            assert_eq!(g[..3], e[..3], "{:?}", narrow.format);
+            assert_eq!(g[..3], e[..3], "narrow file {file}");
             let (a, b): (f64, f64) = (g[3].parse().unwrap(), e[3].parse().unwrap());
             assert!((a - b).abs() <= b.abs() * 1e-6, "{g:?} vs {e:?}");
         }
