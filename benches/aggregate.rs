@@ -146,6 +146,20 @@ fn write_manifest(path: &Path) {
     .unwrap();
 }
 
+/// The median of `RUNS` timings of `run` after one warm-up.
+async fn median_after_warm_up<F, Fut>(run: F) -> Duration
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Duration>,
+{
+    run().await;
+    let mut samples = Vec::new();
+    for _ in 0..RUNS {
+        samples.push(run().await);
+    }
+    percentile(&mut samples, 0.5)
+}
+
 /// Median time of aggregate mode over `table`, as a job runs it.
 async fn gated(
     table: &DatasetSource,
@@ -164,12 +178,7 @@ async fn gated(
         assert_eq!(datasandbox::arrow_ipc::row_count(&batches), 96);
         started.elapsed()
     };
-    run().await;
-    let mut samples = Vec::new();
-    for _ in 0..RUNS {
-        samples.push(run().await);
-    }
-    percentile(&mut samples, 0.5)
+    median_after_warm_up(run).await
 }
 
 /// DuckDB's median time per file, from its own process.
@@ -238,12 +247,7 @@ async fn main() {
                 ctx.sql(SQL).await.unwrap().collect().await.unwrap();
                 started.elapsed()
             };
-            run().await;
-            let mut samples = Vec::new();
-            for _ in 0..RUNS {
-                samples.push(run().await);
-            }
-            percentile(&mut samples, 0.5)
+            median_after_warm_up(run).await
         };
         let ledger = Arc::new(datasandbox::release::ledger::QueryLedger {
             store: store.clone(),
